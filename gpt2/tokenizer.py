@@ -1,0 +1,199 @@
+"""GPT-2 byte-level BPE tokenizer: a thin owner of `tokenizers.Tokenizer`.
+
+Sources: an HF folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) or GGUF metadata
+(`tokenizer.ggml.*`, llama.cpp's keys). `gguf_fields()` gives what a GGUF writer needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as _HFTokenizer
+
+EOS_TOKEN = "<|endoftext|>"
+
+# llama.cpp token types (gguf.TokenType): ordinary BPE tokens and special/control tokens.
+_NORMAL = int(gguf.TokenType.NORMAL)
+_CONTROL = int(gguf.TokenType.CONTROL)
+_USER_DEFINED = int(gguf.TokenType.USER_DEFINED)
+
+
+@dataclass(frozen=True)
+class GGUFTokenizerFields:
+    """The tokenizer as llama.cpp stores it in GGUF metadata."""
+
+    model: str  # tokenizer.ggml.model ("gpt2" = byte-level BPE)
+    pre: str  # tokenizer.ggml.pre (pre-tokenizer regex family)
+    tokens: list[str]  # tokenizer.ggml.tokens, indexed by id
+    token_types: list[int]  # tokenizer.ggml.token_type (gguf.TokenType values)
+    merges: list[str]  # tokenizer.ggml.merges, "left right", in rank order
+    bos_id: int | None
+    eos_id: int | None
+
+    def write(self, writer: gguf.GGUFWriter) -> None:
+        """Add these fields to a GGUFWriter (before its header is written)."""
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.token_types)
+        writer.add_token_merges(self.merges)
+        if self.bos_id is not None:
+            writer.add_bos_token_id(self.bos_id)
+        if self.eos_id is not None:
+            writer.add_eos_token_id(self.eos_id)
+
+
+class Tokenizer:
+    """Byte-level BPE: `encode(text) -> ids`, `decode(ids) -> text`."""
+
+    def __init__(self, hf: _HFTokenizer, source: str = "<memory>") -> None:
+        self._tok = hf
+        self.source = source
+        vocab = hf.get_vocab(with_added_tokens=True)
+        self._id_to_token = {i: t for t, i in vocab.items()}
+        n = len(self._id_to_token)
+        if set(self._id_to_token) != set(range(n)):
+            raise ValueError(
+                f"{source}: token ids are not the contiguous range 0..{n - 1}"
+            )
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> Tokenizer:
+        """Load `tokenizer.json`, or else `vocab.json` + `merges.txt`, from an HF folder."""
+        folder = Path(path)
+        tj = folder / "tokenizer.json"
+        try:
+            if tj.is_file():
+                return cls(_HFTokenizer.from_file(str(tj)), str(tj))
+            vocab, merges = folder / "vocab.json", folder / "merges.txt"
+            if vocab.is_file() and merges.is_file():
+                bpe = models.BPE.from_file(str(vocab), str(merges))
+                tok = _byte_level(bpe)
+                if EOS_TOKEN in tok.get_vocab():
+                    tok.add_special_tokens(
+                        [AddedToken(EOS_TOKEN, special=True, normalized=False)]
+                    )
+                return cls(tok, str(folder))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise ValueError(f"{folder}: cannot read tokenizer: {e}") from None
+        raise ValueError(f"{folder}: no tokenizer.json or vocab.json + merges.txt")
+
+    @classmethod
+    def from_gguf(
+        cls, reader: gguf.GGUFReader, path: str | Path = "<gguf>"
+    ) -> Tokenizer | None:
+        """Build from `tokenizer.ggml.*` metadata; None when the file embeds no tokenizer."""
+        tokens_field = reader.get_field(gguf.Keys.Tokenizer.LIST)
+        if tokens_field is None:
+            return None
+        model = reader.get_field(gguf.Keys.Tokenizer.MODEL)
+        if model is not None and model.contents() != "gpt2":
+            raise ValueError(
+                f"{path}: tokenizer.ggml.model is {model.contents()!r}; only 'gpt2' "
+                "(byte-level BPE) is supported"
+            )
+        tokens = tokens_field.contents()
+        merges_field = reader.get_field(gguf.Keys.Tokenizer.MERGES)
+        merges = merges_field.contents() if merges_field is not None else []
+        types_field = reader.get_field(gguf.Keys.Tokenizer.TOKEN_TYPE)
+        types = (
+            types_field.contents()
+            if types_field is not None
+            else [_NORMAL] * len(tokens)
+        )
+        if len(types) != len(tokens):
+            raise ValueError(
+                f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
+                f"tokenizer.ggml.tokens has {len(tokens)}"
+            )
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if len(vocab) != len(tokens):
+            raise ValueError(f"{path}: tokenizer.ggml.tokens holds duplicate tokens")
+        pairs = []
+        for m in merges:
+            left, sep, right = m.partition(" ")
+            if not sep:
+                raise ValueError(f"{path}: bad merge {m!r} (expected 'left right')")
+            pairs.append((left, right))
+        try:
+            tok = _byte_level(models.BPE(vocab=vocab, merges=pairs))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise ValueError(f"{path}: cannot build tokenizer: {e}") from None
+        special = [t for t, ty in zip(tokens, types) if ty == _CONTROL]
+        if special:
+            tok.add_special_tokens(
+                [AddedToken(t, special=True, normalized=False) for t in special]
+            )
+        return cls(tok, str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, special tokens included."""
+        return len(self._id_to_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of `<|endoftext|>`, or None when the vocabulary lacks it."""
+        return self._tok.token_to_id(EOS_TOKEN)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no BOS/EOS added: GPT-2 uses none)."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; special tokens are kept so that decode(encode(s)) == s."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} out of range [0, {self.vocab_size})")
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def token(self, i: int) -> str:
+        """The vocabulary string of id `i` (byte-level alphabet, e.g. 'Ġthe')."""
+        return self._id_to_token[i]
+
+    def merges(self) -> list[str]:
+        """BPE merges in rank order as 'left right' strings."""
+        model: dict[str, Any] = json.loads(self._tok.to_str())["model"]
+        if model.get("type") != "BPE":
+            raise ValueError(
+                f"{self.source}: tokenizer model is {model.get('type')}, not BPE"
+            )
+        # tokenizers writes merges as [left, right] pairs (newer) or "left right" (older).
+        return [
+            m if isinstance(m, str) else f"{m[0]} {m[1]}"
+            for m in model.get("merges", [])
+        ]
+
+    def gguf_fields(self) -> GGUFTokenizerFields:
+        """The tokenizer in llama.cpp's GGUF form (what llama.cpp's GPT-2 converter writes)."""
+        added = self._tok.get_added_tokens_decoder()
+        types = []
+        for i in range(self.vocab_size):
+            if i in added:
+                types.append(_CONTROL if added[i].special else _USER_DEFINED)
+            else:
+                types.append(_NORMAL)
+        eos = self.eos_id
+        return GGUFTokenizerFields(
+            model="gpt2",
+            pre="gpt-2",
+            tokens=[self._id_to_token[i] for i in range(self.vocab_size)],
+            token_types=types,
+            merges=self.merges(),
+            bos_id=eos,  # GPT-2 uses <|endoftext|> for both, as llama.cpp's converter does
+            eos_id=eos,
+        )
+
+
+def _byte_level(bpe: models.BPE) -> _HFTokenizer:
+    """GPT-2's pipeline around a BPE model: byte-level pre-tokenizer (with GPT-2's regex)."""
+    tok = _HFTokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok

@@ -1,0 +1,408 @@
+"""Model files -> one canonical in-memory form (`GPT2Weights`), strictly validated.
+
+Canonical form: HF GPT-2 names without the `transformer.` prefix, HF Conv1D orientation
+(weights [in, out], so `y = x @ W + b`), float32, C-contiguous.
+
+Readers:
+- GGUF, the Ruby converter's layout: split attn_q/k/v, weights stored [in, out].
+- GGUF, llama.cpp's GPT-2 layout: fused attn_qkv, weights stored [out, in].
+- HF snapshot folder: config.json + model.safetensors (+ tokenizer files).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+from safetensors.numpy import load_file
+
+from gpt2.config import GPT2Config
+from gpt2.tokenizer import Tokenizer
+
+LAYOUT_GGUF_RUBY = "gguf-ruby"
+LAYOUT_GGUF_LLAMA = "gguf-llama"
+LAYOUT_HF = "hf"
+
+# GGUF tensor types we can turn into float32.
+_GGUF_TYPES = {
+    gguf.GGMLQuantizationType.F32,
+    gguf.GGMLQuantizationType.F16,
+    gguf.GGMLQuantizationType.BF16,
+    gguf.GGMLQuantizationType.Q8_0,
+    gguf.GGMLQuantizationType.Q4_0,
+    gguf.GGMLQuantizationType.Q4_1,
+    gguf.GGMLQuantizationType.Q5_0,
+    gguf.GGMLQuantizationType.Q5_1,
+}
+_HF_DTYPES = (np.float32, np.float16, np.float64)
+
+
+@dataclass
+class GPT2Weights:
+    """All parameters of a GPT-2, by HF name (see `expected_shapes`)."""
+
+    config: GPT2Config
+    tensors: dict[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+
+@dataclass
+class LoadedModel:
+    """What `load_model` returns: weights plus where and how they were read."""
+
+    config: GPT2Config
+    weights: GPT2Weights
+    tokenizer: Tokenizer | None
+    layout: str  # LAYOUT_GGUF_RUBY, LAYOUT_GGUF_LLAMA or LAYOUT_HF
+    path: Path
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """The canonical tensor table: every name and its shape, in checkpoint order."""
+    d, f, v, n_ctx = config.n_embd, config.d_ff, config.vocab_size, config.n_positions
+    shapes: dict[str, tuple[int, ...]] = {"wte": (v, d), "wpe": (n_ctx, d)}
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        shapes[p + "ln_1.weight"] = (d,)
+        shapes[p + "ln_1.bias"] = (d,)
+        shapes[p + "attn.c_attn.weight"] = (d, 3 * d)  # [in, out]: q | k | v columns
+        shapes[p + "attn.c_attn.bias"] = (3 * d,)
+        shapes[p + "attn.c_proj.weight"] = (d, d)
+        shapes[p + "attn.c_proj.bias"] = (d,)
+        shapes[p + "ln_2.weight"] = (d,)
+        shapes[p + "ln_2.bias"] = (d,)
+        shapes[p + "mlp.c_fc.weight"] = (d, f)
+        shapes[p + "mlp.c_fc.bias"] = (f,)
+        shapes[p + "mlp.c_proj.weight"] = (f, d)
+        shapes[p + "mlp.c_proj.bias"] = (d,)
+    shapes["ln_f.weight"] = (d,)
+    shapes["ln_f.bias"] = (d,)
+    return shapes
+
+
+def validate(weights: GPT2Weights, source: str | Path) -> None:
+    """Raise ValueError naming `source` and the tensor unless `weights` is complete and sane."""
+    _check_names_shapes(weights.tensors, expected_shapes(weights.config), source)
+    for name, t in weights.tensors.items():
+        if t.dtype != np.float32:
+            raise ValueError(
+                f"{source}: tensor {name}: expected dtype float32, found {t.dtype}"
+            )
+        if not t.flags.c_contiguous:
+            raise ValueError(f"{source}: tensor {name} is not C-contiguous")
+        if not np.isfinite(t).all():
+            raise ValueError(f"non-finite values in tensor {name} of {source}")
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a `.gguf` file or an HF snapshot folder; raise ValueError on anything wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return load_hf_folder(p)
+    return load_gguf(p)
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF
+
+
+def ruby_gguf_names(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Ruby converter layout: GGUF name -> numpy shape (Conv1D [in, out] kept)."""
+    d, f = config.n_embd, config.d_ff
+    names = _gguf_common(config)
+    for i in range(config.n_layer):
+        b = f"blk.{i}."
+        for qkv in ("attn_q", "attn_k", "attn_v"):
+            names[b + qkv + ".weight"] = (d, d)
+            names[b + qkv + ".bias"] = (d,)
+        names[b + "attn_output.weight"] = (d, d)
+        names[b + "ffn_up.weight"] = (d, f)
+        names[b + "ffn_down.weight"] = (f, d)
+    return names
+
+
+def llama_gguf_names(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """llama.cpp GPT-2 layout: GGUF name -> numpy shape (weights [out, in])."""
+    d, f = config.n_embd, config.d_ff
+    names = _gguf_common(config)
+    for i in range(config.n_layer):
+        b = f"blk.{i}."
+        names[b + "attn_qkv.weight"] = (3 * d, d)
+        names[b + "attn_qkv.bias"] = (3 * d,)
+        names[b + "attn_output.weight"] = (d, d)
+        names[b + "ffn_up.weight"] = (f, d)
+        names[b + "ffn_down.weight"] = (d, f)
+    return names
+
+
+def _gguf_common(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    d, f = config.n_embd, config.d_ff
+    names: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (config.vocab_size, d),
+        "position_embd.weight": (config.n_positions, d),
+        "output_norm.weight": (d,),
+        "output_norm.bias": (d,),
+    }
+    for i in range(config.n_layer):
+        b = f"blk.{i}."
+        for norm in ("attn_norm", "ffn_norm"):
+            names[b + norm + ".weight"] = (d,)
+            names[b + norm + ".bias"] = (d,)
+        names[b + "attn_output.bias"] = (d,)
+        names[b + "ffn_up.bias"] = (f,)
+        names[b + "ffn_down.bias"] = (d,)
+    return names
+
+
+def load_gguf(path: str | Path) -> LoadedModel:
+    """Read a GPT-2 GGUF in either layout (told apart by tensor names)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as e:  # noqa: BLE001 - gguf raises many types on bad bytes
+        raise ValueError(
+            f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})"
+        )
+    size = path.stat().st_size
+    raw = {}
+    for t in reader.tensors:
+        if t.name in raw:
+            raise ValueError(f"{path}: tensor {t.name} appears twice")
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise ValueError(
+                f"{path}: truncated: tensor {t.name} ends at byte {end}, file has {size}"
+            )
+        raw[t.name] = t
+
+    config = GPT2Config.from_gguf(reader, path)
+    layout = _detect_layout(raw, path)
+    table = (
+        ruby_gguf_names(config)
+        if layout == LAYOUT_GGUF_RUBY
+        else llama_gguf_names(config)
+    )
+    extra = set(raw) - set(table)
+    if layout == LAYOUT_GGUF_LLAMA:
+        extra.discard("output.weight")  # optional tied head, checked below
+    shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
+    _check_names_shapes({n: shapes[n] for n in raw if n not in extra}, table, path)
+    if extra:
+        raise ValueError(
+            f"{path}: unexpected tensor(s) {sorted(extra)} in {layout} layout"
+        )
+    for name, t in raw.items():
+        if t.tensor_type not in _GGUF_TYPES:
+            raise ValueError(
+                f"{path}: tensor {name}: unsupported type {t.tensor_type.name} "
+                f"(expected one of {sorted(x.name for x in _GGUF_TYPES)})"
+            )
+
+    def f32(name: str) -> np.ndarray:
+        t = raw[name]
+        try:
+            data = gguf.quants.dequantize(t.data, t.tensor_type)
+            # copy: detaches from the memory map and gives C-contiguous float32
+            return np.array(
+                data.reshape(table.get(name, shapes[name])), np.float32, order="C"
+            )
+        except Exception as e:  # noqa: BLE001 - any failure here means bad data
+            raise ValueError(f"{path}: cannot read tensor {name}: {e}") from None
+
+    tensors = {
+        "wte": f32("token_embd.weight"),
+        "wpe": f32("position_embd.weight"),
+        "ln_f.weight": f32("output_norm.weight"),
+        "ln_f.bias": f32("output_norm.bias"),
+    }
+    for i in range(config.n_layer):
+        b, h = f"blk.{i}.", f"h.{i}."
+        tensors[h + "ln_1.weight"] = f32(b + "attn_norm.weight")
+        tensors[h + "ln_1.bias"] = f32(b + "attn_norm.bias")
+        tensors[h + "ln_2.weight"] = f32(b + "ffn_norm.weight")
+        tensors[h + "ln_2.bias"] = f32(b + "ffn_norm.bias")
+        tensors[h + "attn.c_proj.bias"] = f32(b + "attn_output.bias")
+        tensors[h + "mlp.c_fc.bias"] = f32(b + "ffn_up.bias")
+        tensors[h + "mlp.c_proj.bias"] = f32(b + "ffn_down.bias")
+        if layout == LAYOUT_GGUF_RUBY:
+            qkv = ("attn_q", "attn_k", "attn_v")
+            w = np.concatenate([f32(f"{b}{n}.weight") for n in qkv], axis=1)  # [d, 3d]
+            tensors[h + "attn.c_attn.weight"] = w
+            tensors[h + "attn.c_attn.bias"] = np.concatenate(
+                [f32(f"{b}{n}.bias") for n in qkv]
+            )
+            tensors[h + "attn.c_proj.weight"] = f32(b + "attn_output.weight")
+            tensors[h + "mlp.c_fc.weight"] = f32(b + "ffn_up.weight")
+            tensors[h + "mlp.c_proj.weight"] = f32(b + "ffn_down.weight")
+        else:  # llama.cpp stores [out, in]; transpose back to Conv1D [in, out]
+            tensors[h + "attn.c_attn.weight"] = _t(f32(b + "attn_qkv.weight"))
+            tensors[h + "attn.c_attn.bias"] = f32(b + "attn_qkv.bias")
+            tensors[h + "attn.c_proj.weight"] = _t(f32(b + "attn_output.weight"))
+            tensors[h + "mlp.c_fc.weight"] = _t(f32(b + "ffn_up.weight"))
+            tensors[h + "mlp.c_proj.weight"] = _t(f32(b + "ffn_down.weight"))
+    if "output.weight" in raw:
+        want = (config.vocab_size, config.n_embd)
+        if shapes["output.weight"] != want:
+            raise ValueError(
+                f"{path}: tensor output.weight: expected shape {want}, "
+                f"found {shapes['output.weight']}"
+            )
+        _check_tied(f32("output.weight"), tensors["wte"], "output.weight", path)
+
+    weights = GPT2Weights(config, tensors)
+    validate(weights, path)
+    tokenizer = Tokenizer.from_gguf(reader, path)
+    _check_vocab(tokenizer, config, path)
+    return LoadedModel(config, weights, tokenizer, layout, path)
+
+
+def _detect_layout(raw: dict, path: Path) -> str:
+    fused = any(re.fullmatch(r"blk\.\d+\.attn_qkv\.(weight|bias)", n) for n in raw)
+    split = any(re.fullmatch(r"blk\.\d+\.attn_[qkv]\.(weight|bias)", n) for n in raw)
+    if fused and split:
+        raise ValueError(
+            f"{path}: has both fused attn_qkv and split attn_q/k/v tensors"
+        )
+    if fused:
+        return LAYOUT_GGUF_LLAMA
+    if split:
+        return LAYOUT_GGUF_RUBY
+    raise ValueError(
+        f"{path}: no attention tensors (blk.N.attn_qkv or blk.N.attn_q/k/v): "
+        "not a GPT-2 GGUF this loader knows"
+    )
+
+
+def _t(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.T)
+
+
+# ---------------------------------------------------------------------------------------
+# HF folder
+
+
+def load_hf_folder(path: str | Path) -> LoadedModel:
+    """Read an HF GPT-2 snapshot: config.json, model.safetensors (or an index), tokenizer."""
+    folder = Path(path)
+    config = GPT2Config.from_hf_config(folder / "config.json")
+    state, files = _read_safetensors(folder)
+    source = files[0] if len(files) == 1 else folder
+
+    tensors: dict[str, np.ndarray] = {}
+    lm_head = None
+    for key, arr in state.items():
+        name = key.removeprefix("transformer.")
+        if re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", name):
+            continue  # causal-mask buffers saved by old transformers; not parameters
+        if name == "lm_head.weight":
+            lm_head = arr
+            continue
+        if name.endswith(".weight") and name.removesuffix(".weight") in ("wte", "wpe"):
+            name = name.removesuffix(".weight")
+        if name in tensors:
+            raise ValueError(f"{source}: tensor {name} present with and without prefix")
+        if arr.dtype not in _HF_DTYPES:
+            raise ValueError(
+                f"{source}: tensor {key}: unsupported dtype {arr.dtype} "
+                "(expected float32, float16 or float64)"
+            )
+        tensors[name] = arr
+    _check_names_shapes(tensors, expected_shapes(config), source)
+    tensors = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in tensors.items()}
+    if lm_head is not None:
+        _check_tied(
+            np.asarray(lm_head, np.float32), tensors["wte"], "lm_head.weight", source
+        )
+
+    weights = GPT2Weights(config, tensors)
+    validate(weights, source)
+    tokenizer = None
+    if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
+        tokenizer = Tokenizer.from_folder(folder)
+    _check_vocab(tokenizer, config, folder)
+    return LoadedModel(config, weights, tokenizer, LAYOUT_HF, folder)
+
+
+def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = [folder / f for f in sorted(set(weight_map.values()))]
+    else:
+        raise ValueError(
+            f"{folder}: no model.safetensors (or model.safetensors.index.json); "
+            "only safetensors checkpoints are read"
+        )
+    state: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            part = load_file(str(f))
+        except Exception as e:  # noqa: BLE001 - safetensors has its own error type
+            raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
+        dup = set(part) & set(state)
+        if dup:
+            raise ValueError(f"{f}: tensor {min(dup)} also in another shard")
+        state.update(part)
+    return state, files
+
+
+# ---------------------------------------------------------------------------------------
+# shared checks
+
+
+def _check_names_shapes(
+    found: dict, expected: dict[str, tuple[int, ...]], source: str | Path
+) -> None:
+    """`found` maps name -> array or shape tuple."""
+    missing = [n for n in expected if n not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"{source}: missing tensor {missing[0]} (expected shape {expected[missing[0]]}){more}"
+        )
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ValueError(f"{source}: unexpected tensor(s) {extra}")
+    for name, want in expected.items():
+        v = found[name]
+        got = tuple(v) if isinstance(v, tuple) else tuple(v.shape)
+        if got != want:
+            raise ValueError(
+                f"{source}: tensor {name}: expected shape {want}, found {got}"
+            )
+
+
+def _check_tied(
+    head: np.ndarray, wte: np.ndarray, name: str, source: str | Path
+) -> None:
+    if not np.array_equal(head, wte):
+        diff = float(np.max(np.abs(head - wte)))
+        raise ValueError(
+            f"{source}: tensor {name} differs from the token embedding (max-abs {diff:.3g}); "
+            "only tied output heads (GPT-2's) are supported"
+        )
+
+
+def _check_vocab(
+    tokenizer: Tokenizer | None, config: GPT2Config, source: str | Path
+) -> None:
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(
+            f"{source}: vocab mismatch: tokenizer has {tokenizer.vocab_size} tokens, "
+            f"token embedding has {config.vocab_size} rows"
+        )
