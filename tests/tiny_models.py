@@ -23,26 +23,40 @@ from gpt2.tokenizer import EOS_TOKEN, Tokenizer
 from gpt2.weights import GPT2Weights, expected_shapes
 
 CORPUS = [
-    "The quick brown fox jumps over the lazy dog. A small model learns to predict the next "
-    "token from the tokens before it, one position at a time, and it never looks ahead.",
-    "Once upon a time there was a little robot who lived in a quiet town by the sea. Every "
-    "morning it walked along the harbour, counted the boats, and wrote their names in a "
-    "notebook that it kept under its arm.",
-    "Attention lets every position read from the positions before it. The queries and keys "
-    "decide how much each earlier token matters, and the values carry what is read. Layer "
-    "normalization keeps the numbers in a sensible range, and the residual stream carries "
-    "information from the bottom of the network to the top.",
-    "In the winter the river froze and the children skated between the bridges. In the "
-    "summer they swam, fished, and argued about whose turn it was to row the old wooden boat "
-    "that their grandfather had built before the war.",
-    "Numbers like 1024, 3.14159 and 42 appear in text too; so do punctuation marks: commas, "
-    "colons, semicolons, question marks? and exclamation marks! The tokenizer must handle "
-    "all of them, as well as words it has never seen before.",
-    "She opened the letter, read it twice, and then laughed so loudly that the cat jumped off "
-    "the table. Nobody in the house could remember the last time anything so surprising had "
-    "happened on an ordinary Tuesday afternoon.",
-    "Weights are stored in files; files are read by loaders; loaders check every name and "
-    "every shape, and they refuse anything that does not match what the model expects.",
+    (
+        "The quick brown fox jumps over the lazy dog. A small model learns to predict the next "
+        "token from the tokens before it, one position at a time, and it never looks ahead."
+    ),
+    (
+        "Once upon a time there was a little robot who lived in a quiet town by the sea. Every "
+        "morning it walked along the harbour, counted the boats, and wrote their names in a "
+        "notebook that it kept under its arm."
+    ),
+    (
+        "Attention lets every position read from the positions before it. The queries and keys "
+        "decide how much each earlier token matters, and the values carry what is read. Layer "
+        "normalization keeps the numbers in a sensible range, and the residual stream carries "
+        "information from the bottom of the network to the top."
+    ),
+    (
+        "In the winter the river froze and the children skated between the bridges. In the "
+        "summer they swam, fished, and argued about whose turn it was to row the old wooden boat "
+        "that their grandfather had built before the war."
+    ),
+    (
+        "Numbers like 1024, 3.14159 and 42 appear in text too; so do punctuation marks: commas, "
+        "colons, semicolons, question marks? and exclamation marks! The tokenizer must handle "
+        "all of them, as well as words it has never seen before."
+    ),
+    (
+        "She opened the letter, read it twice, and then laughed so loudly that the cat jumped off "
+        "the table. Nobody in the house could remember the last time anything so surprising had "
+        "happened on an ordinary Tuesday afternoon."
+    ),
+    (
+        "Weights are stored in files; files are read by loaders; loaders check every name and "
+        "every shape, and they refuse anything that does not match what the model expects."
+    ),
 ]
 
 
@@ -90,9 +104,7 @@ def random_weights(config: GPT2Config, seed: int) -> GPT2Weights:
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in expected_shapes(config).items():
-        if name in ("wte", "wpe"):
-            x = rng.normal(0.0, 0.1, shape)
-        elif name.endswith(".bias"):
+        if name in ("wte", "wpe") or name.endswith(".bias"):
             x = rng.normal(0.0, 0.1, shape)
         elif ".ln_" in name or name.startswith("ln_"):
             x = rng.normal(1.0, 0.1, shape)  # LayerNorm gamma
