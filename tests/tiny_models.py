@@ -197,3 +197,20 @@ def build_tiny_model(spec: TinySpec, root: Path) -> TinyModel:
 def build_tiny_models(root: Path) -> list[TinyModel]:
     """All tiny models, written under `root`."""
     return [build_tiny_model(spec, root) for spec in SPECS]
+
+
+def check_close(ours: np.ndarray, ref: np.ndarray, tol: float, what: str) -> float:
+    """Fail unless max |ours - ref| <= tol; the message names the largest difference and where.
+
+    Returns the max-abs difference so callers can print or record it (llm.c's check_tensor).
+    """
+    a, b = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    diff = np.abs(a - b)
+    worst = np.unravel_index(int(diff.argmax()), diff.shape)
+    max_abs = float(diff[worst])
+    assert max_abs <= tol, (
+        f"{what}: max-abs {max_abs:.3e} > tol {tol:.1e} at index {tuple(map(int, worst))} "
+        f"(ours {a[worst]!r}, ref {b[worst]!r})"
+    )
+    return max_abs
