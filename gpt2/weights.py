@@ -194,15 +194,12 @@ def load_gguf(path: str | Path) -> LoadedModel:
         if layout == LAYOUT_GGUF_RUBY
         else llama_gguf_names(config)
     )
-    extra = set(raw) - set(table)
-    if layout == LAYOUT_GGUF_LLAMA:
-        extra.discard("output.weight")  # optional tied head, checked below
     shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
-    _check_names_shapes({n: shapes[n] for n in raw if n not in extra}, table, path)
+    # output.weight is optional (llama.cpp writes a copy of token_embd); checked below
+    extra = sorted(set(raw) - set(table) - {"output.weight"})
     if extra:
-        raise ValueError(
-            f"{path}: unexpected tensor(s) {sorted(extra)} in {layout} layout"
-        )
+        raise ValueError(f"{path}: unexpected tensor(s) {extra} in {layout} layout")
+    _check_names_shapes({n: s for n, s in shapes.items() if n in table}, table, path)
     for name, t in raw.items():
         if t.tensor_type not in _GGUF_TYPES:
             raise ValueError(
