@@ -1,0 +1,1 @@
+"""GPT-2 on ggml through tinynn."""

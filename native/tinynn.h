@@ -1,0 +1,273 @@
+/*
+ * tinynn.h - a small C shim over ggml, made to be driven through an FFI.
+ *
+ * This header is the source of truth: the ctypes table in tinynn/_lib.py is
+ * checked against it by a test (tests/tinynn/test_abi.py).
+ *
+ * Conventions
+ * - Shapes follow ggml: ne[0] is the fastest-varying axis. A row-major host
+ *   matrix (rows, cols) is a tensor with ne = [cols, rows]; every
+ *   `..._2d(rows, cols)` constructor below makes ne = [cols, rows].
+ * - tnn_matmul(a, b) is ggml_mul_mat: a.ne0 == b.ne0 (the contracted axis),
+ *   the result has ne = [a.ne1, b.ne1]; r[i, j] = sum_k a[k, i] * b[k, j].
+ * - Handles are opaque. Functions returning a handle return NULL on failure;
+ *   functions returning int return 0 (or a count) on success and a negative
+ *   TNN_E* code on failure. Either way tnn_last_error() (per thread) says
+ *   which function failed, with which values, and what was expected.
+ * - No call aborts the process, whatever its arguments: everything ggml would
+ *   assert on is checked first.
+ *
+ * Lifecycle of a session
+ *   1. tnn_session_new(prefer_cuda)
+ *   2. persistent tensors (weights, KV caches): tnn_input_*_persistent
+ *   3. tnn_finalize_weights: one buffer for them all, zero-filled; upload data
+ *   4. compute inputs (tnn_input_*) and ops; tnn_set_output on tensors to read
+ *   5. tnn_realize(result): build and allocate the graph
+ *   6. upload inputs, tnn_compute, download; repeat 6 as often as wanted: the
+ *      realized graph is computed again with the new input values, with no
+ *      rebuild (what lets ggml-cuda replay it as a CUDA graph)
+ *   7. tnn_reset_for_rebuild to build another graph on the same weights; all
+ *      compute tensors of the old graph become invalid
+ *   8. tnn_session_free
+ * A session is not thread-safe: use one session per thread, or lock.
+ */
+#ifndef TINYNN_H
+#define TINYNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define TNN_API __declspec(dllexport)
+#else
+#define TNN_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a signature or a meaning below changes. */
+#define TNN_ABI_VERSION 1
+
+/* Status codes (negative). */
+#define TNN_OK 0
+#define TNN_EINVAL -1 /* a NULL, foreign or stale handle, or a bad argument */
+#define TNN_ESTATE -2 /* wrong state: not finalized, already realized, ... */
+#define TNN_ESHAPE -3 /* shapes, types, views or byte counts do not fit */
+#define TNN_ENOMEM -4 /* an allocation failed, or a capacity is exhausted */
+#define TNN_EBACKEND -5 /* a backend is missing or failed (CUDA absent, compute error) */
+
+/* ggml types accepted by the typed constructors (ggml's own numbering). */
+#define TNN_TYPE_F32 0
+#define TNN_TYPE_F16 1
+#define TNN_TYPE_Q8_0 8
+#define TNN_TYPE_I32 26
+
+typedef struct tnn_session tnn_session;
+typedef struct ggml_tensor tnn_tensor;
+
+/* ---- library ----------------------------------------------------------- */
+
+/* TNN_ABI_VERSION of the compiled library. */
+TNN_API int tnn_abi_version(void);
+
+/* Message of the last failed call on this thread ("" if none). Owned by the
+ * library; valid until the next failing call on this thread. */
+TNN_API const char *tnn_last_error(void);
+
+/* ggml's log (and the shim's own) goes to this callback; NULL restores
+ * stderr. level is ggml's: 1 debug, 2 info, 3 warn, 4 error, 5 cont. */
+typedef void (*tnn_log_callback)(int level, const char *text, void *user_data);
+TNN_API void tnn_set_log_callback(tnn_log_callback callback, void *user_data);
+
+/* 1 if a CUDA device can be used, 0 if not (tnn_last_error says why). */
+TNN_API int tnn_cuda_available(void);
+
+/* ggml's byte size of n elements of type (a multiple of the block size);
+ * negative if type is unknown or n is not a multiple of its block size. */
+TNN_API int64_t tnn_type_row_size(int type, int64_t n);
+
+/* Always NULL: a typed null for FFI callers that need one. */
+TNN_API void *tnn_null_ptr(void);
+
+/* ---- sessions ---------------------------------------------------------- */
+
+/* A new session on the CPU (prefer_cuda == 0) or on CUDA device 0
+ * (prefer_cuda != 0). Asking for CUDA where there is none is an error (NULL),
+ * never a silent fallback. Free with tnn_session_free. */
+TNN_API tnn_session *tnn_session_new(int prefer_cuda);
+
+/* A session that shares parent's persistent tensors (read and write) but has
+ * its own compute graph, allocator and backend: several graphs (prefill,
+ * decode) over one set of weights. The child may not declare persistent
+ * tensors. parent must be finalized; it stays alive until its last fork is
+ * freed. Free with tnn_session_free. */
+TNN_API tnn_session *tnn_session_fork(tnn_session *parent);
+
+/* Frees the session's graph, compute memory, backend and (when no fork still
+ * uses them) its persistent tensors. NULL is ignored. Handles of its tensors
+ * are invalid afterwards. */
+TNN_API void tnn_session_free(tnn_session *sess);
+
+/* "cpu" or "cuda": the backend that computes this session's graphs. */
+TNN_API const char *tnn_backend_name(tnn_session *sess);
+
+/* Threads used by the CPU backend (default: the machine's cores, at most 8). */
+TNN_API int tnn_set_n_threads(tnn_session *sess, int n_threads);
+TNN_API int tnn_get_n_threads(tnn_session *sess);
+
+/* Free and total memory of the session's device in bytes (for the CPU: the
+ * host's). */
+TNN_API int tnn_device_memory(tnn_session *sess, int64_t *free_bytes, int64_t *total_bytes);
+
+/* ---- persistent tensors (weights, caches) ------------------------------ */
+
+/* F32 ne = [cols, rows]. NULL after tnn_finalize_weights. */
+TNN_API tnn_tensor *tnn_input_2d_f32_persistent(tnn_session *sess, int64_t rows, int64_t cols);
+/* F32 ne = [n]. */
+TNN_API tnn_tensor *tnn_input_1d_f32_persistent(tnn_session *sess, int64_t n);
+/* Any TNN_TYPE_*, ne = [ne0, ne1, ne2, ne3] (use 1 for unused axes); ne0
+ * must be a multiple of the type's block size (32 for q8_0). */
+TNN_API tnn_tensor *tnn_input_typed_persistent(tnn_session *sess, int type, int64_t ne0,
+                                               int64_t ne1, int64_t ne2, int64_t ne3);
+
+/* Allocates one backend buffer for every persistent tensor declared so far
+ * and fills it with zeros. Once per session; at least one tensor needed. */
+TNN_API int tnn_finalize_weights(tnn_session *sess);
+
+/* Bytes of the persistent buffer (0 before finalize). */
+TNN_API int64_t tnn_weights_nbytes(tnn_session *sess);
+
+/* ---- compute inputs (values uploaded after tnn_realize) ---------------- */
+
+/* I32 ne = [n]. */
+TNN_API tnn_tensor *tnn_input_1d_i32(tnn_session *sess, int64_t n);
+/* F32 ne = [cols, rows]. */
+TNN_API tnn_tensor *tnn_input_2d_f32(tnn_session *sess, int64_t rows, int64_t cols);
+/* Any TNN_TYPE_*, ne = [ne0, ne1, ne2, ne3]. */
+TNN_API tnn_tensor *tnn_input_typed(tnn_session *sess, int type, int64_t ne0, int64_t ne1,
+                                    int64_t ne2, int64_t ne3);
+
+/* Shape of t: ne[4], nb[4] (byte strides) and type, each optional (NULL). */
+TNN_API int tnn_tensor_info(tnn_session *sess, tnn_tensor *t, int64_t *ne, int64_t *nb,
+                            int *type);
+
+/* Names t (at most 63 bytes are kept); shows in ggml's logs and errors. */
+TNN_API int tnn_set_name(tnn_session *sess, tnn_tensor *t, const char *name);
+
+/* ---- ops: each returns a new compute tensor, or NULL ------------------- */
+
+/* Rows of table (F32, F16 or Q8_0 [n_embd, n_rows]) picked by idx (I32
+ * [n]): F32 [n_embd, n]. */
+TNN_API tnn_tensor *tnn_get_rows(tnn_session *sess, tnn_tensor *table, tnn_tensor *idx);
+/* a + b, a * b (F32); b is repeated along each axis where a.ne[i] is a
+ * multiple of b.ne[i]. Result has a's shape. */
+TNN_API tnn_tensor *tnn_add(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+TNN_API tnn_tensor *tnn_mul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+/* ggml_mul_mat: a [K, M, ...] (F32, F16 or Q8_0, not transposed), b F32
+ * [K, N, ...], broadcast over axes 2 and 3: result F32 [M, N, ...]. */
+TNN_API tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+/* a * s. */
+TNN_API tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s);
+/* a[i, j] = -inf where i > j + n_past (i along ne0). */
+TNN_API tnn_tensor *tnn_diag_mask_inf(tnn_session *sess, tnn_tensor *a, int64_t n_past);
+/* Softmax along ne0. */
+TNN_API tnn_tensor *tnn_softmax(tnn_session *sess, tnn_tensor *a);
+/* softmax(a * scale + mask) along ne0. mask (F32 or F16, or NULL) has
+ * ne0 == a.ne0, ne1 >= a.ne1, and is repeated over axes 2 and 3. */
+TNN_API tnn_tensor *tnn_soft_max_ext(tnn_session *sess, tnn_tensor *a, tnn_tensor *mask,
+                                     double scale, double max_bias);
+/* (x - mean) / sqrt(var + eps) along ne0 (biased variance), then * gamma
+ * + beta when given (each [ne0] or NULL). */
+TNN_API tnn_tensor *tnn_layer_norm(tnn_session *sess, tnn_tensor *x, tnn_tensor *gamma,
+                                   tnn_tensor *beta, double eps);
+/* Tanh GELU (on the CPU through ggml's f16 table: about 1e-3 absolute). */
+TNN_API tnn_tensor *tnn_gelu(tnn_session *sess, tnn_tensor *a);
+/* a and b joined along dim (0..3); other axes equal, same type. */
+TNN_API tnn_tensor *tnn_concat(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int dim);
+/* Views into a's memory; offsets and strides in bytes. The view must lie
+ * inside a. */
+TNN_API tnn_tensor *tnn_view_1d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t offset);
+TNN_API tnn_tensor *tnn_view_2d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
+                                int64_t nb1, int64_t offset);
+TNN_API tnn_tensor *tnn_view_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
+                                int64_t ne2, int64_t nb1, int64_t nb2, int64_t offset);
+/* Same data, new shape (a contiguous, element counts equal). */
+TNN_API tnn_tensor *tnn_reshape_2d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1);
+TNN_API tnn_tensor *tnn_reshape_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
+                                   int64_t ne2);
+TNN_API tnn_tensor *tnn_reshape_4d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
+                                   int64_t ne2, int64_t ne3);
+/* Axis i of a becomes axis ax_i of the result (a permutation of 0..3). */
+TNN_API tnn_tensor *tnn_permute(tnn_session *sess, tnn_tensor *a, int ax0, int ax1, int ax2,
+                                int ax3);
+/* Transpose of the first two axes (a view). */
+TNN_API tnn_tensor *tnn_transpose(tnn_session *sess, tnn_tensor *a);
+/* A contiguous copy of a. */
+TNN_API tnn_tensor *tnn_cont(tnn_session *sess, tnn_tensor *a);
+/* Copies a into b (same element count; F32 or F16); the result is a view of
+ * b. Unless it feeds the result, pass it to tnn_add_to_graph. */
+TNN_API tnn_tensor *tnn_cpy(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+/* dst[:, idx[i], ...] = src[:, i, ...]: dst [n, rows, ne2, ne3] (F32 or
+ * F16), src F32 [n, len(idx), ne2, ne3], idx I32 [len] with values in
+ * [0, rows) (checked on the host only when the values are known: a runtime
+ * index out of range is the caller's duty). The result is a view of dst. */
+TNN_API tnn_tensor *tnn_set_rows(tnn_session *sess, tnn_tensor *dst, tnn_tensor *src,
+                                 tnn_tensor *idx);
+/* Attention: q F32 [d, n_q, n_head, B], k and v (F32 or F16)
+ * [d, n_kv, n_head, B], mask F16 [n_kv, >= n_q] or NULL. Result F32
+ * [d, n_head, n_q, B] (heads before positions). */
+TNN_API tnn_tensor *tnn_flash_attn_ext(tnn_session *sess, tnn_tensor *q, tnn_tensor *k,
+                                       tnn_tensor *v, tnn_tensor *mask, double scale);
+/* Index of the largest value of each row: a F32 [n, rows] -> I32 [rows]. */
+TNN_API tnn_tensor *tnn_argmax(tnn_session *sess, tnn_tensor *a);
+/* Indices of the k largest values of each row (in no order): I32 [k, rows]. */
+TNN_API tnn_tensor *tnn_top_k(tnn_session *sess, tnn_tensor *a, int64_t k);
+
+/* ---- graph ------------------------------------------------------------- */
+
+/* Keeps t's memory its own through compute so it can be read afterwards. */
+TNN_API int tnn_set_output(tnn_session *sess, tnn_tensor *t);
+/* Adds t (and what it depends on) to the graph before the result: for side
+ * effects such as cache writes that the result does not read. */
+TNN_API int tnn_add_to_graph(tnn_session *sess, tnn_tensor *t);
+/* Builds the graph ending at result and allocates its compute memory. Once
+ * per graph. */
+TNN_API int tnn_realize(tnn_session *sess, tnn_tensor *result);
+/* Computes the realized graph; may be called again and again. */
+TNN_API int tnn_compute(tnn_session *sess);
+/* Drops the graph and all compute tensors (their handles become invalid);
+ * persistent tensors and their data stay. */
+TNN_API int tnn_reset_for_rebuild(tnn_session *sess);
+/* Nodes in the realized graph (0 before tnn_realize). */
+TNN_API int tnn_graph_n_nodes(tnn_session *sess);
+
+/* ---- data -------------------------------------------------------------- */
+
+/* Copies nbytes from data into t starting at byte offset; t must have memory
+ * (persistent after finalize, compute after realize) and offset + nbytes
+ * must fit in t. The typed forms also check t's type. */
+TNN_API int tnn_upload_f32(tnn_session *sess, tnn_tensor *t, const float *data, int64_t nbytes,
+                           int64_t offset);
+TNN_API int tnn_upload_i32(tnn_session *sess, tnn_tensor *t, const int32_t *data, int64_t nbytes,
+                           int64_t offset);
+TNN_API int tnn_upload_f16(tnn_session *sess, tnn_tensor *t, const uint16_t *data,
+                           int64_t nbytes, int64_t offset);
+TNN_API int tnn_upload_raw(tnn_session *sess, tnn_tensor *t, const void *data, int64_t nbytes,
+                           int64_t offset);
+/* Copies nbytes of t from byte offset into data (which holds nbytes). */
+TNN_API int tnn_download_f32(tnn_session *sess, tnn_tensor *t, float *data, int64_t nbytes,
+                             int64_t offset);
+TNN_API int tnn_download_i32(tnn_session *sess, tnn_tensor *t, int32_t *data, int64_t nbytes,
+                             int64_t offset);
+TNN_API int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, int64_t nbytes,
+                             int64_t offset);
+TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
+                             int64_t offset);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TINYNN_H */

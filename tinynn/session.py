@@ -1,0 +1,381 @@
+"""Session and Tensor: Python owners of libtinynn's handles.
+
+A Session owns one native session (its backend, scheduler, persistent buffer
+and compute graph). A Tensor holds its session and the graph generation it was
+made in, so a handle from before ``reset_for_rebuild`` or after ``close`` is
+refused in Python instead of reaching C.
+
+Method names follow the C functions (``input_2d_f32_persistent``,
+``matmul``, ``realize``...) so code ported from the Ruby engine reads alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._lib import load
+from .dtypes import DTYPES, GGML_TYPE_IDS, dtype_name
+from .errors import TinyNNError
+
+
+class Tensor:
+    """A ggml tensor of a session. ``ne`` is ggml's shape (ne0 fastest);
+    ``shape`` is the matching row-major numpy shape (ne reversed)."""
+
+    __slots__ = ("_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype")
+
+    def __init__(self, session: Session, handle: int, persistent: bool):
+        self._session = session
+        self._handle = handle
+        self._generation = None if persistent else session._generation
+        self.persistent = persistent
+        lib = session._lib
+        ne = (ctypes.c_int64 * 4)()
+        nb = (ctypes.c_int64 * 4)()
+        type_id = ctypes.c_int()
+        lib.tnn_tensor_info(session._ptr(), handle, ne, nb, ctypes.byref(type_id))
+        self.ne = tuple(ne)
+        self.nb = tuple(nb)
+        self.dtype = dtype_name(type_id.value)
+
+    # -- identity ---------------------------------------------------------
+    @property
+    def handle(self) -> int:
+        """The native pointer, after checking this tensor is still valid."""
+        s = self._session
+        s._ptr()
+        if self._generation is not None and self._generation != s._generation:
+            raise ValueError(
+                "tensor belongs to a graph dropped by reset_for_rebuild; build it again"
+            )
+        return self._handle
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        dims = list(self.ne)
+        while len(dims) > 1 and dims[-1] == 1:
+            dims.pop()
+        return tuple(reversed(dims))
+
+    @property
+    def nbytes(self) -> int:
+        rows = self.ne[1] * self.ne[2] * self.ne[3]
+        return rows * self._session._lib.tnn_type_row_size(GGML_TYPE_IDS[self.dtype], self.ne[0])
+
+    def set_name(self, name: str) -> Tensor:
+        self._session._lib.tnn_set_name(self._session._ptr(), self.handle, name.encode())
+        return self
+
+    def __repr__(self) -> str:
+        kind = "persistent" if self.persistent else "compute"
+        return f"Tensor({self.dtype}, ne={list(self.ne)}, {kind})"
+
+    # -- data ---------------------------------------------------------------
+    def upload(self, data: np.ndarray | Sequence, offset: int = 0) -> None:
+        """Copies ``data`` into the tensor at byte ``offset``. The array's
+        dtype must match: float32 for f32, int32 for i32, float16 for f16,
+        uint8 (raw blocks) for q8_0. Any byte count up to the tensor's end."""
+        array = _as_buffer(data, self.dtype)
+        fn = {
+            "f32": "tnn_upload_f32",
+            "i32": "tnn_upload_i32",
+            "f16": "tnn_upload_f16",
+        }.get(self.dtype, "tnn_upload_raw")
+        lib = self._session._lib
+        getattr(lib, fn)(
+            self._session._ptr(), self.handle, array.ctypes.data, array.nbytes, offset
+        )
+
+    def download(self) -> np.ndarray:
+        """A copy of the tensor's data as a numpy array of ``shape``
+        (uint8 bytes for q8_0)."""
+        lib = self._session._lib
+        nbytes = self.nbytes
+        if self.dtype == "q8_0":
+            out = np.empty(nbytes, dtype=np.uint8)
+            lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, nbytes, 0)
+            return out
+        out = np.empty(self.shape, dtype=DTYPES[self.dtype])
+        fn = f"tnn_download_{self.dtype}"
+        getattr(lib, fn)(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, 0)
+        return out
+
+    def download_into(self, out: np.ndarray, offset: int = 0) -> np.ndarray:
+        """Fills ``out`` (C-contiguous, the tensor's dtype) with ``out.nbytes``
+        bytes of the tensor from byte ``offset``: no allocation per call."""
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+        if out.dtype != np.dtype(DTYPES.get(self.dtype, np.uint8)):
+            raise TypeError(f"out is {out.dtype}, tensor is {self.dtype}")
+        lib = self._session._lib
+        lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, offset)
+        return out
+
+
+def _as_buffer(data, dtype: str) -> np.ndarray:
+    want = np.dtype(DTYPES.get(dtype, np.uint8))
+    array = np.asarray(data)
+    if array.dtype != want:
+        # Lossless widening of Python ints/floats is fine; silent narrowing
+        # of an array of another dtype is not.
+        if isinstance(data, np.ndarray):
+            raise TypeError(f"expected a {want} array for a {dtype} tensor, got {array.dtype}")
+        array = np.asarray(data, dtype=want)
+    return np.ascontiguousarray(array)
+
+
+def _t(x: Tensor | None) -> int | None:
+    return None if x is None else x.handle
+
+
+class Session:
+    """One libtinynn session: ``Session("cpu")`` or ``Session("cuda")``.
+
+    CUDA asked for where there is none raises TinyNNError with the reason.
+    Use as a context manager, or call ``close()`` (idempotent).
+    """
+
+    def __init__(self, device: str = "cpu", *, n_threads: int | None = None, _parent=None):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self._lib = load()
+        self._generation = 0
+        self._handle = None
+        self._parent = _parent
+        if _parent is not None:
+            self._handle = self._lib.tnn_session_fork(_parent._ptr())
+        else:
+            self._handle = self._lib.tnn_session_new(1 if device == "cuda" else 0)
+        self.device = device
+        if n_threads is not None:
+            self.n_threads = n_threads
+
+    def fork(self) -> Session:
+        """A session sharing this one's persistent tensors, with its own
+        graph (see tnn_session_fork)."""
+        return Session(self.device, _parent=self)
+
+    # -- lifetime ---------------------------------------------------------
+    def _ptr(self) -> int:
+        if self._handle is None:
+            raise ValueError("session is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self._lib.tnn_session_free(handle)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- properties -------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        return self._lib.tnn_backend_name(self._ptr()).decode()
+
+    @property
+    def n_threads(self) -> int:
+        return self._lib.tnn_get_n_threads(self._ptr())
+
+    @n_threads.setter
+    def n_threads(self, n: int) -> None:
+        self._lib.tnn_set_n_threads(self._ptr(), int(n))
+
+    def device_memory(self) -> tuple[int, int]:
+        """(free, total) bytes of the session's device."""
+        free, total = ctypes.c_int64(), ctypes.c_int64()
+        self._lib.tnn_device_memory(self._ptr(), ctypes.byref(free), ctypes.byref(total))
+        return free.value, total.value
+
+    @property
+    def weights_nbytes(self) -> int:
+        return self._lib.tnn_weights_nbytes(self._ptr())
+
+    @property
+    def n_nodes(self) -> int:
+        return self._lib.tnn_graph_n_nodes(self._ptr())
+
+    # -- tensor constructors ------------------------------------------------
+    def _new(self, handle: int, persistent: bool = False) -> Tensor:
+        return Tensor(self, handle, persistent)
+
+    def input_2d_f32_persistent(self, rows: int, cols: int) -> Tensor:
+        return self._new(self._lib.tnn_input_2d_f32_persistent(self._ptr(), rows, cols), True)
+
+    def input_1d_f32_persistent(self, n: int) -> Tensor:
+        return self._new(self._lib.tnn_input_1d_f32_persistent(self._ptr(), n), True)
+
+    def input_typed_persistent(self, dtype: str, ne: Sequence[int]) -> Tensor:
+        ne4 = _ne4(ne)
+        handle = self._lib.tnn_input_typed_persistent(self._ptr(), _type_id(dtype), *ne4)
+        return self._new(handle, True)
+
+    def finalize_weights(self) -> None:
+        self._lib.tnn_finalize_weights(self._ptr())
+
+    def input_1d_i32(self, n: int) -> Tensor:
+        return self._new(self._lib.tnn_input_1d_i32(self._ptr(), n))
+
+    def input_2d_f32(self, rows: int, cols: int) -> Tensor:
+        return self._new(self._lib.tnn_input_2d_f32(self._ptr(), rows, cols))
+
+    def input_typed(self, dtype: str, ne: Sequence[int]) -> Tensor:
+        return self._new(self._lib.tnn_input_typed(self._ptr(), _type_id(dtype), *_ne4(ne)))
+
+    # -- ops ------------------------------------------------------------------
+    def get_rows(self, table: Tensor, idx: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_get_rows(self._ptr(), table.handle, idx.handle))
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_add(self._ptr(), a.handle, b.handle))
+
+    def mul(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_mul(self._ptr(), a.handle, b.handle))
+
+    def matmul(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_matmul(self._ptr(), a.handle, b.handle))
+
+    def scale(self, a: Tensor, s: float) -> Tensor:
+        return self._new(self._lib.tnn_scale(self._ptr(), a.handle, s))
+
+    def diag_mask_inf(self, a: Tensor, n_past: int) -> Tensor:
+        return self._new(self._lib.tnn_diag_mask_inf(self._ptr(), a.handle, n_past))
+
+    def softmax(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_softmax(self._ptr(), a.handle))
+
+    def soft_max_ext(
+        self, a: Tensor, mask: Tensor | None, scale: float, max_bias: float = 0.0
+    ) -> Tensor:
+        return self._new(
+            self._lib.tnn_soft_max_ext(self._ptr(), a.handle, _t(mask), scale, max_bias)
+        )
+
+    def layer_norm(
+        self, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float = 1e-5
+    ) -> Tensor:
+        return self._new(
+            self._lib.tnn_layer_norm(self._ptr(), x.handle, _t(gamma), _t(beta), eps)
+        )
+
+    def gelu(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_gelu(self._ptr(), a.handle))
+
+    def concat(self, a: Tensor, b: Tensor, dim: int) -> Tensor:
+        return self._new(self._lib.tnn_concat(self._ptr(), a.handle, b.handle, dim))
+
+    def view_1d(self, a: Tensor, ne0: int, offset: int) -> Tensor:
+        return self._new(self._lib.tnn_view_1d(self._ptr(), a.handle, ne0, offset))
+
+    def view_2d(self, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
+        return self._new(self._lib.tnn_view_2d(self._ptr(), a.handle, ne0, ne1, nb1, offset))
+
+    def view_3d(
+        self, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int
+    ) -> Tensor:
+        return self._new(
+            self._lib.tnn_view_3d(self._ptr(), a.handle, ne0, ne1, ne2, nb1, nb2, offset)
+        )
+
+    def reshape(self, a: Tensor, *ne: int) -> Tensor:
+        """New shape in ggml order (ne0 first), 1 to 4 axes."""
+        ne4 = _ne4(ne)
+        return self._new(self._lib.tnn_reshape_4d(self._ptr(), a.handle, *ne4))
+
+    def permute(self, a: Tensor, ax0: int, ax1: int, ax2: int, ax3: int) -> Tensor:
+        return self._new(self._lib.tnn_permute(self._ptr(), a.handle, ax0, ax1, ax2, ax3))
+
+    def transpose(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_transpose(self._ptr(), a.handle))
+
+    def cont(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_cont(self._ptr(), a.handle))
+
+    def cpy(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_cpy(self._ptr(), a.handle, b.handle))
+
+    def set_rows(self, dst: Tensor, src: Tensor, idx: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_set_rows(self._ptr(), dst.handle, src.handle, idx.handle))
+
+    def flash_attn_ext(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+    ) -> Tensor:
+        return self._new(
+            self._lib.tnn_flash_attn_ext(
+                self._ptr(), q.handle, k.handle, v.handle, _t(mask), scale
+            )
+        )
+
+    def argmax(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_argmax(self._ptr(), a.handle))
+
+    def top_k(self, a: Tensor, k: int) -> Tensor:
+        return self._new(self._lib.tnn_top_k(self._ptr(), a.handle, k))
+
+    # -- graph ------------------------------------------------------------------
+    def set_output(self, t: Tensor) -> Tensor:
+        self._lib.tnn_set_output(self._ptr(), t.handle)
+        return t
+
+    def add_to_graph(self, t: Tensor) -> None:
+        self._lib.tnn_add_to_graph(self._ptr(), t.handle)
+
+    def realize(self, result: Tensor) -> None:
+        self._lib.tnn_realize(self._ptr(), result.handle)
+
+    def compute(self) -> None:
+        self._lib.tnn_compute(self._ptr())
+
+    def reset_for_rebuild(self) -> None:
+        self._lib.tnn_reset_for_rebuild(self._ptr())
+        self._generation += 1
+
+
+def _ne4(ne: Sequence[int]) -> list[int]:
+    ne = [int(n) for n in ne]
+    if not 1 <= len(ne) <= 4:
+        raise ValueError(f"a shape has 1 to 4 axes, got {len(ne)}")
+    return ne + [1] * (4 - len(ne))
+
+
+def _type_id(dtype: str) -> int:
+    try:
+        return GGML_TYPE_IDS[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(GGML_TYPE_IDS)}, got {dtype!r}") from None
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device can be used (see cuda_unavailable_reason)."""
+    return bool(load().tnn_cuda_available())
+
+
+def cuda_unavailable_reason() -> str | None:
+    lib = load()
+    if lib.tnn_cuda_available():
+        return None
+    return lib.tnn_last_error().decode()
+
+
+__all__ = ["Session", "Tensor", "TinyNNError", "cuda_available", "cuda_unavailable_reason"]
