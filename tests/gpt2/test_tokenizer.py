@@ -6,6 +6,8 @@ import json
 
 import gguf
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpt2.tokenizer import Tokenizer
 
@@ -33,6 +35,18 @@ def test_round_trip(tiny_model, gguf_tokenizer, text):
         ids = tok.encode(text)
         assert all(0 <= i < tok.vocab_size for i in ids)
         assert tok.decode(ids) == text
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=st.text(max_size=80))
+def test_round_trip_any_text(tiny_model, text):
+    """Property: decode(encode(s)) == s for any Unicode string (surrogates excluded)."""
+    tok = tiny_model.tokenizer
+    assert tok.decode(tok.encode(text)) == text
 
 
 def test_gguf_tokenizer_equals_folder_tokenizer(tiny_models):

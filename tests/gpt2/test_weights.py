@@ -121,6 +121,24 @@ def test_hf_variants_load(tiny_model, tmp_path):
     assert_same_weights(load_model(folder).weights, tiny_model.weights, "no prefix")
 
 
+def test_hf_sharded_index(tiny_model, tmp_path):
+    """model.safetensors.index.json with two shards loads like the single file."""
+    state = load_file(str(tiny_model.hf_dir / "model.safetensors"))
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_model.hf_dir, folder)
+    (folder / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2]}
+    shards["model-00002-of-00002.safetensors"] = keys[1::2]
+    weight_map = {}
+    for file, names in shards.items():
+        save_file({k: state[k] for k in names}, str(folder / file))
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_same_weights(load_model(folder).weights, tiny_model.weights, "sharded")
+
+
 def test_llama_layout_with_tied_output_weight(tiny_model, tmp_path):
     t = gguf_tensors(tiny_model.gguf_llama)
     t["output.weight"] = t["token_embd.weight"].copy()
