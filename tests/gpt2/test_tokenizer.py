@@ -40,6 +40,7 @@ def test_round_trip(tiny_model, gguf_tokenizer, text):
 @settings(
     max_examples=200,
     deadline=None,
+    database=None,  # write no .hypothesis folder into the repo
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=st.text(max_size=80))
