@@ -171,10 +171,12 @@ def load_gguf(path: str | Path) -> LoadedModel:
         raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
     try:
         reader = gguf.GGUFReader(path, "r")
-    except Exception as e:  # noqa: BLE001 - gguf raises many types on bad bytes
+    except (
+        Exception
+    ) as e:  # gguf raises ValueError, IndexError, struct errors on bad bytes
         raise ValueError(
             f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})"
-        )
+        ) from e
     size = path.stat().st_size
     raw = {}
     for t in reader.tensors:
