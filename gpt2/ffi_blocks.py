@@ -1,0 +1,111 @@
+"""Per-layer weights of the ported engines, and what both port engines share.
+
+A close port of the Ruby `GPT2BlockFFI`: per-head Q/K/V weights and biases
+(declared so that `matmul(W, x)` is x·W), the output projection, the FFN and
+the two LayerNorms, all F32 persistent tensors of one tinynn session.
+Orientation (RUBY_ENGINE.md 3.2): a host weight W (in, out) is declared as
+`input_2d(out, in)`, ne = [in, out], and uploaded transposed, so that
+elem(ne0=i, ne1=o) = W[i][o]. V is computed transposed, so its bias is
+ne = [1, d_head].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gpt2.weights import GPT2Weights
+from tinynn import Session, Tensor
+
+
+def upload_transposed(t: Tensor, w: np.ndarray) -> None:
+    """Uploads a host (in, out) weight into a tensor declared ne = [in, out]."""
+    t.upload(np.ascontiguousarray(w.T, dtype=np.float32))
+
+
+def upload_row_major(t: Tensor, a: np.ndarray) -> None:
+    t.upload(np.ascontiguousarray(a, dtype=np.float32))
+
+
+class GPT2BlockFFI:
+    """The persistent tensors of one transformer block."""
+
+    def __init__(self, sess: Session, d_model: int, d_ff: int, n_heads: int):
+        d_head = d_model // n_heads
+        self.t_ln1_gamma = sess.input_1d_f32_persistent(d_model)
+        self.t_ln1_beta = sess.input_1d_f32_persistent(d_model)
+        self.t_ln2_gamma = sess.input_1d_f32_persistent(d_model)
+        self.t_ln2_beta = sess.input_1d_f32_persistent(d_model)
+        self.t_w_q = [sess.input_2d_f32_persistent(d_head, d_model) for _ in range(n_heads)]
+        self.t_w_k = [sess.input_2d_f32_persistent(d_head, d_model) for _ in range(n_heads)]
+        self.t_w_v = [sess.input_2d_f32_persistent(d_head, d_model) for _ in range(n_heads)]
+        self.t_b_q = [sess.input_1d_f32_persistent(d_head) for _ in range(n_heads)]
+        self.t_b_k = [sess.input_1d_f32_persistent(d_head) for _ in range(n_heads)]
+        # ne = [1, d_head]: v is produced as [T, d_head]
+        self.t_b_v = [sess.input_2d_f32_persistent(d_head, 1) for _ in range(n_heads)]
+        self.t_w_o = sess.input_2d_f32_persistent(d_model, d_model)
+        self.t_b_o = sess.input_1d_f32_persistent(d_model)
+        self.t_w_ff1 = sess.input_2d_f32_persistent(d_ff, d_model)
+        self.t_b_ff1 = sess.input_1d_f32_persistent(d_ff)
+        self.t_w_ff2 = sess.input_2d_f32_persistent(d_model, d_ff)
+        self.t_b_ff2 = sess.input_1d_f32_persistent(d_model)
+        self.n_heads = n_heads
+        self.d_head = d_head
+
+    def upload_from(self, weights: GPT2Weights, layer: int) -> None:
+        """Uploads layer `layer` of canonical (HF Conv1D) weights, split per head."""
+        p = f"h.{layer}."
+        d, dh = weights.config.n_embd, self.d_head
+        upload_row_major(self.t_ln1_gamma, weights[p + "ln_1.weight"])
+        upload_row_major(self.t_ln1_beta, weights[p + "ln_1.bias"])
+        upload_row_major(self.t_ln2_gamma, weights[p + "ln_2.weight"])
+        upload_row_major(self.t_ln2_beta, weights[p + "ln_2.bias"])
+        c_attn_w = weights[p + "attn.c_attn.weight"]  # [d, 3d]: q | k | v
+        c_attn_b = weights[p + "attn.c_attn.bias"]  # [3d]
+        for h in range(self.n_heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            for which, (t_w, t_b) in enumerate(
+                ((self.t_w_q, self.t_b_q), (self.t_w_k, self.t_b_k), (self.t_w_v, self.t_b_v))
+            ):
+                w = c_attn_w[:, which * d : (which + 1) * d][:, cols]  # [d, d_head]
+                b = c_attn_b[which * d : (which + 1) * d][cols]  # [d_head]
+                upload_transposed(t_w[h], w)
+                upload_row_major(t_b[h], b)
+        upload_transposed(self.t_w_o, weights[p + "attn.c_proj.weight"])
+        upload_row_major(self.t_b_o, weights[p + "attn.c_proj.bias"])
+        upload_transposed(self.t_w_ff1, weights[p + "mlp.c_fc.weight"])
+        upload_row_major(self.t_b_ff1, weights[p + "mlp.c_fc.bias"])
+        upload_transposed(self.t_w_ff2, weights[p + "mlp.c_proj.weight"])
+        upload_row_major(self.t_b_ff2, weights[p + "mlp.c_proj.bias"])
+
+    def build_ffn(self, sess: Session, x: Tensor, eps: float) -> Tensor:
+        """x + FFN(LN2(x)); x is [d, T]."""
+        h2 = sess.layer_norm(x, self.t_ln2_gamma, self.t_ln2_beta, eps)  # [d, T]
+        u = sess.add(sess.matmul(self.t_w_ff1, h2), self.t_b_ff1)  # [d_ff, T]
+        g = sess.gelu(u)  # [d_ff, T]
+        f = sess.add(sess.matmul(self.t_w_ff2, g), self.t_b_ff2)  # [d, T]
+        return sess.add(x, f)  # [d, T]
+
+    def build_out_proj(self, sess: Session, heads: Sequence[Tensor]) -> Tensor:
+        """Concatenated heads through W_o + b_o: [d_head, T] each -> [d, T]."""
+        acc = heads[0]
+        for head in heads[1:]:
+            acc = sess.concat(acc, head, 0)  # [.. + d_head, T]
+        return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
+
+
+def check_ids(ids: Sequence[int], vocab_size: int) -> np.ndarray:
+    """Token ids as int32, each in [0, vocab_size)."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {arr.dtype}")
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"token id {int(arr[i])} at position {i} is outside the vocabulary [0, {vocab_size})"
+        )
+    return arr.astype(np.int32)
