@@ -1,0 +1,262 @@
+"""Graph lifecycle: persistence across rebuilds, replays, several sessions,
+forks, thread count, memory queries and large transfers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import tinynn
+from tests.devices import assert_close
+
+TOL = 1e-5  # f32, relative-ish (see assert_close)
+
+
+def test_persistent_data_survives_reset_for_rebuild(device):
+    w_host = np.random.default_rng(30).standard_normal((3, 4)).astype(np.float32)
+    with tinynn.Session(device) as s:
+        w = s.input_2d_f32_persistent(3, 4)  # ne = [4, 3]
+        s.finalize_weights()
+        w.upload(w_host)
+        for step in range(3):
+            s.reset_for_rebuild()
+            x = s.input_2d_f32(2, 4)
+            y = s.set_output(s.matmul(w, x))
+            s.realize(y)
+            x_host = np.full((2, 4), step + 1.0, np.float32)
+            x.upload(x_host)
+            s.compute()
+            assert_close(y.download(), x_host @ w_host.T, TOL, f"{device} rebuild {step}")
+        assert_close(w.download(), w_host, 0.0, f"{device} weights after rebuilds")
+
+
+def test_one_graph_computed_50_times(device):
+    """A realized graph is computed again with new inputs, no rebuild."""
+    r = np.random.default_rng(31)
+    w_host = r.standard_normal((5, 8)).astype(np.float32)
+    with tinynn.Session(device) as s:
+        w = s.input_2d_f32_persistent(5, 8)
+        s.finalize_weights()
+        w.upload(w_host)
+        x = s.input_2d_f32(3, 8)
+        ids = s.input_1d_i32(2)
+        y = s.set_output(s.gelu(s.matmul(w, x)))
+        rows = s.set_output(s.get_rows(w, ids))
+        s.add_to_graph(rows)
+        s.realize(y)
+        n_nodes = s.n_nodes
+        assert n_nodes > 0
+        for step in range(50):
+            x_host = r.standard_normal((3, 8)).astype(np.float32)
+            ids_host = r.integers(0, 5, 2).astype(np.int32)
+            x.upload(x_host)
+            ids.upload(ids_host)
+            s.compute()
+            z = x_host.astype(np.float64) @ w_host.T
+            want = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+            assert_close(y.download(), want, 1e-3, f"{device} step {step} (gelu)")
+            assert_close(rows.download(), w_host[ids_host], 0.0, f"{device} step {step} rows")
+        assert s.n_nodes == n_nodes
+
+
+def _linear_session(device: str, w_host: np.ndarray) -> tuple[tinynn.Session, object, object]:
+    s = tinynn.Session(device)
+    w = s.input_2d_f32_persistent(*w_host.shape)
+    s.finalize_weights()
+    w.upload(w_host)
+    x = s.input_2d_f32(2, w_host.shape[1])
+    y = s.set_output(s.scale(s.matmul(w, x), 1.0))
+    return s, x, y
+
+
+def test_two_sessions_interleaved(device):
+    """Each session owns its scheduler: building, realizing and computing
+    two sessions in turn leaves each one's results right (the Ruby shim
+    shared one scheduler and the second session broke the first)."""
+    r = np.random.default_rng(32)
+    wa = r.standard_normal((4, 6)).astype(np.float32)
+    wb = r.standard_normal((7, 3)).astype(np.float32)
+    sa, xa, ya = _linear_session(device, wa)
+    sb, xb, yb = _linear_session(device, wb)
+    try:
+        sa.realize(ya)
+        sb.realize(yb)
+        for step in range(4):
+            xa_host = r.standard_normal((2, 6)).astype(np.float32)
+            xb_host = r.standard_normal((2, 3)).astype(np.float32)
+            xa.upload(xa_host)
+            xb.upload(xb_host)
+            sb.compute()
+            sa.compute()
+            assert_close(ya.download(), xa_host @ wa.T, TOL, f"{device} session a step {step}")
+            assert_close(yb.download(), xb_host @ wb.T, TOL, f"{device} session b step {step}")
+        # A rebuild of one session leaves the other's realized graph intact.
+        sb.reset_for_rebuild()
+        xb2 = sb.input_2d_f32(1, 3)
+        sb.realize(sb.set_output(sb.scale(xb2, 3.0)))
+        xa.upload(np.ones((2, 6), np.float32))
+        sa.compute()
+        assert_close(ya.download(), np.ones((2, 6)) @ wa.T, TOL, f"{device} a after b rebuilt")
+    finally:
+        sa.close()
+        sb.close()
+
+
+def test_fork_shares_weights_and_caches(device):
+    """A fork reads the parent's weights; a cache write by one graph is seen
+    by the other; the fork survives the parent's close."""
+    r = np.random.default_rng(33)
+    d, max_t = 8, 4
+    w_host = r.standard_normal((d, d)).astype(np.float32)
+    parent = tinynn.Session(device)
+    w = parent.input_2d_f32_persistent(d, d)
+    cache = parent.input_2d_f32_persistent(max_t, d)  # ne = [d, max_t]
+    parent.finalize_weights()
+    w.upload(w_host)
+    child = parent.fork()
+    try:
+        assert child.backend_name == device
+        assert child.weights_nbytes == parent.weights_nbytes > 0
+        # Parent: write row 1 of the cache from an input.
+        x = parent.input_2d_f32(1, d)
+        parent.add_to_graph(parent.cpy(x, parent.view_2d(cache, d, 1, cache.nb[1], cache.nb[1])))
+        parent.realize(parent.set_output(parent.scale(x, 1.0)))
+        row = r.standard_normal((1, d)).astype(np.float32)
+        x.upload(row)
+        parent.compute()
+        # Child: reads the parent's weights and the cache row just written.
+        cached = child.view_2d(cache, d, 1, cache.nb[1], cache.nb[1])
+        y = child.set_output(child.matmul(w, cached))
+        # ... and writes row 2 itself.
+        x2 = child.input_2d_f32(1, d)
+        child.add_to_graph(child.cpy(x2, child.view_2d(cache, d, 1, cache.nb[1], 2 * cache.nb[1])))
+        child.realize(y)
+        row2 = r.standard_normal((1, d)).astype(np.float32)
+        x2.upload(row2)
+        child.compute()
+        assert_close(y.download(), (row @ w_host.T)[0], TOL, f"{device} fork reads parent's cache")
+        want = np.zeros((max_t, d), np.float32)
+        want[1], want[2] = row[0], row2[0]
+        assert_close(cache.download(), want, 0.0, f"{device} parent sees the fork's write")
+
+        parent.close()
+        with np.testing.assert_raises(ValueError):
+            cache.download()  # through the closed parent object
+        # The fork keeps the shared buffer alive; it reaches the cache
+        # through a raw handle since the parent's Tensor objects refuse.
+        cache_in_child = child._new(cache._handle, persistent=True)
+        assert child.weights_nbytes > 0
+        for step in range(3):
+            row2 = r.standard_normal((1, d)).astype(np.float32)
+            x2.upload(row2)
+            child.compute()
+            assert_close(y.download(), (row @ w_host.T)[0], TOL, f"{device} fork after close")
+            want[2] = row2[0]
+            assert_close(cache_in_child.download(), want, 0.0, f"{device} cache step {step}")
+    finally:
+        parent.close()
+        child.close()
+
+
+def test_fork_of_closed_parent_rebuilds(device):
+    """After the parent is closed, the fork can still build new graphs on
+    the shared weights."""
+    w_host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    parent = tinynn.Session(device)
+    w = parent.input_2d_f32_persistent(3, 4)
+    parent.finalize_weights()
+    w.upload(w_host)
+    child = parent.fork()
+    parent.close()
+    try:
+        # The parent's Tensor object refuses (its session is closed), so the
+        # fork reaches the weights through a raw handle of the shared buffer.
+        w_in_child = child._new(w._handle, persistent=True)
+        for step in range(3):
+            child.reset_for_rebuild()
+            x = child.input_2d_f32(1, 4)
+            y = child.set_output(child.matmul(w_in_child, x))
+            child.realize(y)
+            x.upload(np.full((1, 4), float(step), np.float32))
+            child.compute()
+            want = np.full(4, float(step)) @ w_host.T  # ne = [3, 1]: shape (3,)
+            assert_close(y.download(), want, TOL, f"{device} fork rebuild {step}")
+    finally:
+        child.close()
+
+
+def test_n_threads():
+    with tinynn.Session("cpu") as s:
+        assert 1 <= s.n_threads <= 8
+        s.n_threads = 3
+        assert s.n_threads == 3
+        with tinynn.Session("cpu", n_threads=1) as t:
+            assert t.n_threads == 1
+        # Still right with one thread.
+        s.n_threads = 1
+        x = s.input_2d_f32(2, 3)
+        y = s.set_output(s.scale(x, 2.0))
+        s.realize(y)
+        x.upload(np.ones((2, 3), np.float32))
+        s.compute()
+        assert_close(y.download(), np.full((2, 3), 2.0), 0.0, "one thread")
+
+
+def test_device_memory_and_names(device):
+    with tinynn.Session(device) as s:
+        free, total = s.device_memory()
+        assert 0 < free <= total
+        assert s.backend_name == device
+
+
+def test_weights_nbytes():
+    with tinynn.Session("cpu") as s:
+        assert s.weights_nbytes == 0
+        s.input_2d_f32_persistent(10, 16)  # 640 bytes
+        s.input_typed_persistent("f16", [32, 4])  # 256 bytes
+        s.input_typed_persistent("q8_0", [64, 2])  # 2 rows of 2 blocks of 34 bytes
+        s.finalize_weights()
+        need = 640 + 256 + 2 * 2 * 34
+        # ggml aligns each tensor in the buffer; allow that padding.
+        assert need <= s.weights_nbytes <= need + 3 * 256
+
+
+def test_finalize_zero_fills(device):
+    with tinynn.Session(device) as s:
+        a = s.input_2d_f32_persistent(64, 32)
+        b = s.input_typed_persistent("f16", [32, 16])
+        c = s.input_typed_persistent("q8_0", [64, 4])
+        s.finalize_weights()
+        assert not a.download().any()
+        assert not b.download().any()
+        assert not c.download().any()
+
+
+def test_large_download(device):
+    """100 x 50257 floats (about 20 MB, past the Ruby shim's 16 MiB scratch)
+    up and back, through a graph and through download_into."""
+    T, V = 100, 50257
+    x_host = np.random.default_rng(34).standard_normal((T, V)).astype(np.float32)
+    with tinynn.Session(device) as s:
+        x = s.input_2d_f32(T, V)
+        y = s.set_output(s.scale(x, -1.0))
+        s.realize(y)
+        x.upload(x_host)
+        s.compute()
+        got = y.download()
+        assert got.shape == (T, V)
+        np.testing.assert_array_equal(got, -x_host)
+        out = np.empty((T, V), np.float32)
+        y.download_into(out)
+        np.testing.assert_array_equal(out, -x_host)
+        last = np.empty(V, np.float32)
+        y.download_into(last, offset=(T - 1) * V * 4)
+        np.testing.assert_array_equal(last, -x_host[-1])
+
+
+def test_context_manager_and_close_idempotent():
+    s = tinynn.Session("cpu")
+    with s:
+        assert not s.closed
+    assert s.closed
+    s.close()
+    s.close()
