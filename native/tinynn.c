@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "tinynn.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
@@ -115,12 +116,54 @@ static bool load_module(const char *name, char *reason, size_t reason_size) {
     return true;
 }
 
+/* The CPU module this processor runs best: libggml-cpu.so, or with
+ * GGML_CPU_ALL_VARIANTS one libggml-cpu-<variant>.so per instruction set.
+ * Each reports through ggml_backend_score() whether this CPU can run it (0:
+ * it would fault on an instruction), so a module is never picked blind. */
+static bool load_best_cpu(char *reason, size_t reason_size) {
+    char dir[PATH_MAX], path[PATH_MAX + 300], best[PATH_MAX + 300] = "";
+    int best_score = 0;
+    library_dir(dir, sizeof dir);
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(reason, reason_size, "cannot list %s", dir);
+        return false;
+    }
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "libggml-cpu", 11) != 0 || n < 3 ||
+            strcmp(e->d_name + n - 3, ".so") != 0) {
+            continue;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!h) continue;
+        int (*score)(void) = (int (*)(void))dlsym(h, "ggml_backend_score");
+        int s = score ? score() : 1;
+        dlclose(h);
+        if (s > best_score) {
+            best_score = s;
+            snprintf(best, sizeof best, "%s", path);
+        }
+    }
+    closedir(d);
+    if (!best[0]) {
+        snprintf(reason, reason_size, "no CPU backend module in %s runs on this processor", dir);
+        return false;
+    }
+    if (!ggml_backend_load(best)) {
+        snprintf(reason, reason_size, "ggml could not register the backend in %s", best);
+        return false;
+    }
+    return true;
+}
+
 static bool ensure_cpu_backend(const char *func) {
     pthread_mutex_lock(&backend_lock);
     if (!log_callback) ggml_log_set(log_trampoline, NULL);
     if (!cpu_loaded) {
         char reason[600];
-        cpu_loaded = load_module("libggml-cpu.so", reason, sizeof reason);
+        cpu_loaded = load_best_cpu(reason, sizeof reason);
         if (!cpu_loaded) fail(TNN_EBACKEND, func, "%s", reason);
     }
     pthread_mutex_unlock(&backend_lock);
@@ -174,8 +217,9 @@ int64_t tnn_type_row_size(int type, int64_t n) {
 /* ---- sessions ------------------------------------------------------------ */
 
 struct tnn_index_input {
-    struct ggml_tensor *idx; /* an I32 tensor used as row indices */
-    int64_t bound;           /* its values must lie in [0, bound) */
+    struct ggml_tensor *base; /* the input (or persistent) tensor that holds the indices */
+    int64_t first, count;     /* which int32 elements of base are indices */
+    int64_t bound;            /* their values must lie in [0, bound) */
 };
 
 struct tnn_session {
@@ -674,23 +718,23 @@ static bool want_contiguous(const struct ggml_tensor *t, const char *func, const
     return true;
 }
 
-/* Registers an I32 tensor whose values index rows of something of size
- * bound; uploads to it are checked against the bound. */
+/* Registers an I32 tensor (or a contiguous view of one) whose values index
+ * rows of something of size bound; uploads to its base are checked against
+ * the bound, since ggml asserts on a bad index in the middle of compute. */
 static bool note_index_input(tnn_session *s, struct ggml_tensor *idx, int64_t bound,
                              const char *func) {
-    if (!(idx->flags & GGML_TENSOR_FLAG_INPUT) && !is_persistent(s, idx)) return true;
-    for (int i = 0; i < s->n_index_inputs; i++) {
-        if (s->index_inputs[i].idx == idx) {
-            if (bound < s->index_inputs[i].bound) s->index_inputs[i].bound = bound;
-            return true;
-        }
+    struct ggml_tensor *base = idx->view_src ? idx->view_src : idx;
+    if (!(base->flags & GGML_TENSOR_FLAG_INPUT) && !is_persistent(s, base)) return true;
+    if (base->type != GGML_TYPE_I32) {
+        return fail(TNN_ESHAPE, func, "index values must live in an i32 tensor"), false;
     }
     if (s->n_index_inputs == TNN_MAX_INDEX_INPUTS) {
         return fail(TNN_ENOMEM, func, "too many index inputs in one graph (%d)",
                     TNN_MAX_INDEX_INPUTS),
                false;
     }
-    s->index_inputs[s->n_index_inputs++] = (struct tnn_index_input){idx, bound};
+    s->index_inputs[s->n_index_inputs++] = (struct tnn_index_input){
+        base, (int64_t)idx->view_offs / 4, ggml_nelements(idx), bound};
     return true;
 }
 
@@ -935,6 +979,17 @@ tnn_tensor *tnn_view_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t n
     return ggml_view_3d(sess->ctx, a, ne0, ne1, ne2, (size_t)nb1, (size_t)nb2, (size_t)offset);
 }
 
+tnn_tensor *tnn_view_4d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1, int64_t ne2,
+                        int64_t ne3, int64_t nb1, int64_t nb2, int64_t nb3, int64_t offset) {
+    OP_PREAMBLE(1);
+    CHECK_T(a, NULL);
+    int64_t ne[4] = {ne0, ne1, ne2, ne3};
+    int64_t nb[4] = {(int64_t)ggml_type_size(a->type), nb1, nb2, nb3};
+    if (!check_view(a, ne, nb, offset, __func__)) return NULL;
+    return ggml_view_4d(sess->ctx, a, ne0, ne1, ne2, ne3, (size_t)nb1, (size_t)nb2, (size_t)nb3,
+                        (size_t)offset);
+}
+
 tnn_tensor *tnn_reshape_4d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1, int64_t ne2,
                            int64_t ne3) {
     OP_PREAMBLE(1);
@@ -998,6 +1053,16 @@ tnn_tensor *tnn_cpy(tnn_session *sess, tnn_tensor *a, tnn_tensor *b) {
         return FAIL_NULL("a %s and b %s hold different element counts", SHAPE(a), SHAPE(b));
     }
     return ggml_cpy(sess->ctx, a, b);
+}
+
+tnn_tensor *tnn_cast(tnn_session *sess, tnn_tensor *a, int type) {
+    OP_PREAMBLE(1);
+    CHECK_T(a, NULL);
+    if (!want_float(a, __func__, "a")) return NULL;
+    if (type != TNN_TYPE_F32 && type != TNN_TYPE_F16) {
+        return FAIL_NULL("type %d: expected 0 (f32) or 1 (f16)", type);
+    }
+    return ggml_cast(sess->ctx, a, (enum ggml_type)type);
 }
 
 tnn_tensor *tnn_set_rows(tnn_session *sess, tnn_tensor *dst, tnn_tensor *src, tnn_tensor *idx) {
@@ -1111,9 +1176,9 @@ int tnn_add_to_graph(tnn_session *sess, tnn_tensor *t) {
  * rows. */
 static void zero_index_inputs(tnn_session *s) {
     for (int i = 0; i < s->n_index_inputs; i++) {
-        struct ggml_tensor *idx = s->index_inputs[i].idx;
-        if (idx->buffer && !is_persistent(s, idx)) {
-            ggml_backend_tensor_memset(idx, 0, 0, ggml_nbytes(idx));
+        struct ggml_tensor *base = s->index_inputs[i].base;
+        if (base->buffer && !is_persistent(s, base)) {
+            ggml_backend_tensor_memset(base, 0, 0, ggml_nbytes(base));
         }
     }
 }
@@ -1196,17 +1261,23 @@ static int check_transfer(tnn_session *sess, tnn_tensor *t, const void *data, in
 /* Index values must be rows that exist: ggml asserts on them mid-compute. */
 static int check_index_values(tnn_session *sess, tnn_tensor *t, const void *data, int64_t nbytes,
                               int64_t offset, const char *func) {
+    struct ggml_tensor *base = t->view_src ? t->view_src : t;
+    int64_t start = ((int64_t)(t->view_src ? t->view_offs : 0) + offset);
     for (int i = 0; i < sess->n_index_inputs; i++) {
-        if (sess->index_inputs[i].idx != t) continue;
-        int64_t bound = sess->index_inputs[i].bound;
-        if (offset % 4 != 0 || nbytes % 4 != 0) {
+        const struct tnn_index_input *in = &sess->index_inputs[i];
+        if (in->base != base) continue;
+        if (start % 4 != 0 || nbytes % 4 != 0) {
             return fail(TNN_ESHAPE, func, "index tensor writes must be whole int32 values");
         }
         const int32_t *v = data;
-        for (int64_t j = 0; j < nbytes / 4; j++) {
-            if (v[j] < 0 || v[j] >= bound) {
-                return fail(TNN_ESHAPE, func, "index %d at position %lld is outside [0, %lld)",
-                            v[j], (long long)(offset / 4 + j), (long long)bound);
+        int64_t lo = in->first > start / 4 ? in->first : start / 4;
+        int64_t hi = in->first + in->count < (start + nbytes) / 4 ? in->first + in->count
+                                                                  : (start + nbytes) / 4;
+        for (int64_t j = lo; j < hi; j++) {
+            int32_t value = v[j - start / 4];
+            if (value < 0 || value >= in->bound) {
+                return fail(TNN_ESHAPE, func, "index %d at element %lld is outside [0, %lld)",
+                            value, (long long)j, (long long)in->bound);
             }
         }
     }

@@ -193,6 +193,9 @@ TNN_API tnn_tensor *tnn_view_2d(tnn_session *sess, tnn_tensor *a, int64_t ne0, i
                                 int64_t nb1, int64_t offset);
 TNN_API tnn_tensor *tnn_view_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
                                 int64_t ne2, int64_t nb1, int64_t nb2, int64_t offset);
+TNN_API tnn_tensor *tnn_view_4d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
+                                int64_t ne2, int64_t ne3, int64_t nb1, int64_t nb2, int64_t nb3,
+                                int64_t offset);
 /* Same data, new shape (a contiguous, element counts equal). */
 TNN_API tnn_tensor *tnn_reshape_2d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1);
 TNN_API tnn_tensor *tnn_reshape_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t ne1,
@@ -209,6 +212,8 @@ TNN_API tnn_tensor *tnn_cont(tnn_session *sess, tnn_tensor *a);
 /* Copies a into b (same element count; F32 or F16); the result is a view of
  * b. Unless it feeds the result, pass it to tnn_add_to_graph. */
 TNN_API tnn_tensor *tnn_cpy(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+/* a converted to type (TNN_TYPE_F32 or TNN_TYPE_F16): a new tensor. */
+TNN_API tnn_tensor *tnn_cast(tnn_session *sess, tnn_tensor *a, int type);
 /* dst[:, idx[i], ...] = src[:, i, ...]: dst [n, rows, ne2, ne3] (F32 or
  * F16), src F32 [n, len(idx), ne2, ne3], idx I32 [len] with values in
  * [0, rows) (checked on the host only when the values are known: a runtime

@@ -113,6 +113,8 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
         c_void_p,
         HANDLE,
     ),
+    # tnn_tensor *tnn_view_4d(sess, a, int64_t ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset);
+    "tnn_view_4d": ([c_void_p, c_void_p] + [c_int64] * 8, c_void_p, HANDLE),
     # tnn_tensor *tnn_reshape_2d(sess, a, int64_t ne0, ne1);
     "tnn_reshape_2d": ([c_void_p, c_void_p, c_int64, c_int64], c_void_p, HANDLE),
     # tnn_tensor *tnn_reshape_3d(sess, a, int64_t ne0, ne1, ne2);
@@ -127,6 +129,8 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_cont": ([c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_cpy(sess, a, b);
     "tnn_cpy": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
+    # tnn_tensor *tnn_cast(sess, a, int type);
+    "tnn_cast": ([c_void_p, c_void_p, c_int], c_void_p, HANDLE),
     # tnn_tensor *tnn_set_rows(sess, dst, src, idx);
     "tnn_set_rows": ([c_void_p, c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_flash_attn_ext(sess, q, k, v, mask, double scale);

@@ -298,6 +298,15 @@ class Session:
             self._lib.tnn_view_3d(self._ptr(), a.handle, ne0, ne1, ne2, nb1, nb2, offset)
         )
 
+    def view_4d(
+        self, a: Tensor, ne: Sequence[int], nb: Sequence[int], offset: int
+    ) -> Tensor:
+        """4-D view: ne = (ne0..ne3), nb = (nb1, nb2, nb3) byte strides."""
+        return self._new(self._lib.tnn_view_4d(self._ptr(), a.handle, *ne, *nb, offset))
+
+    def cast(self, a: Tensor, dtype: str) -> Tensor:
+        return self._new(self._lib.tnn_cast(self._ptr(), a.handle, _type_id(dtype)))
+
     def reshape(self, a: Tensor, *ne: int) -> Tensor:
         """New shape in ggml order (ne0 first), 1 to 4 axes."""
         ne4 = _ne4(ne)
