@@ -368,6 +368,31 @@ def test_views(device):
     assert_close(v1_raw, flat[3:8], 0.0, f"{device} view_1d read by an op")
 
 
+def test_view_4d(device):
+    x = np.arange(3 * 4 * 5 * 6, dtype=np.float32).reshape(3, 4, 5, 6)  # ne = [6, 5, 4, 3]
+    nb1, nb2, nb3 = 6 * 4, 30 * 4, 120 * 4
+    (got,) = run(
+        device,
+        [f32(x)],
+        lambda s, a: s.cont(s.view_4d(a, (2, 3, 2, 2), (nb1, nb2, nb3), 4 + nb1 + nb3)),
+    )
+    assert_close(got, x[1:3, 0:2, 1:4, 1:3], 0.0, f"{device} view_4d")
+
+
+def test_cast(device):
+    """f32 -> f16 -> f32 rounds to f16; f32 -> f32 is a copy."""
+    x = (rng(24).standard_normal((3, 10)) * 100).astype(np.float32)
+    half, back, same = run(
+        device,
+        [f32(x)],
+        lambda s, a: (s.cast(a, "f16"), s.cast(s.cast(a, "f16"), "f32"), s.cast(a, "f32")),
+    )
+    assert half.dtype == np.float16 and back.dtype == np.float32
+    assert_close(half, x.astype(np.float16), 0.0, f"{device} cast f32->f16")
+    assert_close(back, x.astype(np.float16).astype(np.float32), 0.0, f"{device} f16->f32")
+    assert_close(same, x, 0.0, f"{device} cast f32->f32")
+
+
 def test_reshape(device):
     x = rng(13).standard_normal((4, 6)).astype(np.float32)  # ne = [6, 4]
     lib = tinynn._lib.load()
