@@ -79,11 +79,12 @@ class GPT2BlockFFI:
         upload_transposed(self.t_w_ff2, weights[p + "mlp.c_proj.weight"])
         upload_row_major(self.t_b_ff2, weights[p + "mlp.c_proj.bias"])
 
-    def build_ffn(self, sess: Session, x: Tensor, eps: float) -> Tensor:
-        """x + FFN(LN2(x)); x is [d, T]."""
+    def build_ffn(self, sess: Session, x: Tensor, eps: float, gelu: str) -> Tensor:
+        """x + FFN(LN2(x)); x is [d, T]. gelu: "exact" (f32) or "ggml" (the
+        original's ggml_gelu, an f16 table on the CPU)."""
         h2 = sess.layer_norm(x, self.t_ln2_gamma, self.t_ln2_beta, eps)  # [d, T]
         u = sess.add(sess.matmul(self.t_w_ff1, h2), self.t_b_ff1)  # [d_ff, T]
-        g = sess.gelu(u)  # [d_ff, T]
+        g = sess.gelu(u) if gelu == "ggml" else sess.gelu_exact(u)  # [d_ff, T]
         f = sess.add(sess.matmul(self.t_w_ff2, g), self.t_b_ff2)  # [d, T]
         return sess.add(x, f)  # [d, T]
 
@@ -93,6 +94,15 @@ class GPT2BlockFFI:
         for head in heads[1:]:
             acc = sess.concat(acc, head, 0)  # [.. + d_head, T]
         return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
+
+
+GELU_KINDS = ("exact", "ggml")
+
+
+def check_gelu(gelu: str) -> str:
+    if gelu not in GELU_KINDS:
+        raise ValueError(f"gelu must be one of {GELU_KINDS}, got {gelu!r}")
+    return gelu
 
 
 def check_ids(ids: Sequence[int], vocab_size: int) -> np.ndarray:

@@ -6,6 +6,9 @@ the final LayerNorm and the tied unembedding, computed for all T_SEQ
 positions. Prompts shorter than T_SEQ are right-padded with id 0; the causal
 mask keeps the padding out of the real positions.
 
+`gelu="ggml"` builds the original graph exactly (ggml_gelu, an f16 table on
+the CPU: about 1e-3 from f64); the default "exact" keeps GELU in f32.
+
 Kept from the original: names, per-head Q/K/V, the transposed V with its
 [1, d_head] bias, the concat chain. Fixed: every session is freed, LayerNorm
 eps comes from the model, logits of any size download directly (no 16 MiB
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, check_ids, upload_row_major
+from gpt2.ffi_blocks import GPT2BlockFFI, check_gelu, check_ids, upload_row_major
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -30,8 +33,9 @@ class GPT2FullForwardFFICache:
 
     DEVICE = "cpu"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, gelu: str = "exact"):
         self.sess: Session | None = None
+        self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
         self.realized = False
         self.t_seq = self.d_model = self.d_ff = self.n_heads = 0
@@ -41,11 +45,12 @@ class GPT2FullForwardFFICache:
 
     @classmethod
     def from_weights(
-        cls, weights: GPT2Weights, t_seq: int | None = None, n_threads: int | None = None
+        cls, weights: GPT2Weights, t_seq: int | None = None, n_threads: int | None = None,
+        gelu: str = "exact",
     ) -> GPT2FullForwardFFICache:
         """Realized for `t_seq` positions (default: the model's context) and uploaded."""
         c = weights.config
-        engine = cls(n_threads=n_threads)
+        engine = cls(n_threads=n_threads, gelu=gelu)
         engine.realize_for(
             t_seq or c.n_positions,
             c.n_embd,
@@ -105,7 +110,7 @@ class GPT2FullForwardFFICache:
         h1 = sess.layer_norm(x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, T]
         heads = [self.build_attention_head(block, h1, h) for h in range(self.n_heads)]
         x = sess.add(x, block.build_out_proj(sess, heads))  # [d, T]
-        return block.build_ffn(sess, x, self.eps)
+        return block.build_ffn(sess, x, self.eps, self.gelu)
 
     def build_attention_head(self, block: GPT2BlockFFI, h1: Tensor, h: int) -> Tensor:
         """Causal attention of head h: [d, T] -> [d_head, T]."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, check_ids, upload_row_major
+from gpt2.ffi_blocks import GPT2BlockFFI, check_gelu, check_ids, upload_row_major
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -40,8 +40,9 @@ class GPT2KVFFICache:
 
     DEVICE = "cpu"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, gelu: str = "exact"):
         self.sess: Session | None = None
+        self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
         self.realized = False
         self.max_T = self.d_model = self.d_ff = self.n_heads = self.d_head = 0
@@ -51,10 +52,11 @@ class GPT2KVFFICache:
 
     @classmethod
     def from_weights(
-        cls, weights: GPT2Weights, max_t: int | None = None, n_threads: int | None = None
+        cls, weights: GPT2Weights, max_t: int | None = None, n_threads: int | None = None,
+        gelu: str = "exact",
     ) -> GPT2KVFFICache:
         c = weights.config
-        engine = cls(n_threads=n_threads)
+        engine = cls(n_threads=n_threads, gelu=gelu)
         engine.realize_for(
             max_t or c.n_positions,
             c.n_embd,
@@ -130,7 +132,7 @@ class GPT2KVFFICache:
             h1 = sess.layer_norm(x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, 1]
             heads = [self.build_attention_head(block, h1, h, pos) for h in range(self.n_heads)]
             x = sess.add(x, block.build_out_proj(sess, heads))  # [d, 1]
-            x = block.build_ffn(sess, x, self.eps)  # [d, 1]
+            x = block.build_ffn(sess, x, self.eps, self.gelu)  # [d, 1]
         x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)  # [d, 1]
         logits = sess.set_output(sess.matmul(self.t_token_embed, x))  # [V, 1]
         return t_token_id, logits

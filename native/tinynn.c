@@ -896,6 +896,21 @@ tnn_tensor *tnn_gelu(tnn_session *sess, tnn_tensor *a) {
     return ggml_gelu(sess->ctx, a);
 }
 
+tnn_tensor *tnn_gelu_exact(tnn_session *sess, tnn_tensor *a) {
+    OP_PREAMBLE(6);
+    CHECK_T(a, NULL);
+    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
+        return NULL;
+    }
+    if (sess->is_cuda) return ggml_gelu(sess->ctx, a);
+    /* 0.5 x (1 + tanh(c x (1 + 0.044715 x^2))), c = sqrt(2 / pi) */
+    const float c = 0.7978845608028654f;
+    struct ggml_context *ctx = sess->ctx;
+    struct ggml_tensor *inner = ggml_scale_bias(ctx, ggml_sqr(ctx, a), 0.044715f * c, c);
+    struct ggml_tensor *t = ggml_tanh(ctx, ggml_mul(ctx, a, inner));
+    return ggml_mul(ctx, a, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
+}
+
 tnn_tensor *tnn_concat(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int dim) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);

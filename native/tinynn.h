@@ -184,6 +184,10 @@ TNN_API tnn_tensor *tnn_layer_norm(tnn_session *sess, tnn_tensor *x, tnn_tensor 
                                    tnn_tensor *beta, double eps);
 /* Tanh GELU (on the CPU through ggml's f16 table: about 1e-3 absolute). */
 TNN_API tnn_tensor *tnn_gelu(tnn_session *sess, tnn_tensor *a);
+/* Tanh GELU in f32 on every backend, to about 1e-7: on the CPU composed of
+ * f32 ops (6 nodes) instead of the f16 table; on CUDA ggml's gelu (one
+ * node, already f32). */
+TNN_API tnn_tensor *tnn_gelu_exact(tnn_session *sess, tnn_tensor *a);
 /* a and b joined along dim (0..3); other axes equal, same type. */
 TNN_API tnn_tensor *tnn_concat(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int dim);
 /* Views into a's memory; offsets and strides in bytes. The view must lie

@@ -101,6 +101,8 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_layer_norm": ([c_void_p, c_void_p, c_void_p, c_void_p, c_double], c_void_p, HANDLE),
     # tnn_tensor *tnn_gelu(sess, a);
     "tnn_gelu": ([c_void_p, c_void_p], c_void_p, HANDLE),
+    # tnn_tensor *tnn_gelu_exact(sess, a);
+    "tnn_gelu_exact": ([c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_concat(sess, a, b, int dim);
     "tnn_concat": ([c_void_p, c_void_p, c_void_p, c_int], c_void_p, HANDLE),
     # tnn_tensor *tnn_view_1d(sess, a, int64_t ne0, int64_t offset);

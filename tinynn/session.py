@@ -282,6 +282,9 @@ class Session:
     def gelu(self, a: Tensor) -> Tensor:
         return self._new(self._lib.tnn_gelu(self._ptr(), a.handle))
 
+    def gelu_exact(self, a: Tensor) -> Tensor:
+        return self._new(self._lib.tnn_gelu_exact(self._ptr(), a.handle))
+
     def concat(self, a: Tensor, b: Tensor, dim: int) -> Tensor:
         return self._new(self._lib.tnn_concat(self._ptr(), a.handle, b.handle, dim))
 

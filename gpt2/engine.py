@@ -1,0 +1,360 @@
+"""The fast engine: GPT-2 as few ggml nodes as we can make it, built once.
+
+What makes it fast (bench/NOTES.md has the measurements):
+- LayerNorm gamma and beta are folded into the matmul that follows each norm
+  (W' = diag(gamma) W, b' = b + beta W), so a norm is one node; the final one
+  is folded into a separate unembedding matrix and bias.
+- One fused QKV matmul per layer; Q, K and V are views of its output.
+- K and V rows go into f16 caches with set_rows at runtime row indices, and
+  attention is one flash_attn_ext over the cache with a mask; the mask is a
+  row of a persistent causal table picked by position (get_rows), so nothing
+  but one small int32 vector is uploaded per step.
+- Each graph (prefill of T tokens; decode of B sequences over a context
+  bucket) is built once in its own forked session and then recomputed with
+  new inputs, which lets ggml-cuda replay it as a CUDA graph.
+- Greedy picks happen on the device: a step downloads B int32 ids.
+
+Cache layout: per layer one K and one V tensor of ne = [n_embd, n_ctx * B]
+(row = one position of one sequence, heads side by side), read by attention
+through views ne = [d_head, n_kv, n_head, B].
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpt2.ffi_blocks import check_ids
+from gpt2.weights import GPT2Weights
+from tinynn import Session, Tensor
+
+F32, F16 = 4, 2  # bytes
+WEIGHT_DTYPES = ("f32", "f16", "q8_0")
+MAX_PREFILL_GRAPHS = 4  # prefill graphs kept, by token count (least recently used go)
+
+
+@dataclass
+class _Layer:
+    w_qkv: Tensor  # [d, 3d]
+    b_qkv: Tensor  # [3d]
+    w_o: Tensor  # [d, d]
+    b_o: Tensor  # [d]
+    w_fc: Tensor  # [d, d_ff]
+    b_fc: Tensor  # [d_ff]
+    w_proj: Tensor  # [d_ff, d]
+    b_proj: Tensor  # [d]
+    k_cache: Tensor  # kv_dtype [d, n_ctx * B]
+    v_cache: Tensor  # kv_dtype [d, n_ctx * B]
+
+
+@dataclass
+class _Graph:
+    """One built and realized graph in its own forked session."""
+
+    sess: Session
+    ints: Tensor  # i32 [3N]: tokens | positions | cache rows
+    out_ids: Tensor  # i32 [rows]: argmax of each logits row
+    logits: Tensor | None  # f32 [V, rows] when kept
+    n_tokens: int
+
+
+def fold_layer_norm(
+    gamma: np.ndarray, beta: np.ndarray, w: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(diag(gamma) W, b + beta W) in float64: norm(x)*g + beta then x W + b,
+    as norm(x) W' + b'. w is (in, out)."""
+    w64 = w.astype(np.float64)
+    return gamma.astype(np.float64)[:, None] * w64, b.astype(np.float64) + beta.astype(
+        np.float64
+    ) @ w64
+
+
+class FastGPT2:
+    """GPT-2 on one device with f32, f16 or q8_0 weights.
+
+    ``n_ctx`` bounds positions (default: the model's context); ``max_batch``
+    is how many sequences ``decode_batch`` may run together.
+    """
+
+    def __init__(
+        self,
+        weights: GPT2Weights,
+        device: str = "cpu",
+        dtype: str = "f32",
+        *,
+        n_ctx: int | None = None,
+        max_batch: int = 1,
+        n_threads: int | None = None,
+    ):
+        if dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
+        c = self.config = weights.config
+        self.n_ctx = n_ctx or c.n_positions
+        if not 0 < self.n_ctx <= c.n_positions:
+            raise ValueError(f"n_ctx={self.n_ctx} must be in 1..{c.n_positions}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.device, self.dtype, self.max_batch = device, dtype, max_batch
+        # ggml-cuda's flash attention reads f16 K/V (it would convert f32 every
+        # step); on the CPU an f32 model keeps an f32 cache, for parity.
+        self.kv_dtype = "f32" if device == "cpu" and dtype == "f32" else "f16"
+        self.root = Session(device, n_threads=n_threads)
+        try:
+            self._declare(dtype)
+            self.root.finalize_weights()  # zeroed: empty caches
+            self._upload(weights, dtype)
+            self._mask_table_upload()
+        except BaseException:
+            self.root.close()
+            raise
+        self._prefill_graphs: OrderedDict[tuple[int, int, bool], _Graph] = OrderedDict()
+        self._decode: dict[tuple[int, int], _Graph] = {}
+        self._positions: list[int] = []  # next position of each sequence
+        self.decode_graph_builds = 0
+
+    # -- weights ------------------------------------------------------------------
+    def _weight(self, dtype: str, n_in: int, n_out: int) -> Tensor:
+        if dtype == "q8_0" and n_in % 32:
+            dtype = "f16"  # q8_0 blocks are 32 wide along the input axis
+        return self.root.input_typed_persistent(dtype, (n_in, n_out))
+
+    def _declare(self, dtype: str) -> None:
+        c, s = self.config, self.root
+        d, rows = c.n_embd, self.n_ctx * self.max_batch
+        self.wte = self._weight(dtype, d, c.vocab_size)  # [d, V] for get_rows
+        self.lm_head = self._weight(dtype, d, c.vocab_size)  # [d, V], ln_f folded in
+        self.lm_bias = s.input_typed_persistent("f32", (c.vocab_size,))
+        self.wpe = s.input_typed_persistent("f32", (d, self.n_ctx))  # [d, n_ctx]
+        # Row p: 0 for keys 0..p, -inf after (the causal mask of a query at p).
+        self.mask_table = s.input_typed_persistent("f32", (self.n_ctx, self.n_ctx))
+        self.layers = [
+            _Layer(
+                w_qkv=self._weight(dtype, d, 3 * d),
+                b_qkv=s.input_typed_persistent("f32", (3 * d,)),
+                w_o=self._weight(dtype, d, d),
+                b_o=s.input_typed_persistent("f32", (d,)),
+                w_fc=self._weight(dtype, d, c.d_ff),
+                b_fc=s.input_typed_persistent("f32", (c.d_ff,)),
+                w_proj=self._weight(dtype, c.d_ff, d),
+                b_proj=s.input_typed_persistent("f32", (d,)),
+                k_cache=s.input_typed_persistent(self.kv_dtype, (d, rows)),
+                v_cache=s.input_typed_persistent(self.kv_dtype, (d, rows)),
+            )
+            for _ in range(c.n_layer)
+        ]
+
+    def _upload(self, weights: GPT2Weights, dtype: str) -> None:
+        c = self.config
+        _put(self.wte, weights["wte"])
+        w_head, b_head = fold_layer_norm(
+            weights["ln_f.weight"], weights["ln_f.bias"], weights["wte"].T, np.zeros(c.vocab_size)
+        )
+        _put(self.lm_head, w_head.T)
+        _put(self.lm_bias, b_head)
+        _put(self.wpe, weights["wpe"][: self.n_ctx])
+        for i, layer in enumerate(self.layers):
+            p = f"h.{i}."
+            w, b = fold_layer_norm(
+                weights[p + "ln_1.weight"],
+                weights[p + "ln_1.bias"],
+                weights[p + "attn.c_attn.weight"],
+                weights[p + "attn.c_attn.bias"],
+            )
+            _put(layer.w_qkv, w.T)
+            _put(layer.b_qkv, b)
+            _put(layer.w_o, weights[p + "attn.c_proj.weight"].T)
+            _put(layer.b_o, weights[p + "attn.c_proj.bias"])
+            w, b = fold_layer_norm(
+                weights[p + "ln_2.weight"],
+                weights[p + "ln_2.bias"],
+                weights[p + "mlp.c_fc.weight"],
+                weights[p + "mlp.c_fc.bias"],
+            )
+            _put(layer.w_fc, w.T)
+            _put(layer.b_fc, b)
+            _put(layer.w_proj, weights[p + "mlp.c_proj.weight"].T)
+            _put(layer.b_proj, weights[p + "mlp.c_proj.bias"])
+
+    def _mask_table_upload(self) -> None:
+        n = self.n_ctx
+        table = np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
+        self.mask_table.upload(table)
+
+    # -- graphs -------------------------------------------------------------------
+    def _build(self, n_seq: int, n_q: int, n_kv: int, keep_logits: bool, last_only: bool) -> _Graph:
+        """A graph for n_seq sequences of n_q new tokens each, attending over
+        the first n_kv cache rows of each sequence."""
+        c, d, dh, nh = self.config, self.config.n_embd, self.config.d_head, self.config.n_head
+        n = n_seq * n_q
+        s = self.root.fork()
+        try:
+            ints = s.input_typed("i32", (3 * n,))
+            tokens = s.view_1d(ints, n, 0)
+            positions = s.view_1d(ints, n, n * 4)
+            rows = s.view_1d(ints, n, 2 * n * 4)
+            x = s.add(s.get_rows(self.wte, tokens), s.get_rows(self.wpe, positions))  # [d, N]
+            mask = s.get_rows(self.mask_table, positions)  # [n_ctx, N]
+            mask = s.view_2d(mask, n_kv, n, self.n_ctx * F32, 0)  # [n_kv, N]
+            mask = s.reshape(s.cast(mask, "f16"), n_kv, n_q, 1, n_seq)
+            kv_size = F32 if self.kv_dtype == "f32" else F16
+            seq_stride = self.n_ctx * d * kv_size
+            for layer in self.layers:
+                h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
+                qkv = s.add(s.matmul(layer.w_qkv, h), layer.b_qkv)  # [3d, N]
+                q = s.view_4d(qkv, (dh, n_q, nh, n_seq), (3 * d * F32, dh * F32, n_q * 3 * d * F32), 0)
+                k_new = s.view_2d(qkv, d, n, 3 * d * F32, d * F32)  # [d, N]
+                v_new = s.view_2d(qkv, d, n, 3 * d * F32, 2 * d * F32)  # [d, N]
+                k_all = s.set_rows(layer.k_cache, k_new, rows)  # the cache, written
+                v_all = s.set_rows(layer.v_cache, v_new, rows)
+                kv_shape = (dh, n_kv, nh, n_seq)
+                kv_strides = (d * kv_size, dh * kv_size, seq_stride)
+                k = s.view_4d(k_all, kv_shape, kv_strides, 0)  # [dh, n_kv, nh, B]
+                v = s.view_4d(v_all, kv_shape, kv_strides, 0)
+                attn = s.flash_attn_ext(q, k, v, mask, 1.0 / math.sqrt(dh))  # [dh, nh, n_q, B]
+                attn = s.reshape(attn, d, n)  # [d, N]
+                x = s.add(x, s.add(s.matmul(layer.w_o, attn), layer.b_o))
+                h = s.layer_norm(x, None, None, c.layer_norm_epsilon)
+                u = s.gelu_exact(s.add(s.matmul(layer.w_fc, h), layer.b_fc))  # [d_ff, N]
+                x = s.add(x, s.add(s.matmul(layer.w_proj, u), layer.b_proj))  # [d, N]
+            if last_only:  # only the last token of each sequence needs logits
+                x = s.view_2d(x, d, n_seq, n_q * d * F32, (n_q - 1) * d * F32)
+                x = s.cont(x)  # [d, n_seq]
+            x = s.layer_norm(x, None, None, c.layer_norm_epsilon)
+            logits = s.add(s.matmul(self.lm_head, x), self.lm_bias)  # [V, rows]
+            if keep_logits:
+                s.set_output(logits)
+            out_ids = s.set_output(s.argmax(logits))  # [rows]
+            s.realize(out_ids)
+        except BaseException:
+            s.close()
+            raise
+        return _Graph(s, ints, out_ids, logits if keep_logits else None, n)
+
+    def _run(self, g: _Graph, tokens, positions, rows) -> None:
+        g.ints.upload(np.concatenate([tokens, positions, rows]).astype(np.int32))
+        g.sess.compute()
+
+    def _prefill_graph(self, n_seq: int, n_q: int, all_logits: bool) -> _Graph:
+        key = (n_seq, n_q, all_logits)
+        g = self._prefill_graphs.pop(key, None)
+        if g is None:
+            g = self._build(n_seq, n_q, _bucket(n_q, self.n_ctx), True, not all_logits)
+            while len(self._prefill_graphs) >= MAX_PREFILL_GRAPHS:
+                self._prefill_graphs.popitem(last=False)[1].sess.close()
+        self._prefill_graphs[key] = g
+        return g
+
+    def _decode_graph(self, n_seq: int, n_kv: int) -> _Graph:
+        key = (n_seq, n_kv)
+        if key not in self._decode:
+            self._decode[key] = self._build(n_seq, 1, n_kv, True, False)
+            self.decode_graph_builds += 1
+        return self._decode[key]
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [T, vocab] of every position of one sequence from position 0."""
+        return self._prefill([token_ids], all_logits=True).logits.download()
+
+    def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Prefill one sequence; logits [vocab] of its last token."""
+        return self._prefill([prompt_ids]).logits.download()[0]
+
+    def start_greedy(self, prompt_ids: Sequence[int]) -> int:
+        return int(self._prefill([prompt_ids]).out_ids.download()[0])
+
+    def _prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> _Graph:
+        """Runs the prompts (equal lengths) from position 0 in one graph."""
+        if not 1 <= len(prompts) <= self.max_batch:
+            raise ValueError(f"{len(prompts)} sequences, this model holds 1..{self.max_batch}")
+        ids = [self._check_prompt(p) for p in prompts]
+        t = len(ids[0])
+        if any(len(i) != t for i in ids):
+            raise ValueError("prompts of one batch must have the same number of tokens")
+        n_seq = len(ids)
+        g = self._prefill_graph(n_seq, t, all_logits)
+        positions = np.tile(np.arange(t), n_seq)
+        rows = np.repeat(np.arange(n_seq) * self.n_ctx, t) + positions
+        self._run(g, np.concatenate(ids), positions, rows)
+        self._positions = [t] * n_seq
+        return g
+
+    def step(self, token_id: int) -> np.ndarray:
+        g = self._step_graph([token_id])
+        return g.logits.download()[0]
+
+    def step_greedy(self, token_id: int) -> int:
+        return int(self._step_graph([token_id]).out_ids.download()[0])
+
+    def start_batch(self, prompts: Sequence[Sequence[int]]) -> list[int]:
+        """Prefills several sequences of equal length together; their greedy next ids."""
+        return [int(t) for t in self._prefill(prompts).out_ids.download()]
+
+    def step_batch_greedy(self, token_ids: Sequence[int]) -> list[int]:
+        """One decode step of every sequence started by start_batch."""
+        return [int(t) for t in self._step_graph(token_ids).out_ids.download()]
+
+    def _step_graph(self, token_ids: Sequence[int]) -> _Graph:
+        n_seq = len(self._positions)
+        if n_seq == 0:
+            raise ValueError("no sequence started: call start() first")
+        if len(token_ids) != n_seq:
+            raise ValueError(f"expected {n_seq} token ids, got {len(token_ids)}")
+        ids = check_ids(token_ids, self.config.vocab_size)
+        pos = np.asarray(self._positions, dtype=np.int32)
+        if int(pos.max()) >= self.n_ctx:
+            raise ValueError(f"position {int(pos.max())} is past the context ({self.n_ctx})")
+        g = self._decode_graph(n_seq, _bucket(int(pos.max()) + 1, self.n_ctx))
+        self._run(g, ids, pos, np.arange(n_seq) * self.n_ctx + pos)
+        self._positions = [p + 1 for p in self._positions]
+        return g
+
+    def _check_prompt(self, token_ids: Sequence[int]) -> np.ndarray:
+        ids = check_ids(token_ids, self.config.vocab_size)
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"the prompt has {len(ids)} tokens, the context holds {self.n_ctx}")
+        return ids
+
+    def close(self) -> None:
+        for g in list(self._prefill_graphs.values()) + list(self._decode.values()):
+            g.sess.close()
+        self._prefill_graphs.clear()
+        self._decode.clear()
+        self.root.close()
+
+    def __enter__(self) -> FastGPT2:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _bucket(n: int, limit: int) -> int:
+    """Attention length for n positions: a power of two from 256, at most limit."""
+    b = 256
+    while b < n:
+        b *= 2
+    return min(b, limit)
+
+
+def _put(t: Tensor, a: np.ndarray) -> None:
+    """Uploads host data converted to the tensor's type (q8_0 quantized here)."""
+    a = np.ascontiguousarray(a)
+    if t.dtype == "f32":
+        t.upload(a.astype(np.float32))
+    elif t.dtype == "f16":
+        t.upload(a.astype(np.float16))
+    else:
+        from gguf.quants import quantize
+        from gguf.constants import GGMLQuantizationType
+
+        t.upload(quantize(a.astype(np.float32), GGMLQuantizationType.Q8_0).reshape(-1))
+
