@@ -253,6 +253,14 @@ def test_gelu(device):
         assert_close(got, want, F32_TOL, f"{device} gelu")
 
 
+def test_gelu_exact(device):
+    """Tanh GELU in f32 on every backend (the header promises about 1e-7)."""
+    x = np.concatenate([np.linspace(-12, 12, 241), rng(6).standard_normal(271) * 3])
+    x = x.astype(np.float32).reshape(16, 32)
+    (got,) = run(device, [f32(x)], lambda s, a: s.gelu_exact(a))
+    assert_close(got, gelu_tanh(x.astype(np.float64)), 1e-6, f"{device} gelu_exact")
+
+
 def test_layer_norm(device):
     """(x - mean) / sqrt(var + 1e-5), biased variance, along ne0; then
     * gamma + beta when given."""
