@@ -257,7 +257,7 @@ class FastGPT2:
 
     # -- public -------------------------------------------------------------------
     @property
-    def context_length(self) -> int:
+    def max_positions(self) -> int:
         return self.n_ctx
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:

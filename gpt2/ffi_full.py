@@ -168,7 +168,7 @@ class GPT2FullForwardFFICache:
         return self.forward(self._ids)[-1]
 
     @property
-    def context_length(self) -> int:
+    def max_positions(self) -> int:
         return self.t_seq
 
     def _require_realized(self) -> None:

@@ -188,6 +188,10 @@ class GPT2KVFFICache:
         self._pos += 1
         return logits
 
+    @property
+    def max_positions(self) -> int:
+        return self.max_T
+
     def _require_realized(self) -> None:
         if not self.realized or self.sess is None or self.sess.closed:
             raise ValueError("engine is not realized (call realize_for) or is closed")

@@ -1,7 +1,7 @@
 """Generation over any engine that speaks the step protocol.
 
 An engine gives the logits of the last position with ``start(prompt_ids)``,
-then ``step(token_id)`` feeds one more token; ``context_length`` bounds the
+then ``step(token_id)`` feeds one more token; ``max_positions`` bounds the
 positions. Engines that can pick the argmax on their own device also offer
 ``start_greedy``/``step_greedy`` returning the id, which greedy decoding
 prefers (one 4-byte download a token instead of a whole logits row).
@@ -18,7 +18,7 @@ from gpt2.sampling import StopChecker, sample
 
 
 class StepEngine(Protocol):
-    context_length: int
+    max_positions: int
 
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
 
@@ -42,9 +42,9 @@ def generate_ids(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one token")
-    if len(prompt_ids) > engine.context_length:
+    if len(prompt_ids) > engine.max_positions:
         raise ValueError(
-            f"the prompt has {len(prompt_ids)} tokens, the context holds {engine.context_length}"
+            f"the prompt has {len(prompt_ids)} tokens, the context holds {engine.max_positions}"
         )
     if max_new_tokens == 0:
         return
@@ -59,7 +59,7 @@ def generate_ids(
         yield token
         if token == eos_id or produced == max_new_tokens:
             return
-        if n_positions >= engine.context_length:
+        if n_positions >= engine.max_positions:
             return  # the next token would need a position past the context
         n_positions += 1
         if on_device:
