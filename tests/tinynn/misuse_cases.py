@@ -179,6 +179,19 @@ def soft_max_ext_mask_too_few_rows():
         s.soft_max_ext(scores, s.input_typed("f16", [9, 3]), 0.5)
 
 
+@case(TinyNNError, "mask")
+def soft_max_ext_max_bias_without_mask():
+    # ggml_soft_max_ext asserts a mask whenever max_bias > 0 (ALiBi).
+    with Session() as s:
+        s.soft_max_ext(s.input_2d_f32(2, 4), None, 1.0, 0.5)
+
+
+@case(TinyNNError, "max_bias")
+def soft_max_ext_negative_max_bias():
+    with Session() as s:
+        s.soft_max_ext(s.input_2d_f32(2, 4), None, 1.0, -1.0)
+
+
 @case(TinyNNError, "do not fit")
 def flash_attn_ext_mismatched_head_size():
     with Session() as s:
