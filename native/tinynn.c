@@ -724,7 +724,19 @@ static bool want_contiguous(const struct ggml_tensor *t, const char *func, const
 static bool note_index_input(tnn_session *s, struct ggml_tensor *idx, int64_t bound,
                              const char *func) {
     struct ggml_tensor *base = idx->view_src ? idx->view_src : idx;
-    if (!(base->flags & GGML_TENSOR_FLAG_INPUT) && !is_persistent(s, base)) return true;
+    if (!(base->flags & GGML_TENSOR_FLAG_INPUT) && !is_persistent(s, base)) {
+        /* Computed in the graph: only an argmax or top_k whose rows are no
+         * longer than the bound is known to stay in range. */
+        if ((base->op == GGML_OP_ARGMAX || base->op == GGML_OP_TOP_K) && base->src[0] &&
+            base->src[0]->ne[0] <= bound) {
+            return true;
+        }
+        return fail(TNN_ESHAPE, func,
+                    "indices must come from an input or persistent i32 tensor, or from an "
+                    "argmax/top_k over at most %lld values",
+                    (long long)bound),
+               false;
+    }
     if (base->type != GGML_TYPE_I32) {
         return fail(TNN_ESHAPE, func, "index values must live in an i32 tensor"), false;
     }
@@ -844,6 +856,7 @@ tnn_tensor *tnn_soft_max_ext(tnn_session *sess, tnn_tensor *a, tnn_tensor *mask,
     if (!isfinite(scale) || !isfinite(max_bias) || max_bias < 0) {
         return FAIL_NULL("scale=%g and max_bias=%g must be finite, max_bias >= 0", scale, max_bias);
     }
+    if (max_bias > 0 && !mask) return FAIL_NULL("max_bias=%g needs a mask", max_bias);
     if (mask) {
         CHECK_T(mask, NULL);
         if (!want_float(mask, __func__, "mask") || !want_contiguous(mask, __func__, "mask")) {
@@ -1217,9 +1230,34 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     return TNN_OK;
 }
 
+/* Persistent index tensors can be written before the graph that reads them
+ * exists, or by a fork: their values are checked before every compute. */
+static int check_persistent_indices(tnn_session *s, const char *func) {
+    for (int i = 0; i < s->n_index_inputs; i++) {
+        const struct tnn_index_input *in = &s->index_inputs[i];
+        if (!is_persistent(s, in->base)) continue;
+        int32_t buf[1024];
+        for (int64_t done = 0; done < in->count;) {
+            int64_t n = in->count - done < 1024 ? in->count - done : 1024;
+            ggml_backend_tensor_get(in->base, buf, (size_t)(in->first + done) * 4, (size_t)n * 4);
+            for (int64_t j = 0; j < n; j++) {
+                if (buf[j] < 0 || buf[j] >= in->bound) {
+                    return fail(TNN_ESHAPE, func,
+                                "persistent index %d at element %lld is outside [0, %lld)", buf[j],
+                                (long long)(in->first + done + j), (long long)in->bound);
+                }
+            }
+            done += n;
+        }
+    }
+    return TNN_OK;
+}
+
 int tnn_compute(tnn_session *sess) {
     CHECK_SESS(sess, TNN_EINVAL);
     if (!sess->realized) return fail(TNN_ESTATE, __func__, "the graph is not realized (call tnn_realize)");
+    int rc = check_persistent_indices(sess, __func__);
+    if (rc != TNN_OK) return rc;
     enum ggml_status status = ggml_backend_sched_graph_compute(sess->sched, sess->graph);
     if (status != GGML_STATUS_SUCCESS) {
         return fail(TNN_EBACKEND, __func__, "ggml compute failed: %s", ggml_status_to_string(status));

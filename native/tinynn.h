@@ -182,7 +182,7 @@ TNN_API tnn_tensor *tnn_soft_max_ext(tnn_session *sess, tnn_tensor *a, tnn_tenso
  * + beta when given (each [ne0] or NULL). */
 TNN_API tnn_tensor *tnn_layer_norm(tnn_session *sess, tnn_tensor *x, tnn_tensor *gamma,
                                    tnn_tensor *beta, double eps);
-/* Tanh GELU (on the CPU through ggml's f16 table: about 1e-3 absolute). */
+/* Tanh GELU (on the CPU through ggml's f16 table: about 1e-3 relative). */
 TNN_API tnn_tensor *tnn_gelu(tnn_session *sess, tnn_tensor *a);
 /* Tanh GELU in f32 on every backend, to about 1e-7: on the CPU composed of
  * f32 ops (6 nodes) instead of the f16 table; on CUDA ggml's gelu (one
@@ -220,8 +220,8 @@ TNN_API tnn_tensor *tnn_cpy(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_cast(tnn_session *sess, tnn_tensor *a, int type);
 /* dst[:, idx[i], ...] = src[:, i, ...]: dst [n, rows, ne2, ne3] (F32 or
  * F16), src F32 [n, len(idx), ne2, ne3], idx I32 [len] with values in
- * [0, rows) (checked on the host only when the values are known: a runtime
- * index out of range is the caller's duty). The result is a view of dst. */
+ * [0, rows), checked when uploaded (or, for a persistent idx, before each
+ * compute). The result is a view of dst. */
 TNN_API tnn_tensor *tnn_set_rows(tnn_session *sess, tnn_tensor *dst, tnn_tensor *src,
                                  tnn_tensor *idx);
 /* Attention: q F32 [d, n_q, n_head, B], k and v (F32 or F16)
