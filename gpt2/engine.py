@@ -262,11 +262,11 @@ class FastGPT2:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits [T, vocab] of every position of one sequence from position 0."""
-        return self._prefill([token_ids], all_logits=True).logits.download()
+        return self._logit_rows(self._prefill([token_ids], all_logits=True))
 
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Prefill one sequence; logits [vocab] of its last token."""
-        return self._prefill([prompt_ids]).logits.download()[0]
+        return self._logit_rows(self._prefill([prompt_ids]))[0]
 
     def start_greedy(self, prompt_ids: Sequence[int]) -> int:
         return int(self._prefill([prompt_ids]).out_ids.download()[0])
@@ -288,8 +288,7 @@ class FastGPT2:
         return g
 
     def step(self, token_id: int) -> np.ndarray:
-        g = self._step_graph([token_id])
-        return g.logits.download()[0]
+        return self._logit_rows(self._step_graph([token_id]))[0]
 
     def step_greedy(self, token_id: int) -> int:
         return int(self._step_graph([token_id]).out_ids.download()[0])
@@ -316,6 +315,9 @@ class FastGPT2:
         self._run(g, ids, pos, np.arange(n_seq) * self.n_ctx + pos)
         self._positions = [p + 1 for p in self._positions]
         return g
+
+    def _logit_rows(self, g: _Graph) -> np.ndarray:
+        return g.logits.download().reshape(-1, self.config.vocab_size)
 
     def _check_prompt(self, token_ids: Sequence[int]) -> np.ndarray:
         ids = check_ids(token_ids, self.config.vocab_size)
