@@ -1,0 +1,652 @@
+"""The `gpt2` command (also `python -m gpt2`).
+
+    gpt2 generate "Once upon a time" --max-new-tokens 40 --seed 1
+    gpt2 logits --model model.gguf --ids "15496 11 616" --engine full --out ours.txt
+    gpt2 parity compare --ours ours.txt --ref ref.txt --max-abs 1e-3
+    gpt2 parity hf --model hf_folder --device cpu
+    gpt2 convert hf_folder model.gguf --dtype f16
+    gpt2 inspect model.gguf
+    gpt2 bench ...
+
+User errors (bad files, bad options, CUDA asked for and missing) print
+`gpt2: error: <message>` on stderr and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import gpt2
+from gpt2.api import DEVICES, GPT2Model, pick_device
+from gpt2.resolve import resolve_model
+from gpt2.weights import GPT2Weights, load_model
+from tinynn import TinyNNError, cuda_available, cuda_unavailable_reason
+
+log = logging.getLogger("gpt2")
+
+ENGINES = ("fast", "full", "kv")
+DTYPES = ("f32", "f16", "q8_0")
+KV_LONG_PROMPT = 32  # parity hf: above this many tokens, the kv engine runs only ...
+KV_SHORT_POSITIONS = 8  # ... the first 8 positions (it rebuilds its graph every token)
+_Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+
+def choose_device(device: str) -> str:
+    """ "cpu" or "cuda" for --device; asking for CUDA where it is missing is an error."""
+    if device == "cuda" and not cuda_available():
+        raise ValueError(f"--device cuda: {cuda_unavailable_reason()}")
+    return pick_device(device)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# generate
+
+
+class _TimedEngine:
+    """Wraps an engine's step protocol and times each call (what --timing prints).
+
+    Attribute access is forwarded, so `hasattr(engine, "start_greedy")` stays true only
+    for engines that really have it."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.prefill_s: float | None = None
+        self.step_s: list[float] = []
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._engine, name)
+        if name in ("start", "start_greedy"):
+            return self._timed(attr, prefill=True)
+        if name in ("step", "step_greedy"):
+            return self._timed(attr, prefill=False)
+        return attr
+
+    def _timed(self, fn, prefill: bool):
+        def call(*args, **kw):
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            dt = time.perf_counter() - t0
+            if prefill:
+                self.prefill_s = dt
+            else:
+                self.step_s.append(dt)
+            return out
+
+        return call
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if not args.prompt:
+        raise ValueError("the prompt is empty: give some text to continue")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    device = choose_device(args.device)
+    t0 = time.perf_counter()
+    model = gpt2.load(args.model, device, args.dtype, engine=args.engine, n_threads=args.threads)
+    load_s = time.perf_counter() - t0
+    with model:
+        timed = _TimedEngine(model.engine)
+        model.engine = timed
+        pieces = model.stream(
+            args.prompt,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop or (),
+        )
+        out = sys.stdout
+        if args.stream:
+            # The first piece is pulled before anything is printed, so a bad prompt or
+            # option fails cleanly instead of after the prompt was echoed.
+            first = next(pieces, "")
+            out.write(args.prompt + first)
+            out.flush()
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+        else:
+            out.write(args.prompt + "".join(pieces) + "\n")
+        out.flush()
+        if args.timing:
+            n_prompt = len(model.tokenizer.encode(args.prompt))
+            print(_timing_line(load_s, timed, n_prompt, model), file=sys.stderr)
+    return 0
+
+
+def _timing_line(load_s: float, timed: _TimedEngine, n_prompt: int, model: GPT2Model) -> str:
+    parts = [f"device {model.device}, engine {model.engine_name}", f"load {load_s * 1e3:.1f} ms"]
+    if timed.prefill_s is not None:
+        parts.append(f"prefill {timed.prefill_s * 1e3:.2f} ms ({n_prompt} tokens)")
+    if timed.step_s:
+        total = sum(timed.step_s)
+        n = len(timed.step_s)
+        parts.append(
+            f"decode {total / n * 1e3:.2f} ms/token over {n} steps ({n / total:.1f} tokens/s)"
+        )
+    return "timing: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# logits
+
+
+def build_engine(
+    weights: GPT2Weights,
+    engine: str,
+    device: str,
+    dtype: str = "f32",
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+):
+    """One engine on `device` ("cpu" or "cuda") over canonical weights."""
+    from gpt2.engine import FastGPT2
+    from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
+    from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
+
+    if engine == "fast":
+        return FastGPT2(weights, device, dtype, n_ctx=n_ctx, n_threads=n_threads)
+    if dtype != "f32":
+        raise ValueError(f"the {engine} engine computes in f32 only (got --dtype {dtype})")
+    cuda = device == "cuda"
+    if engine == "full":
+        cls = GPT2FullForwardFFICacheCuda if cuda else GPT2FullForwardFFICache
+    elif engine == "kv":
+        cls = GPT2KVFFICacheCuda if cuda else GPT2KVFFICache
+    else:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return cls.from_weights(weights, n_ctx, n_threads=n_threads)
+
+
+def engine_logits(engine, ids: Sequence[int]) -> np.ndarray:
+    """Logits [T, vocab] of every position, whatever the engine."""
+    if hasattr(engine, "forward"):  # the full-forward port
+        return engine.forward(ids)
+    if hasattr(engine, "logits_for"):  # the KV port
+        return engine.logits_for(ids)
+    return engine.logits(ids)
+
+
+def parse_ids(text: str) -> list[int]:
+    """ "15496 11 616" or "15496,11,616" -> [15496, 11, 616]."""
+    tokens = text.replace(",", " ").split()
+    if not tokens:
+        raise ValueError("--ids is empty: give at least one token id")
+    try:
+        return [int(t) for t in tokens]
+    except ValueError:
+        raise ValueError(f"--ids must be integers separated by spaces, got {text!r}") from None
+
+
+def cmd_logits(args: argparse.Namespace) -> int:
+    loaded = load_model(resolve_model(args.model))
+    if args.ids is not None:
+        ids = parse_ids(args.ids)
+    else:
+        if loaded.tokenizer is None:
+            raise ValueError(f"{loaded.path} has no tokenizer: give --ids instead of --text")
+        ids = loaded.tokenizer.encode(args.text)
+        if not ids:
+            raise ValueError("--text gives no tokens: give some text")
+    n_ctx = loaded.config.n_positions
+    if len(ids) > n_ctx:
+        raise ValueError(f"{len(ids)} tokens do not fit the model's context of {n_ctx}")
+    bad = [i for i in ids if not 0 <= i < loaded.config.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is out of range [0, {loaded.config.vocab_size})")
+
+    if args.engine == "reference":
+        from gpt2.reference import GPT2Reference
+
+        device = "cpu"
+        logits = GPT2Reference(loaded.weights).logits(ids)  # float64
+    else:
+        device = choose_device(args.device)
+        engine = build_engine(
+            loaded.weights, args.engine, device, args.dtype, len(ids), args.threads
+        )
+        try:
+            logits = engine_logits(engine, ids)
+        finally:
+            engine.close()
+
+    print(f"logits: shape {tuple(logits.shape)} ({logits.dtype}), engine {args.engine}, {device}")
+    last = np.asarray(logits[-1], dtype=np.float64)
+    top = np.argsort(-last, kind="stable")[:5]
+    print(f"last position: argmax {int(top[0])} (logit {last[top[0]]:.6g})")
+    print("top-5: " + ", ".join(f"{int(i)} ({last[i]:.6g})" for i in top))
+    if loaded.tokenizer is not None:
+        print("top-5 tokens: " + ", ".join(repr(loaded.tokenizer.decode([int(i)])) for i in top))
+    if args.out:
+        from gpt2.parity import write_dump
+
+        out = Path(args.out)
+        if args.all_positions:
+            if out.suffix != ".npy":
+                raise ValueError(
+                    f"--all-positions writes a .npy array: name the file *.npy, not {out}"
+                )
+            with open(out, "wb") as fh:
+                np.save(fh, logits)
+            print(f"wrote {out}: all positions, shape {tuple(logits.shape)}")
+        else:
+            write_dump(out, logits[-1])
+            print(f"wrote {out}: last position, {logits.shape[-1]} floats")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# parity
+
+
+def cmd_parity_compare(args: argparse.Namespace) -> int:
+    from gpt2.parity import compare, format_report, read_dump
+
+    try:
+        ours, ref = read_dump(args.ours), read_dump(args.ref)
+        report = compare(ours, ref, max_abs=args.max_abs, top_k=args.top_k)
+    except ValueError as e:
+        raise ValueError(f"cannot compare: {e}") from None
+    print(format_report(report))
+    return 0 if report.passed else 1
+
+
+def _hf_logits(folder: Path, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """HF transformers' GPT2LMHeadModel on the CPU: logits [N*T, vocab] in f32 and f64."""
+    try:
+        import torch
+        from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise ValueError(
+            f"parity hf needs torch and transformers ({e}); install them with "
+            "`pip install 'tinynn-gpt2[test]'`"
+        ) from None
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    model = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager")
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            model.to(dtype)
+            rows = [model(torch.tensor([p])).logits[0].numpy().astype(np.float64) for p in prompts]
+            out.append(np.concatenate(rows))
+    return out[0], out[1]
+
+
+def _parity_row(name: str, device: str, ours: np.ndarray, ref: np.ndarray, max_abs: float) -> dict:
+    from gpt2.parity import compare
+
+    rp = compare(ours, ref, max_abs=max_abs, top_k=5)
+    equal = int((ours.argmax(axis=1) == ref.argmax(axis=1)).sum())
+    return {
+        "engine": name,
+        "device": device,
+        "vs": "hf_f64",
+        "positions": int(ours.shape[0]),
+        "max_abs": rp.max_abs,
+        "mean_abs": rp.mean_abs,
+        "argmax_equal": equal,
+        "top5_overlap_min": rp.overlap,
+        "passed": rp.passed,
+    }
+
+
+def format_parity_table(rows: list[dict], threshold: float) -> str:
+    head = ("engine", "device", "vs", "max-abs", "mean-abs", "argmax", "top-5 min", "result")
+    body = [
+        (
+            r["engine"],
+            r["device"],
+            r["vs"],
+            f"{r['max_abs']:.3e}",
+            f"{r['mean_abs']:.3e}",
+            f"{r['argmax_equal']}/{r['positions']}",
+            f"{r['top5_overlap_min']}/5",
+            "PASS" if r["passed"] else "FAIL",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(x, widths, strict=True)).rstrip()
+        for x in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"pass: max-abs <= {threshold:g}, argmax equal and top-5 5/5 at every position")
+    return "\n".join(lines)
+
+
+def cmd_parity_hf(args: argparse.Namespace) -> int:
+    folder = resolve_model(args.model)
+    if not folder.is_dir():
+        raise ValueError(
+            f"parity hf needs an HF folder (config.json + model.safetensors): {folder}"
+        )
+    loaded = load_model(folder)
+    cfg = loaded.config
+    if not 1 <= args.length <= cfg.n_positions:
+        raise ValueError(
+            f"--length must be in 1..{cfg.n_positions} (the context), got {args.length}"
+        )
+    device = choose_device(args.device)
+    rng = np.random.default_rng(1234)  # fixed: every run compares the same prompts
+    prompts = [rng.integers(0, cfg.vocab_size, args.length).tolist() for _ in range(args.prompts)]
+
+    # Our engines run before torch is imported: torch's OpenMP threads keep spinning after
+    # each op and, on a small machine, starve ggml's own threads (measured: 50x slower).
+    t = args.length
+    kv_t = t if t <= KV_LONG_PROMPT else KV_SHORT_POSITIONS
+    ours: list[tuple[str, int, np.ndarray]] = []
+    for name, kind, n in (("fast_f32", "fast", t), ("full", "full", t), ("kv", "kv", kv_t)):
+        engine = build_engine(
+            loaded.weights, kind, device, "f32", None if kind == "fast" else n, args.threads
+        )
+        try:
+            ours.append((name, n, np.concatenate([engine_logits(engine, p[:n]) for p in prompts])))
+        finally:
+            engine.close()
+
+    from gpt2.reference import GPT2Reference
+
+    ref = np.concatenate([GPT2Reference(loaded.weights).logits(p) for p in prompts])
+    hf32, hf64 = _hf_logits(folder, prompts)
+    rows = [
+        _parity_row("hf_f32", "cpu", hf32, hf64, args.max_abs),
+        _parity_row("reference", "cpu", ref, hf64, args.max_abs),
+    ]
+    for name, n, logits in ours:
+        want = np.concatenate([hf64[i * t : i * t + n] for i in range(len(prompts))])
+        rows.append(_parity_row(name, device, logits.astype(np.float64), want, args.max_abs))
+
+    print(
+        f"model {folder}: {args.prompts} random prompts of {t} tokens (seed 1234)"
+        + (f"; kv on the first {kv_t} positions" if kv_t < t else "")
+    )
+    print(format_parity_table(rows, args.max_abs))
+    if args.json:
+        doc = {
+            "model": str(folder),
+            "prompts": args.prompts,
+            "length": t,
+            "max_abs_threshold": args.max_abs,
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+# ---------------------------------------------------------------------------------------
+# convert, inspect, bench
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from gpt2.convert import convert_hf_to_gguf
+
+    folder = resolve_model(args.hf_folder)
+    if not folder.is_dir():
+        raise ValueError(f"convert takes an HF folder (config.json + model.safetensors): {folder}")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    types = convert_hf_to_gguf(folder, out, args.dtype)
+    seconds = time.perf_counter() - t0
+    counts = Counter(types.values())
+    size = out.stat().st_size
+    print(
+        f"wrote {out}: {len(types)} tensors, {size:,} bytes ({size / 2**20:.2f} MiB), "
+        f"{seconds:.1f} s"
+    )
+    print("tensor types: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from gpt2.inspect_model import describe, format_description
+
+    d = describe(resolve_model(args.path))
+    print(json.dumps(d, indent=2) if args.json else format_description(d))
+    return 0
+
+
+def run_bench(argv: list[str]) -> int:
+    """`gpt2 bench ...`: gpt2.bench owns its options; imported only when asked for."""
+    try:
+        from gpt2 import bench
+    except ImportError as e:
+        raise ValueError(f"the bench command is not available ({e})") from None
+    parser = argparse.ArgumentParser(
+        prog="gpt2 bench", description="Benchmarks (see gpt2/bench.py).", formatter_class=_Formatter
+    )
+    bench.add_arguments(parser)
+    return bench.run(parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2",
+        description="GPT-2 family models on ggml (CPU and CUDA).",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {gpt2.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt",
+        description="Print the prompt and its continuation.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="text to continue")
+    _model_device_dtype(p)
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate at most")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy"
+    )
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = all")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = all")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        metavar="STRING",
+        default=None,
+        help="stop before this string (repeatable)",
+    )
+    p.add_argument("--engine", choices=ENGINES, default="fast", help="fast, or the Ruby ports")
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print pieces as they are produced",
+    )
+    p.add_argument(
+        "--timing",
+        action="store_true",
+        help="print load time, prefill time, ms/token and tokens/s on stderr",
+    )
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "logits",
+        help="logits of a token sequence",
+        description="Print a summary of the logits of a prompt; --out writes them.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "--model", required=True, metavar="PATH_OR_ID", help="GGUF file, HF folder or hub id"
+    )
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--ids", help='token ids, e.g. "15496 11 616"')
+    given.add_argument("--text", help="text, encoded with the model's tokenizer")
+    p.add_argument(
+        "--engine",
+        choices=(*ENGINES, "reference"),
+        default="fast",
+        help="reference = the numpy float64 model",
+    )
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the engine runs")
+    p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type (fast engine)")
+    _threads(p)
+    p.add_argument(
+        "--out", metavar="FILE", help="write the last position's logits (Ruby dump format)"
+    )
+    p.add_argument(
+        "--all-positions",
+        action="store_true",
+        help="with --out: write all positions as a .npy array [T, vocab]",
+    )
+    p.set_defaults(func=cmd_logits)
+
+    p = sub.add_parser(
+        "parity",
+        help="compare logits",
+        description="Logit parity tools.",
+        formatter_class=_Formatter,
+    )
+    psub = p.add_subparsers(dest="parity_command", metavar="WHAT", required=True)
+    c = psub.add_parser(
+        "compare",
+        help="compare two dumps",
+        description="Compare two logits dumps (one line of floats, or .npy). Exit 0 on pass, "
+        "1 on fail, 2 when a file cannot be read or the shapes differ.",
+        formatter_class=_Formatter,
+    )
+    c.add_argument("--ours", required=True, metavar="FILE")
+    c.add_argument("--ref", required=True, metavar="FILE")
+    c.add_argument("--max-abs", type=float, default=None, help="largest allowed |ours - ref|")
+    c.add_argument("--top-k", type=int, default=5, help="top-k sets that must agree")
+    c.set_defaults(func=cmd_parity_compare)
+    h = psub.add_parser(
+        "hf",
+        help="every engine against HF transformers",
+        description="Run HF transformers (f32 and f64, CPU), the numpy reference and every "
+        "engine on the same random prompts; print one table. Exit 0 only if all rows pass.",
+        formatter_class=_Formatter,
+    )
+    h.add_argument("--model", required=True, metavar="HF_FOLDER", help="HF folder or hub id")
+    h.add_argument("--device", choices=DEVICES, default="auto", help="where our engines run")
+    _threads(h)
+    h.add_argument("--prompts", type=_positive_int, default=3, help="number of random prompts")
+    h.add_argument(
+        "--length", type=_positive_int, default=16, help="tokens per prompt (at most the context)"
+    )
+    h.add_argument("--max-abs", type=float, default=1e-2, help="largest allowed |ours - hf_f64|")
+    h.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    h.set_defaults(func=cmd_parity_hf)
+
+    p = sub.add_parser(
+        "convert",
+        help="HF folder -> GGUF",
+        description="Convert an HF GPT-2 folder to a GGUF file (llama.cpp's GPT-2 layout).",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("hf_folder", metavar="HF_FOLDER", help="HF folder or hub id")
+    p.add_argument("out", metavar="OUT.gguf")
+    p.add_argument("--dtype", choices=DTYPES, default="f32", help="type of the 2-D weights")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "inspect",
+        help="describe a model file",
+        description="Architecture, layout, parameters, tensor types and tokenizer of a model.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "path",
+        metavar="FILE_OR_FOLDER",
+        nargs="?",
+        default=None,
+        help="GGUF file, HF folder or hub id (default: the embedded model)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    # Parsed by gpt2.bench itself (see run_bench); listed here for --help.
+    sub.add_parser("bench", help="benchmarks (gpt2 bench --help)", add_help=False)
+    return parser
+
+
+def _model_device_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH_OR_ID",
+        help="GGUF file, HF folder or hub id (default: the embedded model)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when usable")
+    p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type")
+    _threads(p)
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for ggml (default: the library's choice)",
+    )
+
+
+def _bench_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after `bench` when it is the command, else None."""
+    for i, a in enumerate(argv):
+        if a in ("-v", "--verbose"):
+            continue
+        return argv[i + 1 :] if a == "bench" else None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        bench_argv = _bench_argv(argv)
+        args = parser.parse_args(
+            argv if bench_argv is None else argv[: len(argv) - len(bench_argv)]
+        )
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(name)s: %(levelname)s: %(message)s",
+        )
+        if bench_argv is not None:
+            return run_bench(bench_argv)
+        return args.func(args)
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `gpt2 generate ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit-time flush
+        return 1
+    except (ValueError, OSError, TinyNNError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
