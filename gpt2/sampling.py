@@ -31,20 +31,14 @@ def _check_logits(logits: np.ndarray) -> np.ndarray:
         raise ValueError(f"logits must be 1-D (vocab,), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError("logits must not be empty")
-    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(
-        arr.dtype, np.integer
-    ):
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"logits must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
     if np.isnan(arr).any():
-        raise ValueError(
-            f"logits contain NaN at index {int(np.flatnonzero(np.isnan(arr))[0])}"
-        )
+        raise ValueError(f"logits contain NaN at index {int(np.flatnonzero(np.isnan(arr))[0])}")
     if np.isposinf(arr).any():
         # softmax of +inf is inf - inf = NaN; -inf (a masked token) is fine.
-        raise ValueError(
-            f"logits contain +inf at index {int(np.flatnonzero(np.isposinf(arr))[0])}"
-        )
+        raise ValueError(f"logits contain +inf at index {int(np.flatnonzero(np.isposinf(arr))[0])}")
     if np.isneginf(arr).all():
         raise ValueError("every logit is -inf: no token can be chosen")
     return arr
@@ -59,9 +53,7 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Logits divided by `temperature` (> 0). Temperature 0 is greedy; see `sample`."""
     arr = _check_logits(logits)
     if not np.isfinite(temperature) or temperature <= 0.0:
-        raise ValueError(
-            f"temperature must be a finite number > 0 here, got {temperature}"
-        )
+        raise ValueError(f"temperature must be a finite number > 0 here, got {temperature}")
     return arr / temperature
 
 
@@ -130,14 +122,10 @@ def sample(
     if not (0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng must be a numpy.random.Generator, got {type(rng).__name__}"
-        )
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if temperature == 0.0:
         return int(np.argmax(arr))
-    filtered = top_p_filter(
-        top_k_filter(apply_temperature(arr, temperature), top_k), top_p
-    )
+    filtered = top_p_filter(top_k_filter(apply_temperature(arr, temperature), top_k), top_p)
     probs = _softmax(filtered)
     # Inverse-CDF draw: one uniform number per token, so a seed gives the same sequence on
     # every platform (Generator.choice's algorithm is not documented as stable).
