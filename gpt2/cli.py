@@ -201,6 +201,8 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_logits(args: argparse.Namespace) -> int:
+    if args.all_positions and not args.out:
+        raise ValueError("--all-positions says what --out writes: give --out FILE.npy")
     loaded = load_model(resolve_model(args.model))
     if args.ids is not None:
         ids = parse_ids(args.ids)
@@ -584,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE_OR_FOLDER",
         nargs="?",
         default=None,
-        help="GGUF file, HF folder or hub id (default: the embedded model)",
+        help="GGUF file, HF folder or hub id; None = the embedded model",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
@@ -599,7 +601,7 @@ def _model_device_dtype(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="PATH_OR_ID",
-        help="GGUF file, HF folder or hub id (default: the embedded model)",
+        help="GGUF file, HF folder or hub id; None = the embedded model",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when usable")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type")
@@ -612,7 +614,7 @@ def _threads(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for ggml (default: the library's choice)",
+        help="CPU threads for ggml; None = the library's choice",
     )
 
 

@@ -332,3 +332,15 @@ def test_bench_is_delegated(capsys):
     code, out, _ = run(capsys, "bench", "--help")
     assert code == 0
     assert "gpt2 bench" in out
+
+
+def test_ctrl_c_exits_130_quietly(capsys, monkeypatch, ruby_outputs):
+    import gpt2.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt2.cli, "cmd_inspect", interrupted)
+    code, out, err = run(capsys, "inspect", ruby_outputs / "model_a.gguf")
+    assert code == 130
+    assert out == "" and err == ""
