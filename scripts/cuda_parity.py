@@ -21,8 +21,8 @@ import numpy as np
 from gpt2.bench import SHAPES, environment
 from gpt2.config import GPT2Config
 from gpt2.engine import FastGPT2
-from gpt2.ffi_full import GPT2FullForwardFFICacheCuda
-from gpt2.ffi_kv import GPT2KVFFICacheCuda
+from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
+from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
 from gpt2.generate import greedy_generate
 from gpt2.reference import GPT2Reference
 from gpt2.weights import GPT2Weights, expected_shapes
@@ -48,7 +48,7 @@ def parity_weights(config: GPT2Config, seed: int) -> GPT2Weights:
     return GPT2Weights(config, tensors)
 
 
-def metrics(ours: np.ndarray, ref: np.ndarray) -> dict:
+def metrics(ours: np.ndarray, ref: np.ndarray, judged: bool = True) -> dict:
     diff = np.abs(ours.astype(np.float64) - ref)
     top_o = np.argsort(-ours, axis=1)[:, :5]
     top_r = np.argsort(-ref, axis=1)[:, :5]
@@ -59,11 +59,14 @@ def metrics(ours: np.ndarray, ref: np.ndarray) -> dict:
         "mean_abs": float(diff.mean()),
         "argmax_equal": f"{argmax_eq}/{len(ref)}",
         "top5_min_overlap": int(min(overlap)),
-        "passed": bool(diff.max() <= MAX_ABS and argmax_eq == len(ref) and min(overlap) == 5),
+        # f16 and q8_0 are measured and stated, not held to the f32 threshold
+        "passed": bool(diff.max() <= MAX_ABS and argmax_eq == len(ref) and min(overlap) == 5)
+        if judged
+        else None,
     }
 
 
-def run_shape(shape: str, rows: list[dict]) -> None:
+def run_shape(shape: str, rows: list[dict], device: str = "cuda") -> None:
     config = SHAPES[shape]
     weights = parity_weights(config, seed=7)
     ids = np.random.default_rng(1).integers(0, config.vocab_size, PROMPT_LEN)
@@ -72,23 +75,27 @@ def run_shape(shape: str, rows: list[dict]) -> None:
     print(f"{shape}: reference in {time.time() - t0:.1f} s", flush=True)
 
     def record(engine: str, logits: np.ndarray, seconds: float) -> None:
-        row = {"shape": shape, "engine": engine, "positions": len(logits), **metrics(logits, ref)}
+        judged = not engine.endswith(("f16", "q8_0"))
+        row = {"shape": shape, "engine": engine, "positions": len(logits)}
+        row.update(metrics(logits, ref, judged))
         row["seconds"] = round(seconds, 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     t0 = time.time()
-    with GPT2FullForwardFFICacheCuda.from_weights(weights, t_seq=PROMPT_LEN) as full:
-        assert full.sess.backend_name == "cuda"
+    full_cls = GPT2FullForwardFFICacheCuda if device == "cuda" else GPT2FullForwardFFICache
+    kv_cls = GPT2KVFFICacheCuda if device == "cuda" else GPT2KVFFICache
+    with full_cls.from_weights(weights, t_seq=PROMPT_LEN) as full:
+        assert full.sess.backend_name == device
         record("GPT2FullForwardFFICacheCuda", full.forward(ids), time.time() - t0)
     t0 = time.time()
-    with GPT2KVFFICacheCuda.from_weights(weights, max_t=PROMPT_LEN) as kv:
-        assert kv.sess.backend_name == "cuda"
+    with kv_cls.from_weights(weights, max_t=PROMPT_LEN) as kv:
+        assert kv.sess.backend_name == device
         record("GPT2KVFFICacheCuda", kv.logits_for(ids), time.time() - t0)
     greedy = {}
     for dtype in ("f32", "f16", "q8_0"):
         t0 = time.time()
-        with FastGPT2(weights, "cuda", dtype, n_ctx=1024) as fast:
+        with FastGPT2(weights, device, dtype, n_ctx=1024) as fast:
             record(f"fast {dtype}", fast.logits(ids), time.time() - t0)
             greedy[dtype] = greedy_generate(fast, list(ids[:16]), 256)
     for dtype in ("f16", "q8_0"):
@@ -110,13 +117,14 @@ def run_shape(shape: str, rows: list[dict]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke test")
     p.add_argument("--shapes", nargs="+", default=["gpt2", "gpt2-xl"], choices=sorted(SHAPES))
     args = p.parse_args()
     rows: list[dict] = []
     for shape in args.shapes:
-        run_shape(shape, rows)
-    result = {"environment": environment("cuda"), "prompt_tokens": PROMPT_LEN, "rows": rows}
-    (args.out / "parity_h200.json").write_text(json.dumps(result, indent=1))
+        run_shape(shape, rows, args.device)
+    result = {"environment": environment(args.device), "prompt_tokens": PROMPT_LEN, "rows": rows}
+    (args.out / f"parity_{'h200' if args.device == 'cuda' else 'cpu'}.json").write_text(json.dumps(result, indent=1))
     failed = [r for r in rows if r.get("passed") is False and r["shape"] == "gpt2"]
     return 1 if failed else 0
 

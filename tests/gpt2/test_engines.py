@@ -23,8 +23,9 @@ from tests.tiny_models import check_close
 
 FULL = {"cpu": GPT2FullForwardFFICache, "cuda": GPT2FullForwardFFICacheCuda}
 KV = {"cpu": GPT2KVFFICache, "cuda": GPT2KVFFICacheCuda}
-# CUDA computes f32 matmuls through cuBLAS and flash attention in f16: looser.
-PORT_TOL = {"cpu": 1e-3, "cuda": 5e-3}
+# ggml-cuda's f32 matrix products use TF32 tensor cores (tests/devices.py) and
+# its flash attention reads f16: CUDA gets SPEC.md's GPU tolerance, 1e-2.
+PORT_TOL = {"cpu": 1e-3, "cuda": 1e-2}
 
 
 @pytest.fixture(params=DEVICES)
@@ -63,7 +64,10 @@ def test_kv_step_by_step_equals_full_forward(tiny_models, device):
             want = full.forward(ids)
         with KV[device].from_weights(m.weights, max_t=24) as kv:
             got = kv.logits_for(ids)
-        check_close(got, want, 1e-4, f"{m.name} KV vs full-forward on {device}")
+        # CPU: both plain f32. CUDA: the full-forward's batched products are TF32
+        # (measured 2.1e-3 on tiny_a on the H200), the KV's matrix-vector ones f32.
+        tol = 1e-4 if device == "cpu" else 1e-2
+        check_close(got, want, tol, f"{m.name} KV vs full-forward on {device}")
         ref = GPT2Reference(m.weights).logits(ids)
         check_close(got, ref, PORT_TOL[device], f"{m.name} KV vs reference on {device}")
 
