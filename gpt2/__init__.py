@@ -1,8 +1,8 @@
 """GPT-2 on ggml through tinynn.
 
-    import gpt2
-    with gpt2.load(device="auto") as model:      # the embedded default model
-        print(model.generate("Once upon a time", max_new_tokens=40))
+import gpt2
+with gpt2.load(device="auto") as model:      # the embedded default model
+    print(model.generate("Once upon a time", max_new_tokens=40))
 """
 
 from gpt2.api import GPT2Model, load

@@ -1,12 +1,12 @@
 """`gpt2.load`: the front door of the Python API.
 
-    import gpt2
-    with gpt2.load("model.gguf", device="auto", dtype="f16") as model:
-        print(model.generate("Once upon a time", max_new_tokens=40))
-        ids = model.generate([464, 2068], max_new_tokens=5)      # ids in, ids out
-        for piece in model.stream("The Python", max_new_tokens=20):
-            print(piece, end="", flush=True)
-        logits = model.logits([464, 2068, 7586])                  # numpy [T, vocab]
+import gpt2
+with gpt2.load("model.gguf", device="auto", dtype="f16") as model:
+    print(model.generate("Once upon a time", max_new_tokens=40))
+    ids = model.generate([464, 2068], max_new_tokens=5)      # ids in, ids out
+    for piece in model.stream("The Python", max_new_tokens=20):
+        print(piece, end="", flush=True)
+    logits = model.logits([464, 2068, 7586])                  # numpy [T, vocab]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(device: str) -> str:
-    """"auto" is CUDA when a GPU is usable, else the CPU (logged either way)."""
+    """ "auto" is CUDA when a GPU is usable, else the CPU (logged either way)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device != "auto":

@@ -210,8 +210,12 @@ def _cpu_name() -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2", "gpt2-xl"])
-    p.add_argument("--dtypes", nargs="+", choices=("f32", "f16", "q8_0"), default=["f32", "f16", "q8_0"])
-    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=["decode", "prefill", "batch"])
+    p.add_argument(
+        "--dtypes", nargs="+", choices=("f32", "f16", "q8_0"), default=["f32", "f16", "q8_0"]
+    )
+    p.add_argument(
+        "--workloads", nargs="+", choices=WORKLOADS, default=["decode", "prefill", "batch"]
+    )
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
@@ -241,16 +245,36 @@ def run(args: argparse.Namespace) -> int:
             )
             try:
                 if wl & {"decode", "cpu"}:
-                    add({"shape": shape, "dtype": dtype, "workload": "decode b1", "engine": "ours",
-                         **ours_decode(engine, args.prompt_len, args.new_tokens)})
+                    add(
+                        {
+                            "shape": shape,
+                            "dtype": dtype,
+                            "workload": "decode b1",
+                            "engine": "ours",
+                            **ours_decode(engine, args.prompt_len, args.new_tokens),
+                        }
+                    )
                 if "prefill" in wl:
                     for n in args.prefill:
-                        add({"shape": shape, "dtype": dtype, "workload": f"prefill {n}",
-                             "engine": "ours", **ours_prefill(engine, n)})
+                        add(
+                            {
+                                "shape": shape,
+                                "dtype": dtype,
+                                "workload": f"prefill {n}",
+                                "engine": "ours",
+                                **ours_prefill(engine, n),
+                            }
+                        )
                 if "batch" in wl:
-                    add({"shape": shape, "dtype": dtype, "workload": f"decode b{batch}",
-                         "engine": "ours",
-                         **ours_batch(engine, batch, args.prompt_len, min(args.new_tokens, 64))})
+                    add(
+                        {
+                            "shape": shape,
+                            "dtype": dtype,
+                            "workload": f"decode b{batch}",
+                            "engine": "ours",
+                            **ours_batch(engine, batch, args.prompt_len, min(args.new_tokens, 64)),
+                        }
+                    )
             finally:
                 engine.close()
             if args.no_hf or dtype == "q8_0":
@@ -261,16 +285,36 @@ def run(args: argparse.Namespace) -> int:
                 print(f"HF transformers unavailable: {exc}")
                 continue
             if wl & {"decode", "cpu"}:
-                add({"shape": shape, "dtype": dtype, "workload": "decode b1", "engine": "hf",
-                     **hf_decode(model, args.prompt_len, args.new_tokens)})
+                add(
+                    {
+                        "shape": shape,
+                        "dtype": dtype,
+                        "workload": "decode b1",
+                        "engine": "hf",
+                        **hf_decode(model, args.prompt_len, args.new_tokens),
+                    }
+                )
             if "prefill" in wl:
                 for n in args.prefill:
-                    add({"shape": shape, "dtype": dtype, "workload": f"prefill {n}",
-                         "engine": "hf", **hf_prefill(model, n)})
+                    add(
+                        {
+                            "shape": shape,
+                            "dtype": dtype,
+                            "workload": f"prefill {n}",
+                            "engine": "hf",
+                            **hf_prefill(model, n),
+                        }
+                    )
             if "batch" in wl:
-                add({"shape": shape, "dtype": dtype, "workload": f"decode b{batch}",
-                     "engine": "hf",
-                     **hf_decode(model, args.prompt_len, min(args.new_tokens, 64), n_seq=batch)})
+                add(
+                    {
+                        "shape": shape,
+                        "dtype": dtype,
+                        "workload": f"decode b{batch}",
+                        "engine": "hf",
+                        **hf_decode(model, args.prompt_len, min(args.new_tokens, 64), n_seq=batch),
+                    }
+                )
             del model
     _add_ratios(rows)
     print()
@@ -301,8 +345,10 @@ def _format_row(r: dict) -> str:
 
 
 def format_table(rows: list[dict], env: dict) -> str:
-    lines = ["| shape | dtype | workload | engine | ms mean | ms p50 | ms p90 | tok/s | vs HF |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| shape | dtype | workload | engine | ms mean | ms p50 | ms p90 | tok/s | vs HF |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         tok = f"{r['tok_s']:.1f}" if "tok_s" in r else ""
         ratio = f"{r['speedup_vs_hf']:.2f}x" if "speedup_vs_hf" in r else ""

@@ -82,13 +82,9 @@ class GPT2Config:
             _check_positive_int("n_inner", self.n_inner)
         eps = self.layer_norm_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(
-                f"layer_norm_epsilon must be a positive float, got {eps!r}"
-            )
+            raise ValueError(f"layer_norm_epsilon must be a positive float, got {eps!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def d_ff(self) -> int:
@@ -127,13 +123,9 @@ class GPT2Config:
                     f"{where}: unsupported {key}={source[key]!r} (only {want!r} is implemented)"
                 )
         if "model_type" in source and source["model_type"] != "gpt2":
-            raise ValueError(
-                f"{where}: model_type is {source['model_type']!r}, expected 'gpt2'"
-            )
+            raise ValueError(f"{where}: model_type is {source['model_type']!r}, expected 'gpt2'")
         kwargs = {k: source[k] for k in own if k in source}
-        if "n_ctx" in source and source["n_ctx"] != kwargs.get(
-            "n_positions", source["n_ctx"]
-        ):
+        if "n_ctx" in source and source["n_ctx"] != kwargs.get("n_positions", source["n_ctx"]):
             raise ValueError(
                 f"{where}: n_ctx ({source['n_ctx']}) differs from "
                 f"n_positions ({kwargs['n_positions']})"
@@ -150,9 +142,7 @@ class GPT2Config:
         """Read the `gpt2.*` metadata of an open `gguf.GGUFReader`."""
         arch = _field(reader, "general.architecture")
         if arch is not None and arch != "gpt2":
-            raise ValueError(
-                f"{path}: general.architecture is {arch!r}, expected 'gpt2'"
-            )
+            raise ValueError(f"{path}: general.architecture is {arch!r}, expected 'gpt2'")
 
         def need(key: str) -> Any:
             value = _field(reader, key)

@@ -205,7 +205,9 @@ class FastGPT2:
             for layer in self.layers:
                 h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
                 qkv = s.add(s.matmul(layer.w_qkv, h), layer.b_qkv)  # [3d, N]
-                q = s.view_4d(qkv, (dh, n_q, nh, n_seq), (3 * d * F32, dh * F32, n_q * 3 * d * F32), 0)
+                q = s.view_4d(
+                    qkv, (dh, n_q, nh, n_seq), (3 * d * F32, dh * F32, n_q * 3 * d * F32), 0
+                )
                 k_new = s.view_2d(qkv, d, n, 3 * d * F32, d * F32)  # [d, N]
                 v_new = s.view_2d(qkv, d, n, 3 * d * F32, 2 * d * F32)  # [d, N]
                 k_all = s.set_rows(layer.k_cache, k_new, rows)  # the cache, written
@@ -355,8 +357,7 @@ def _put(t: Tensor, a: np.ndarray) -> None:
     elif t.dtype == "f16":
         t.upload(a.astype(np.float16))
     else:
-        from gguf.quants import quantize
         from gguf.constants import GGMLQuantizationType
+        from gguf.quants import quantize
 
         t.upload(quantize(a.astype(np.float32), GGMLQuantizationType.Q8_0).reshape(-1))
-

@@ -45,7 +45,10 @@ class GPT2FullForwardFFICache:
 
     @classmethod
     def from_weights(
-        cls, weights: GPT2Weights, t_seq: int | None = None, n_threads: int | None = None,
+        cls,
+        weights: GPT2Weights,
+        t_seq: int | None = None,
+        n_threads: int | None = None,
         gelu: str = "exact",
     ) -> GPT2FullForwardFFICache:
         """Realized for `t_seq` positions (default: the model's context) and uploaded."""

@@ -52,7 +52,10 @@ class GPT2KVFFICache:
 
     @classmethod
     def from_weights(
-        cls, weights: GPT2Weights, max_t: int | None = None, n_threads: int | None = None,
+        cls,
+        weights: GPT2Weights,
+        max_t: int | None = None,
+        n_threads: int | None = None,
         gelu: str = "exact",
     ) -> GPT2KVFFICache:
         c = weights.config
@@ -91,7 +94,11 @@ class GPT2KVFFICache:
             raise ValueError(f"max_T={max_t} must be in 1..context_length={context_length}")
         self.max_T, self.d_model, self.d_ff = max_t, d_model, d_ff
         self.n_heads, self.d_head, self.n_layers = n_heads, d_model // n_heads, n_layers
-        self.vocab_size, self.context_length, self.eps = vocab_size, context_length, layer_norm_epsilon
+        self.vocab_size, self.context_length, self.eps = (
+            vocab_size,
+            context_length,
+            layer_norm_epsilon,
+        )
 
         sess = self.sess = Session(self.DEVICE, n_threads=self.n_threads)
         self.t_token_embed = sess.input_2d_f32_persistent(vocab_size, d_model)  # [d, V]

@@ -25,9 +25,7 @@ def read_dump(path: str | Path) -> np.ndarray:
     text = p.read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
-        raise ValueError(
-            f"{p}: expected one line of floats, found {len(lines)} non-empty lines"
-        )
+        raise ValueError(f"{p}: expected one line of floats, found {len(lines)} non-empty lines")
     try:
         values = np.array([float(tok) for tok in lines[0].split()], dtype=np.float64)
     except ValueError as e:
@@ -42,9 +40,7 @@ def write_dump(path: str | Path, logits_row: np.ndarray) -> None:
     row = np.asarray(logits_row, dtype=np.float64)
     if row.ndim != 1:
         raise ValueError(f"write_dump takes one row of logits, got shape {row.shape}")
-    Path(path).write_text(
-        " ".join(repr(float(v)) for v in row) + "\n", encoding="utf-8"
-    )
+    Path(path).write_text(" ".join(repr(float(v)) for v in row) + "\n", encoding="utf-8")
 
 
 @dataclass
@@ -68,9 +64,7 @@ class ParityReport:
     overlap: int  # |top_ours & top_ref|; for 2-D the smallest over rows
     threshold: float | None
     passed: bool
-    rows_failed: list[
-        int
-    ]  # 2-D: rows where argmax or top-k disagree or max-abs exceeds
+    rows_failed: list[int]  # 2-D: rows where argmax or top-k disagree or max-abs exceeds
 
 
 def compare(
@@ -82,9 +76,7 @@ def compare(
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: ours {a.shape}, ref {b.shape}")
     if a.ndim not in (1, 2) or a.size == 0:
-        raise ValueError(
-            f"expected a non-empty 1-D or 2-D array of logits, got shape {a.shape}"
-        )
+        raise ValueError(f"expected a non-empty 1-D or 2-D array of logits, got shape {a.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         which = "ours" if not np.isfinite(a).all() else "ref"
         raise ValueError(f"non-finite values in {which}")
@@ -95,13 +87,11 @@ def compare(
     arg_a, arg_b = a2.argmax(axis=1), b2.argmax(axis=1)
     tops_a = [_top(r, k) for r in a2]
     tops_b = [_top(r, k) for r in b2]
-    overlaps = [len(set(x) & set(y)) for x, y in zip(tops_a, tops_b)]
+    overlaps = [len(set(x) & set(y)) for x, y in zip(tops_a, tops_b, strict=True)]
     bad = [
         i
         for i in range(a2.shape[0])
-        if arg_a[i] != arg_b[i]
-        or overlaps[i] < k
-        or (max_abs is not None and row_max[i] > max_abs)
+        if arg_a[i] != arg_b[i] or overlaps[i] < k or (max_abs is not None and row_max[i] > max_abs)
     ]
     # the row to show: the first failing one, else the one with the largest max-abs
     r = bad[0] if bad else int(row_max.argmax())
@@ -150,9 +140,7 @@ def format_report(report: ParityReport) -> str:
         f"top-{rp.top_k} overlap: {rp.overlap}/{rp.top_k}",
     ]
     limit = "none" if rp.threshold is None else f"{rp.threshold:g}"
-    lines.append(
-        f"result: {'PASS' if rp.passed else 'FAIL'} (max-abs threshold: {limit})"
-    )
+    lines.append(f"result: {'PASS' if rp.passed else 'FAIL'} (max-abs threshold: {limit})")
     return "\n".join(lines)
 
 

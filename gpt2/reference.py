@@ -19,9 +19,7 @@ from gpt2.weights import GPT2Weights, validate
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def layer_norm(
-    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float
-) -> np.ndarray:
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
     """Normalize each row over its last axis (biased variance, as torch does)."""
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
@@ -57,16 +55,12 @@ class GPT2Reference:
         cfg, w = self.config, self.w
         idx = np.asarray(ids)
         if idx.ndim != 1 or idx.size == 0:
-            raise ValueError(
-                f"ids must be a non-empty 1-D sequence, got shape {idx.shape}"
-            )
+            raise ValueError(f"ids must be a non-empty 1-D sequence, got shape {idx.shape}")
         if not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"ids must be integers, got dtype {idx.dtype}")
         bad = idx[(idx < 0) | (idx >= cfg.vocab_size)]
         if bad.size:
-            raise ValueError(
-                f"token id {int(bad[0])} out of range [0, {cfg.vocab_size})"
-            )
+            raise ValueError(f"token id {int(bad[0])} out of range [0, {cfg.vocab_size})")
         T = idx.size
         if isinstance(start_pos, bool) or not isinstance(start_pos, (int, np.integer)):
             raise TypeError(f"start_pos must be an int, got {start_pos!r}")
@@ -81,9 +75,7 @@ class GPT2Reference:
             x = x + self._attention(
                 i, layer_norm(x, *self._ln(f"h.{i}.ln_1"), cfg.layer_norm_epsilon)
             )
-            x = x + self._mlp(
-                i, layer_norm(x, *self._ln(f"h.{i}.ln_2"), cfg.layer_norm_epsilon)
-            )
+            x = x + self._mlp(i, layer_norm(x, *self._ln(f"h.{i}.ln_2"), cfg.layer_norm_epsilon))
         x = layer_norm(x, *self._ln("ln_f"), cfg.layer_norm_epsilon)  # [T, C]
         return x @ w["wte"].T  # [T, V], tied unembedding
 
@@ -104,9 +96,7 @@ class GPT2Reference:
         future = np.triu(np.ones((T, T), dtype=bool), k=1)  # j > i
         att = np.where(future, -np.inf, att)  # exp(-inf) = 0 exactly
         y = softmax(att) @ v  # [nh, T, hs]
-        y = y.transpose(1, 0, 2).reshape(
-            T, C
-        )  # [T, C], head h -> columns h*hs..(h+1)*hs
+        y = y.transpose(1, 0, 2).reshape(T, C)  # [T, C], head h -> columns h*hs..(h+1)*hs
         return y @ w[p + "c_proj.weight"] + w[p + "c_proj.bias"]  # [T, C]
 
     def _mlp(self, i: int, x: np.ndarray) -> np.ndarray:

@@ -58,9 +58,7 @@ class Tokenizer:
         self._id_to_token = {i: t for t, i in vocab.items()}
         n = len(self._id_to_token)
         if set(self._id_to_token) != set(range(n)):
-            raise ValueError(
-                f"{source}: token ids are not the contiguous range 0..{n - 1}"
-            )
+            raise ValueError(f"{source}: token ids are not the contiguous range 0..{n - 1}")
 
     @classmethod
     def from_folder(cls, path: str | Path) -> Tokenizer:
@@ -75,18 +73,14 @@ class Tokenizer:
                 bpe = models.BPE.from_file(str(vocab), str(merges))
                 tok = _byte_level(bpe)
                 if EOS_TOKEN in tok.get_vocab():
-                    tok.add_special_tokens(
-                        [AddedToken(EOS_TOKEN, special=True, normalized=False)]
-                    )
+                    tok.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
                 return cls(tok, str(folder))
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
             raise ValueError(f"{folder}: cannot read tokenizer: {e}") from None
         raise ValueError(f"{folder}: no tokenizer.json or vocab.json + merges.txt")
 
     @classmethod
-    def from_gguf(
-        cls, reader: gguf.GGUFReader, path: str | Path = "<gguf>"
-    ) -> Tokenizer | None:
+    def from_gguf(cls, reader: gguf.GGUFReader, path: str | Path = "<gguf>") -> Tokenizer | None:
         """Build from `tokenizer.ggml.*` metadata; None when the file embeds no tokenizer."""
         tokens_field = reader.get_field(gguf.Keys.Tokenizer.LIST)
         if tokens_field is None:
@@ -101,11 +95,7 @@ class Tokenizer:
         merges_field = reader.get_field(gguf.Keys.Tokenizer.MERGES)
         merges = merges_field.contents() if merges_field is not None else []
         types_field = reader.get_field(gguf.Keys.Tokenizer.TOKEN_TYPE)
-        types = (
-            types_field.contents()
-            if types_field is not None
-            else [_NORMAL] * len(tokens)
-        )
+        types = types_field.contents() if types_field is not None else [_NORMAL] * len(tokens)
         if len(types) != len(tokens):
             raise ValueError(
                 f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
@@ -124,11 +114,9 @@ class Tokenizer:
             tok = _byte_level(models.BPE(vocab=vocab, merges=pairs))
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
             raise ValueError(f"{path}: cannot build tokenizer: {e}") from None
-        special = [t for t, ty in zip(tokens, types) if ty == _CONTROL]
+        special = [t for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL]
         if special:
-            tok.add_special_tokens(
-                [AddedToken(t, special=True, normalized=False) for t in special]
-            )
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
         return cls(tok, str(path))
 
     @property
@@ -161,14 +149,9 @@ class Tokenizer:
         """BPE merges in rank order as 'left right' strings."""
         model: dict[str, Any] = json.loads(self._tok.to_str())["model"]
         if model.get("type") != "BPE":
-            raise ValueError(
-                f"{self.source}: tokenizer model is {model.get('type')}, not BPE"
-            )
+            raise ValueError(f"{self.source}: tokenizer model is {model.get('type')}, not BPE")
         # tokenizers writes merges as [left, right] pairs (newer) or "left right" (older).
-        return [
-            m if isinstance(m, str) else f"{m[0]} {m[1]}"
-            for m in model.get("merges", [])
-        ]
+        return [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in model.get("merges", [])]
 
     def gguf_fields(self) -> GGUFTokenizerFields:
         """The tokenizer in llama.cpp's GGUF form (what llama.cpp's GPT-2 converter writes)."""

@@ -91,9 +91,7 @@ def validate(weights: GPT2Weights, source: str | Path) -> None:
     _check_names_shapes(weights.tensors, expected_shapes(weights.config), source)
     for name, t in weights.tensors.items():
         if t.dtype != np.float32:
-            raise ValueError(
-                f"{source}: tensor {name}: expected dtype float32, found {t.dtype}"
-            )
+            raise ValueError(f"{source}: tensor {name}: expected dtype float32, found {t.dtype}")
         if not t.flags.c_contiguous:
             raise ValueError(f"{source}: tensor {name} is not C-contiguous")
         if not np.isfinite(t).all():
@@ -171,12 +169,8 @@ def load_gguf(path: str | Path) -> LoadedModel:
         raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
     try:
         reader = gguf.GGUFReader(path, "r")
-    except (
-        Exception
-    ) as e:  # gguf raises ValueError, IndexError, struct errors on bad bytes
-        raise ValueError(
-            f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})"
-        ) from e
+    except Exception as e:  # gguf raises ValueError, IndexError, struct errors on bad bytes
+        raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
     size = path.stat().st_size
     raw = {}
     for t in reader.tensors:
@@ -191,11 +185,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
 
     config = GPT2Config.from_gguf(reader, path)
     layout = _detect_layout(raw, path)
-    table = (
-        ruby_gguf_names(config)
-        if layout == LAYOUT_GGUF_RUBY
-        else llama_gguf_names(config)
-    )
+    table = ruby_gguf_names(config) if layout == LAYOUT_GGUF_RUBY else llama_gguf_names(config)
     shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
     # output.weight is optional (llama.cpp writes a copy of token_embd); checked below
     extra = sorted(set(raw) - set(table) - {"output.weight"})
@@ -214,9 +204,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
         try:
             data = gguf.quants.dequantize(t.data, t.tensor_type)
             # copy: detaches from the memory map and gives C-contiguous float32
-            return np.array(
-                data.reshape(table.get(name, shapes[name])), np.float32, order="C"
-            )
+            return np.array(data.reshape(table.get(name, shapes[name])), np.float32, order="C")
         except Exception as e:  # noqa: BLE001 - any failure here means bad data
             raise ValueError(f"{path}: cannot read tensor {name}: {e}") from None
 
@@ -239,9 +227,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
             qkv = ("attn_q", "attn_k", "attn_v")
             w = np.concatenate([f32(f"{b}{n}.weight") for n in qkv], axis=1)  # [d, 3d]
             tensors[h + "attn.c_attn.weight"] = w
-            tensors[h + "attn.c_attn.bias"] = np.concatenate(
-                [f32(f"{b}{n}.bias") for n in qkv]
-            )
+            tensors[h + "attn.c_attn.bias"] = np.concatenate([f32(f"{b}{n}.bias") for n in qkv])
             tensors[h + "attn.c_proj.weight"] = f32(b + "attn_output.weight")
             tensors[h + "mlp.c_fc.weight"] = f32(b + "ffn_up.weight")
             tensors[h + "mlp.c_proj.weight"] = f32(b + "ffn_down.weight")
@@ -271,9 +257,7 @@ def _detect_layout(raw: dict, path: Path) -> str:
     fused = any(re.fullmatch(r"blk\.\d+\.attn_qkv\.(weight|bias)", n) for n in raw)
     split = any(re.fullmatch(r"blk\.\d+\.attn_[qkv]\.(weight|bias)", n) for n in raw)
     if fused and split:
-        raise ValueError(
-            f"{path}: has both fused attn_qkv and split attn_q/k/v tensors"
-        )
+        raise ValueError(f"{path}: has both fused attn_qkv and split attn_q/k/v tensors")
     if fused:
         return LAYOUT_GGUF_LLAMA
     if split:
@@ -321,9 +305,7 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
     _check_names_shapes(tensors, expected_shapes(config), source)
     tensors = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in tensors.items()}
     if lm_head is not None:
-        _check_tied(
-            np.asarray(lm_head, np.float32), tensors["wte"], "lm_head.weight", source
-        )
+        _check_tied(np.asarray(lm_head, np.float32), tensors["wte"], "lm_head.weight", source)
 
     weights = GPT2Weights(config, tensors)
     validate(weights, source)
@@ -381,14 +363,10 @@ def _check_names_shapes(
         v = found[name]
         got = tuple(v) if isinstance(v, tuple) else tuple(v.shape)
         if got != want:
-            raise ValueError(
-                f"{source}: tensor {name}: expected shape {want}, found {got}"
-            )
+            raise ValueError(f"{source}: tensor {name}: expected shape {want}, found {got}")
 
 
-def _check_tied(
-    head: np.ndarray, wte: np.ndarray, name: str, source: str | Path
-) -> None:
+def _check_tied(head: np.ndarray, wte: np.ndarray, name: str, source: str | Path) -> None:
     if not np.array_equal(head, wte):
         diff = float(np.max(np.abs(head - wte)))
         raise ValueError(
@@ -397,9 +375,7 @@ def _check_tied(
         )
 
 
-def _check_vocab(
-    tokenizer: Tokenizer | None, config: GPT2Config, source: str | Path
-) -> None:
+def _check_vocab(tokenizer: Tokenizer | None, config: GPT2Config, source: str | Path) -> None:
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise ValueError(
             f"{source}: vocab mismatch: tokenizer has {tokenizer.vocab_size} tokens, "

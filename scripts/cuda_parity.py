@@ -101,7 +101,11 @@ def run_shape(shape: str, rows: list[dict], device: str = "cuda") -> None:
     for dtype in ("f16", "q8_0"):
         same = sum(a == b for a, b in zip(greedy[dtype], greedy["f32"], strict=True))
         first = next(
-            (i for i, (a, b) in enumerate(zip(greedy[dtype], greedy["f32"], strict=True)) if a != b),
+            (
+                i
+                for i, (a, b) in enumerate(zip(greedy[dtype], greedy["f32"], strict=True))
+                if a != b
+            ),
             None,
         )
         row = {
@@ -124,7 +128,9 @@ def main() -> int:
     for shape in args.shapes:
         run_shape(shape, rows, args.device)
     result = {"environment": environment(args.device), "prompt_tokens": PROMPT_LEN, "rows": rows}
-    (args.out / f"parity_{'h200' if args.device == 'cuda' else 'cpu'}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"parity_{'h200' if args.device == 'cuda' else 'cpu'}.json").write_text(
+        json.dumps(result, indent=1)
+    )
     failed = [r for r in rows if r.get("passed") is False and r["shape"] == "gpt2"]
     return 1 if failed else 0
 

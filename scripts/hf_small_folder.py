@@ -1,6 +1,6 @@
 """Writes a random GPT-2-small-shaped HF folder (config + safetensors) for parity runs.
 
-    python scripts/hf_small_folder.py DIR [--layers 12 --embd 768 --heads 12]
+python scripts/hf_small_folder.py DIR [--layers 12 --embd 768 --heads 12]
 """
 
 import argparse
@@ -18,7 +18,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=50257)
     args = p.parse_args()
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=args.layers, n_embd=args.embd, n_head=args.heads, vocab_size=args.vocab)
+    config = GPT2Config(
+        n_layer=args.layers, n_embd=args.embd, n_head=args.heads, vocab_size=args.vocab
+    )
     GPT2LMHeadModel(config).save_pretrained(args.out)
 
 

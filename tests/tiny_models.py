@@ -166,9 +166,7 @@ def write_hf_folder(
     """config.json + model.safetensors (+ tokenizer.json) as an HF snapshot has them."""
     folder.mkdir(parents=True, exist_ok=True)
     eos = hf_tok.token_to_id(EOS_TOKEN) if hf_tok is not None else None
-    (folder / "config.json").write_text(
-        json.dumps(hf_config_dict(weights.config, eos), indent=2)
-    )
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(weights.config, eos), indent=2))
     state = {}
     for name, t in weights.tensors.items():
         key = f"{name}.weight" if name in ("wte", "wpe") else name
@@ -189,9 +187,7 @@ def build_tiny_model(spec: TinySpec, root: Path) -> TinyModel:
     write_gguf_ruby_layout(weights, gguf_ruby)
     gguf_llama = root / f"{spec.name}_llama.gguf"
     convert_hf_to_gguf(hf_dir, gguf_llama, "f32")
-    return TinyModel(
-        spec.name, spec.config, weights, hf_dir, gguf_ruby, gguf_llama, tokenizer
-    )
+    return TinyModel(spec.name, spec.config, weights, hf_dir, gguf_ruby, gguf_llama, tokenizer)
 
 
 def build_tiny_models(root: Path) -> list[TinyModel]:

@@ -1,16 +1,16 @@
 """ctypes binding of libtinynn, a C shim over ggml.
 
-    import numpy as np, tinynn
-    with tinynn.Session("cpu") as s:
-        w = s.input_2d_f32_persistent(3, 4)   # ne = [4, 3]
-        s.finalize_weights()
-        w.upload(np.ones((3, 4), np.float32))
-        x = s.input_2d_f32(2, 4)              # ne = [4, 2]
-        y = s.set_output(s.matmul(w, x))      # ne = [3, 2] -> numpy (2, 3) = x @ w.T
-        s.realize(y)
-        x.upload(np.ones((2, 4), np.float32))
-        s.compute()
-        print(y.download())
+import numpy as np, tinynn
+with tinynn.Session("cpu") as s:
+    w = s.input_2d_f32_persistent(3, 4)   # ne = [4, 3]
+    s.finalize_weights()
+    w.upload(np.ones((3, 4), np.float32))
+    x = s.input_2d_f32(2, 4)              # ne = [4, 2]
+    y = s.set_output(s.matmul(w, x))      # ne = [3, 2] -> numpy (2, 3) = x @ w.T
+    s.realize(y)
+    x.upload(np.ones((2, 4), np.float32))
+    s.compute()
+    print(y.download())
 """
 
 from ._lib import ABI_VERSION, library_path

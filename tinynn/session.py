@@ -89,9 +89,7 @@ class Tensor:
             "f16": "tnn_upload_f16",
         }.get(self.dtype, "tnn_upload_raw")
         lib = self._session._lib
-        getattr(lib, fn)(
-            self._session._ptr(), self.handle, array.ctypes.data, array.nbytes, offset
-        )
+        getattr(lib, fn)(self._session._ptr(), self.handle, array.ctypes.data, array.nbytes, offset)
 
     def download(self) -> np.ndarray:
         """A copy of the tensor's data as a numpy array of ``shape``
@@ -275,9 +273,7 @@ class Session:
     def layer_norm(
         self, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float = 1e-5
     ) -> Tensor:
-        return self._new(
-            self._lib.tnn_layer_norm(self._ptr(), x.handle, _t(gamma), _t(beta), eps)
-        )
+        return self._new(self._lib.tnn_layer_norm(self._ptr(), x.handle, _t(gamma), _t(beta), eps))
 
     def gelu(self, a: Tensor) -> Tensor:
         return self._new(self._lib.tnn_gelu(self._ptr(), a.handle))
@@ -301,9 +297,7 @@ class Session:
             self._lib.tnn_view_3d(self._ptr(), a.handle, ne0, ne1, ne2, nb1, nb2, offset)
         )
 
-    def view_4d(
-        self, a: Tensor, ne: Sequence[int], nb: Sequence[int], offset: int
-    ) -> Tensor:
+    def view_4d(self, a: Tensor, ne: Sequence[int], nb: Sequence[int], offset: int) -> Tensor:
         """4-D view: ne = (ne0..ne3), nb = (nb1, nb2, nb3) byte strides."""
         return self._new(self._lib.tnn_view_4d(self._ptr(), a.handle, *ne, *nb, offset))
 
@@ -334,9 +328,7 @@ class Session:
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
     ) -> Tensor:
         return self._new(
-            self._lib.tnn_flash_attn_ext(
-                self._ptr(), q.handle, k.handle, v.handle, _t(mask), scale
-            )
+            self._lib.tnn_flash_attn_ext(self._ptr(), q.handle, k.handle, v.handle, _t(mask), scale)
         )
 
     def argmax(self, a: Tensor) -> Tensor:

@@ -47,9 +47,7 @@ def test_validation(kwargs, message):
 
 def test_from_hf_config_file(ruby_outputs):
     c = GPT2Config.from_hf_config(ruby_outputs / "model_a_hf" / "config.json")
-    assert c == GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000
-    )
+    assert c == GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000)
     assert GPT2Config.from_hf_config(ruby_outputs / "model_b_hf") == GPT2Config(
         n_layer=3, n_embd=96, n_head=6, n_positions=64, vocab_size=2000
     )
@@ -78,9 +76,7 @@ def test_from_hf_config_openai_style_dict():
         "summary_proj_to_labels": True,
         "summary_type": "cls_index",
         "summary_use_proj": True,
-        "task_specific_params": {
-            "text-generation": {"do_sample": True, "max_length": 50}
-        },
+        "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
         "vocab_size": 50257,
     }
     assert GPT2Config.from_hf_config(d) == GPT2Config()
@@ -122,9 +118,7 @@ def test_from_gguf_ruby_file(ruby_outputs):
     path = ruby_outputs / "model_b.gguf"
     c = GPT2Config.from_gguf(gguf.GGUFReader(path), path)
     # eps is stored as f32 (9.99999974e-06) and must come back as exactly 1e-5
-    assert c == GPT2Config(
-        n_layer=3, n_embd=96, n_head=6, n_positions=64, vocab_size=2000
-    )
+    assert c == GPT2Config(n_layer=3, n_embd=96, n_head=6, n_positions=64, vocab_size=2000)
 
 
 def test_from_gguf_vocab_from_token_embd(tiny_model):

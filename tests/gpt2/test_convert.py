@@ -153,8 +153,6 @@ def test_convert_rejects_bad_input(tmp_path):
 
 def test_llama_layout_orientation(tiny_model):
     """attn_qkv is stored [out, in]: its numpy rows are Q|K|V output features."""
-    raw = {
-        t.name: np.array(t.data) for t in gguf.GGUFReader(tiny_model.gguf_llama).tensors
-    }
+    raw = {t.name: np.array(t.data) for t in gguf.GGUFReader(tiny_model.gguf_llama).tensors}
     c_attn = tiny_model.weights["h.0.attn.c_attn.weight"]  # [in, out]
     np.testing.assert_array_equal(raw["blk.0.attn_qkv.weight"], c_attn.T)

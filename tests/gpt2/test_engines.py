@@ -104,7 +104,9 @@ def test_ruby_outputs_parity(ruby_outputs, model):
     # cont(transpose) instead of the original's strided column.
     for ours, dump in ((ours_full, "ffi_full"), (ours_kv, "ffi_kv")):
         report = compare(ours, read_dump(ruby_outputs / f"{model}_{dump}.txt"), max_abs=2e-5)
-        assert report.passed, f"{model} {dump}: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
+        assert report.passed, (
+            f"{model} {dump}: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
+        )
     # and the exact-GELU default against the Ruby f64 native dump
     with GPT2FullForwardFFICache.from_weights(loaded.weights, t_seq=8) as full:
         exact = full.forward(ids)[-1]

@@ -19,9 +19,7 @@ hf_logging.disable_progress_bar()
 TINY = [0, 1, 2]  # indices into the tiny_models fixture
 
 
-def hf_logits(
-    hf_dir, ids: list[int], dtype: torch.dtype, start_pos: int = 0
-) -> np.ndarray:
+def hf_logits(hf_dir, ids: list[int], dtype: torch.dtype, start_pos: int = 0) -> np.ndarray:
     """All-position logits of HF GPT2LMHeadModel loaded from the folder (eager attention)."""
     model = GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation="eager")
     model = model.to(dtype).eval()
@@ -36,9 +34,7 @@ def prompts(model) -> list[list[int]]:
     """Three prompts: text through the tokenizer, a random full-context one, one token."""
     rng = np.random.default_rng(7)
     cfg = model.config
-    text = model.tokenizer.encode(
-        "The quick brown fox attends to everything before it."
-    )
+    text = model.tokenizer.encode("The quick brown fox attends to everything before it.")
     return [
         text,
         rng.integers(0, cfg.vocab_size, cfg.n_positions).tolist(),
@@ -48,7 +44,10 @@ def prompts(model) -> list[list[int]]:
 
 @pytest.mark.parametrize("i", TINY)
 def test_reference_matches_hf_float32(tiny_models, i):
-    """Tolerance: max-abs 1e-4 vs HF float32, every position (SPEC). Measured <= 2.4e-6 (2026-11-29)."""
+    """Tolerance: max-abs 1e-4 vs HF float32, every position (SPEC).
+
+    Measured <= 2.4e-6 (2026-11-29).
+    """
     m = tiny_models[i]
     ref = GPT2Reference(m.weights)
     for ids in prompts(m):
@@ -67,9 +66,7 @@ def test_reference_matches_hf_float64(tiny_models, i):
     m = tiny_models[i]
     ref = GPT2Reference(m.weights)
     for ids in prompts(m):
-        check_close(
-            ref.logits(ids), hf_logits(m.hf_dir, ids, torch.float64), 1e-10, m.name
-        )
+        check_close(ref.logits(ids), hf_logits(m.hf_dir, ids, torch.float64), 1e-10, m.name)
 
 
 def test_start_pos_matches_hf_position_ids(tiny_model):
@@ -78,9 +75,7 @@ def test_start_pos_matches_hf_position_ids(tiny_model):
     ids = m.tokenizer.encode("shifted positions")
     start = m.config.n_positions - len(ids)
     ours = GPT2Reference(m.weights).logits(ids, start_pos=start)
-    check_close(
-        ours, hf_logits(m.hf_dir, ids, torch.float64, start), 1e-10, "start_pos"
-    )
+    check_close(ours, hf_logits(m.hf_dir, ids, torch.float64, start), 1e-10, "start_pos")
 
 
 @pytest.mark.parametrize("name", ["model_a", "model_b"])
@@ -90,9 +85,7 @@ def test_reference_matches_ruby_native_and_hf_dumps(ruby_outputs, name):
     Tolerance: max-abs 1e-9, argmax equal, top-5 5/5. Measured: ~2e-15 (a) and ~3e-15 (b).
     """
     model = load_model(ruby_outputs / f"{name}.gguf")
-    ids = [
-        int(t) for t in (ruby_outputs / f"{name}_prompt_ids.txt").read_text().split()
-    ]
+    ids = [int(t) for t in (ruby_outputs / f"{name}_prompt_ids.txt").read_text().split()]
     ours = GPT2Reference(model.weights).logits(ids)[-1]
     for dump in ("native", "hf_f64"):
         ref = read_dump(ruby_outputs / f"{name}_{dump}.txt")
@@ -110,14 +103,10 @@ def test_ruby_ggml_dumps_are_within_ggml_accuracy(ruby_outputs, name):
     Measured: ffi_full/ffi_kv 7.0e-4 (model_a), 9.1e-4 (model_b), as in the fixture README.
     """
     model = load_model(ruby_outputs / f"{name}.gguf")
-    ids = [
-        int(t) for t in (ruby_outputs / f"{name}_prompt_ids.txt").read_text().split()
-    ]
+    ids = [int(t) for t in (ruby_outputs / f"{name}_prompt_ids.txt").read_text().split()]
     ours = GPT2Reference(model.weights).logits(ids)[-1]
     for dump in ("ffi_full", "ffi_kv"):
-        report = compare(
-            read_dump(ruby_outputs / f"{name}_{dump}.txt"), ours, max_abs=2e-3
-        )
+        report = compare(read_dump(ruby_outputs / f"{name}_{dump}.txt"), ours, max_abs=2e-3)
         assert report.passed, f"{name} {dump}: max-abs {report.max_abs:.3e}"
 
 

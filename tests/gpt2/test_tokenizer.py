@@ -24,9 +24,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def gguf_tokenizer(tiny_model) -> Tokenizer:
-    return Tokenizer.from_gguf(
-        gguf.GGUFReader(tiny_model.gguf_llama), tiny_model.gguf_llama
-    )
+    return Tokenizer.from_gguf(gguf.GGUFReader(tiny_model.gguf_llama), tiny_model.gguf_llama)
 
 
 @pytest.mark.parametrize("text", TEXTS)

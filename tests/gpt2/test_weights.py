@@ -89,9 +89,7 @@ def test_all_sources_identical(tiny_models):
         assert hf.tokenizer is not None
         assert llama.tokenizer is not None
         assert ruby.tokenizer is None
-        assert hf.tokenizer.encode("hello there") == llama.tokenizer.encode(
-            "hello there"
-        )
+        assert hf.tokenizer.encode("hello there") == llama.tokenizer.encode("hello there")
 
 
 @pytest.mark.parametrize("name", ["model_a", "model_b"])
@@ -100,11 +98,7 @@ def test_ruby_fixture_gguf_equals_hf_folder(ruby_outputs, name):
     h = load_model(ruby_outputs / f"{name}_hf")
     assert g.layout == LAYOUT_GGUF_RUBY
     assert_same_weights(g.weights, h.weights, name)
-    assert (
-        len(g.weights.tensors)
-        == len(expected_shapes(g.config))
-        == 4 + 12 * g.config.n_layer
-    )
+    assert len(g.weights.tensors) == len(expected_shapes(g.config)) == 4 + 12 * g.config.n_layer
 
 
 def test_hf_variants_load(tiny_model, tmp_path):
@@ -150,9 +144,7 @@ def test_validate_direct(tiny_model):
     validate(tiny_model.weights, "fixture")
     bad = GPT2Weights(tiny_model.config, dict(tiny_model.weights.tensors))
     bad.tensors["wpe"] = bad.tensors["wpe"].astype(np.float64)
-    with pytest.raises(
-        ValueError, match="tensor wpe: expected dtype float32, found float64"
-    ):
+    with pytest.raises(ValueError, match="tensor wpe: expected dtype float32, found float64"):
         validate(bad, "mem")
 
 
@@ -207,9 +199,7 @@ def test_gguf_extra_tensor(tiny_model, tmp_path):
 def test_gguf_wrong_shape(tiny_model, tmp_path):
     t = gguf_tensors(tiny_model.gguf_llama)
     d, f = tiny_model.config.n_embd, tiny_model.config.d_ff
-    t["blk.0.ffn_up.weight"] = np.ascontiguousarray(
-        t["blk.0.ffn_up.weight"].T
-    )  # [d, f]
+    t["blk.0.ffn_up.weight"] = np.ascontiguousarray(t["blk.0.ffn_up.weight"].T)  # [d, f]
     path = write_gguf(tmp_path / "shape.gguf", t, tiny_model.config)
     expect_error(
         path,
@@ -236,9 +226,7 @@ def test_gguf_untied_output_rejected(tiny_model, tmp_path):
 
 def test_gguf_vocab_mismatch(tiny_model, tmp_path):
     t = gguf_tensors(tiny_model.gguf_llama)
-    tokens = [
-        tiny_model.tokenizer.token(i) for i in range(tiny_model.config.vocab_size - 1)
-    ]
+    tokens = [tiny_model.tokenizer.token(i) for i in range(tiny_model.config.vocab_size - 1)]
     path = write_gguf(tmp_path / "vocab.gguf", t, tiny_model.config, tokens=tokens)
     v = tiny_model.config.vocab_size
     expect_error(path, str(path), "vocab mismatch", f"{v - 1} tokens", f"{v} rows")
@@ -258,9 +246,7 @@ def test_gguf_nan(tiny_model, tmp_path):
 
 
 def test_gguf_unknown_layout(tiny_model, tmp_path):
-    t = {
-        k: v for k, v in gguf_tensors(tiny_model.gguf_ruby).items() if "attn_" not in k
-    }
+    t = {k: v for k, v in gguf_tensors(tiny_model.gguf_ruby).items() if "attn_" not in k}
     path = write_gguf(tmp_path / "layout.gguf", t, tiny_model.config)
     expect_error(path, str(path), "no attention tensors")
 
@@ -285,9 +271,7 @@ def edit_state(folder: Path, change) -> Path:
 
 def test_hf_missing_tensor(hf_copy):
     path = edit_state(hf_copy, lambda s: s.pop("transformer.h.1.mlp.c_fc.bias"))
-    expect_error(
-        hf_copy, str(path), "missing tensor h.1.mlp.c_fc.bias", "expected shape (256,)"
-    )
+    expect_error(hf_copy, str(path), "missing tensor h.1.mlp.c_fc.bias", "expected shape (256,)")
 
 
 def test_hf_extra_tensor(hf_copy):
@@ -300,9 +284,7 @@ def test_hf_extra_tensor(hf_copy):
 
 def test_hf_wrong_shape(hf_copy):
     def change(s):
-        s["transformer.h.0.attn.c_attn.weight"] = s[
-            "transformer.h.0.attn.c_attn.weight"
-        ][:, :-1]
+        s["transformer.h.0.attn.c_attn.weight"] = s["transformer.h.0.attn.c_attn.weight"][:, :-1]
 
     path = edit_state(hf_copy, change)
     expect_error(hf_copy, str(path), "h.0.attn.c_attn.weight", "(64, 192)", "(64, 191)")

@@ -87,15 +87,21 @@ def test_two_sessions_interleaved(device):
             xb.upload(xb_host)
             sb.compute()
             sa.compute()
-            assert_close(ya.download(), xa_host @ wa.T, matmul_tol(device), f"{device} session a step {step}")
-            assert_close(yb.download(), xb_host @ wb.T, matmul_tol(device), f"{device} session b step {step}")
+            assert_close(
+                ya.download(), xa_host @ wa.T, matmul_tol(device), f"{device} session a step {step}"
+            )
+            assert_close(
+                yb.download(), xb_host @ wb.T, matmul_tol(device), f"{device} session b step {step}"
+            )
         # A rebuild of one session leaves the other's realized graph intact.
         sb.reset_for_rebuild()
         xb2 = sb.input_2d_f32(1, 3)
         sb.realize(sb.set_output(sb.scale(xb2, 3.0)))
         xa.upload(np.ones((2, 6), np.float32))
         sa.compute()
-        assert_close(ya.download(), np.ones((2, 6)) @ wa.T, matmul_tol(device), f"{device} a after b rebuilt")
+        assert_close(
+            ya.download(), np.ones((2, 6)) @ wa.T, matmul_tol(device), f"{device} a after b rebuilt"
+        )
     finally:
         sa.close()
         sb.close()
