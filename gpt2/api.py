@@ -22,7 +22,7 @@ from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
 from gpt2.generate import generate_ids, stream_text
 from gpt2.resolve import resolve_model
-from gpt2.weights import LoadedModel, load_model
+from gpt2.weights import GPT2Weights, LoadedModel, load_model
 from tinynn import cuda_available, cuda_unavailable_reason
 
 log = logging.getLogger("gpt2")
@@ -109,27 +109,47 @@ def load(
     engine "fast" (default) is gpt2.engine.FastGPT2 with f32, f16 or q8_0
     weights; "full" and "kv" are the close ports of the Ruby engine (f32).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     loaded = load_model(resolve_model(path))
     device = pick_device(device)
-    if engine == "fast":
-        impl = FastGPT2(
-            loaded.weights,
-            device,
-            dtype,
-            n_ctx=n_ctx,
-            max_batch=max_batch,
-            n_threads=n_threads,
-        )
-    else:
-        if dtype != "f32":
-            raise ValueError(f"the {engine} engine computes in f32 only (got dtype={dtype!r})")
-        cuda = device == "cuda"
-        if engine == "full":
-            cls = GPT2FullForwardFFICacheCuda if cuda else GPT2FullForwardFFICache
-            impl = cls.from_weights(loaded.weights, n_ctx, n_threads=n_threads)
-        else:
-            cls = GPT2KVFFICacheCuda if cuda else GPT2KVFFICache
-            impl = cls.from_weights(loaded.weights, n_ctx, n_threads=n_threads)
+    impl = make_engine(
+        loaded.weights,
+        engine,
+        device,
+        dtype,
+        n_ctx=n_ctx,
+        max_batch=max_batch,
+        n_threads=n_threads,
+    )
     return GPT2Model(loaded, impl, device, engine)
+
+
+def make_engine(
+    weights: GPT2Weights,
+    engine: str = "fast",
+    device: str = "cpu",
+    dtype: str = "f32",
+    *,
+    n_ctx: int | None = None,
+    max_batch: int = 1,
+    n_threads: int | None = None,
+    gelu: str = "exact",
+):
+    """One engine over canonical weights on "cpu" or "cuda". n_ctx bounds the
+    positions (T_SEQ of the full-forward port, max_T of the KV port); gelu
+    "ggml" builds the ports exactly as the Ruby engine did."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "fast":
+        if gelu != "exact":
+            raise ValueError("the fast engine always uses the exact GELU")
+        return FastGPT2(
+            weights, device, dtype, n_ctx=n_ctx, max_batch=max_batch, n_threads=n_threads
+        )
+    if dtype != "f32":
+        raise ValueError(f"the {engine} engine computes in f32 only (got dtype={dtype!r})")
+    cuda = device == "cuda"
+    if engine == "full":
+        cls = GPT2FullForwardFFICacheCuda if cuda else GPT2FullForwardFFICache
+    else:
+        cls = GPT2KVFFICacheCuda if cuda else GPT2KVFFICache
+    return cls.from_weights(weights, n_ctx, n_threads=n_threads, gelu=gelu)

@@ -160,24 +160,12 @@ def build_engine(
     dtype: str = "f32",
     n_ctx: int | None = None,
     n_threads: int | None = None,
+    gelu: str = "exact",
 ):
     """One engine on `device` ("cpu" or "cuda") over canonical weights."""
-    from gpt2.engine import FastGPT2
-    from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
-    from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
+    from gpt2.api import make_engine
 
-    if engine == "fast":
-        return FastGPT2(weights, device, dtype, n_ctx=n_ctx, n_threads=n_threads)
-    if dtype != "f32":
-        raise ValueError(f"the {engine} engine computes in f32 only (got --dtype {dtype})")
-    cuda = device == "cuda"
-    if engine == "full":
-        cls = GPT2FullForwardFFICacheCuda if cuda else GPT2FullForwardFFICache
-    elif engine == "kv":
-        cls = GPT2KVFFICacheCuda if cuda else GPT2KVFFICache
-    else:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    return cls.from_weights(weights, n_ctx, n_threads=n_threads)
+    return make_engine(weights, engine, device, dtype, n_ctx=n_ctx, n_threads=n_threads, gelu=gelu)
 
 
 def engine_logits(engine, ids: Sequence[int]) -> np.ndarray:
@@ -227,7 +215,7 @@ def cmd_logits(args: argparse.Namespace) -> int:
     else:
         device = choose_device(args.device)
         engine = build_engine(
-            loaded.weights, args.engine, device, args.dtype, len(ids), args.threads
+            loaded.weights, args.engine, device, args.dtype, len(ids), args.threads, args.gelu
         )
         try:
             logits = engine_logits(engine, ids)
@@ -516,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the engine runs")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type (fast engine)")
+    p.add_argument(
+        "--gelu",
+        choices=("exact", "ggml"),
+        default="exact",
+        help="ports only: ggml = the Ruby engine's graph (ggml_gelu, an f16 table on the CPU)",
+    )
     _threads(p)
     p.add_argument(
         "--out", metavar="FILE", help="write the last position's logits (Ruby dump format)"

@@ -152,6 +152,24 @@ def test_logits_out_then_parity_compare(capsys, tmp_path, ruby_outputs):
     assert "FAIL" in out
 
 
+@pytest.mark.parametrize("model", ["model_a", "model_b"])
+@pytest.mark.parametrize("engine,dump", [("full", "ffi_full"), ("kv", "ffi_kv")])
+def test_ruby_dumps_through_the_cli(capsys, tmp_path, ruby_outputs, model, engine, dump):
+    """The port built as the Ruby graph, dumped and compared file to file (2e-5)."""
+    ids = (ruby_outputs / f"{model}_prompt_ids.txt").read_text().strip()
+    out = tmp_path / f"{model}_{engine}.txt"
+    code, _, err = run(
+        capsys, "logits", "--model", ruby_outputs / f"{model}.gguf", "--ids", ids,
+        "--engine", engine, "--gelu", "ggml", "--device", "cpu", *T1, "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    ref = ruby_outputs / f"{model}_{dump}.txt"
+    code, report, _ = run(
+        capsys, "parity", "compare", "--ours", out, "--ref", ref, "--max-abs", "2e-5"
+    )
+    assert code == 0, report
+
+
 def test_logits_all_positions_npy_matches_reference(capsys, tmp_path, ruby_outputs):
     ids = (ruby_outputs / "model_a_prompt_ids.txt").read_text().strip()
     model = ruby_outputs / "model_a.gguf"
