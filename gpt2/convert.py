@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 
 from gpt2.config import GPT2Config
+from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 from gpt2.weights import GPT2Weights, load_hf_folder, validate
 
@@ -89,7 +90,7 @@ def write_gguf_llama_layout(
         tokenizer.gguf_fields().write(writer)
 
     types: dict[str, str] = {}
-    for name, x in tensors.items():
+    for name, x in progress(tensors.items(), f"converting to {dtype}", len(tensors)):
         qtype = _tensor_type(name, x, dtype)
         if qtype == _Q.Q8_0:
             # the writer derives the logical shape from the packed bytes' shape

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt2.ffi_blocks import check_ids
+from gpt2.progress import progress
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -156,7 +157,8 @@ class FastGPT2:
         _put(self.lm_head, w_head.T)
         _put(self.lm_bias, b_head)
         _put(self.wpe, weights["wpe"][: self.n_ctx])
-        for i, layer in enumerate(self.layers):
+        layers = progress(enumerate(self.layers), f"uploading to {self.device}", len(self.layers))
+        for i, layer in layers:
             p = f"h.{i}."
             w, b = fold_layer_norm(
                 weights[p + "ln_1.weight"],

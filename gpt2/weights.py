@@ -21,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from gpt2.config import GPT2Config
+from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 
 LAYOUT_GGUF_RUBY = "gguf-ruby"
@@ -184,6 +185,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
         raw[t.name] = t
 
     config = GPT2Config.from_gguf(reader, path)
+    _check_layer_count(config, len(raw), path)
     layout = _detect_layout(raw, path)
     table = ruby_gguf_names(config) if layout == LAYOUT_GGUF_RUBY else llama_gguf_names(config)
     shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
@@ -214,7 +216,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
         "ln_f.weight": f32("output_norm.weight"),
         "ln_f.bias": f32("output_norm.bias"),
     }
-    for i in range(config.n_layer):
+    for i in progress(range(config.n_layer), f"reading {path.name}"):
         b, h = f"blk.{i}.", f"h.{i}."
         tensors[h + "ln_1.weight"] = f32(b + "attn_norm.weight")
         tensors[h + "ln_1.bias"] = f32(b + "attn_norm.bias")
@@ -283,6 +285,7 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
     state, files = _read_safetensors(folder)
     source = files[0] if len(files) == 1 else folder
 
+    _check_layer_count(config, len(state), source)
     tensors: dict[str, np.ndarray] = {}
     lm_head = None
     for key, arr in state.items():
@@ -364,6 +367,16 @@ def _check_names_shapes(
         got = tuple(v) if isinstance(v, tuple) else tuple(v.shape)
         if got != want:
             raise ValueError(f"{source}: tensor {name}: expected shape {want}, found {got}")
+
+
+def _check_layer_count(config: GPT2Config, n_tensors: int, source: str | Path) -> None:
+    """Every block has at least 8 tensors: refuse an n_layer the file cannot hold before
+    the name tables are built (n_layer = 2^32 - 1 from a corrupt header would make them
+    loop for minutes and take gigabytes)."""
+    if config.n_layer * 8 > n_tensors:
+        raise ValueError(
+            f"{source}: n_layer={config.n_layer} but the file has only {n_tensors} tensors"
+        )
 
 
 def _check_tied(head: np.ndarray, wte: np.ndarray, name: str, source: str | Path) -> None:
