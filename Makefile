@@ -42,7 +42,8 @@ fuzz: native ## the long fuzz run (see docs/RELIABILITY.md)
 	TINYNN_FUZZ_LONG=1 $(PYTHON) -m pytest tests -m fuzz -q
 
 asan: third_party/ggml/.tinynn-pin ## build with AddressSanitizer + UBSan and run the native and tinynn tests
-	cmake -S native -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTINYNN_SANITIZE=ON
+	cmake -S native -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTINYNN_SANITIZE=ON \
+		-DTINYNN_CPU_ALL_VARIANTS=OFF
 	cmake --build build/asan -j $(JOBS)
 	TINYNN_LIB=$(CURDIR)/build/asan/lib/libtinynn.so ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \

@@ -404,6 +404,12 @@ static void apply_threads(ggml_backend_t cpu, int n) {
     if (set) set(cpu, n);
 }
 
+static ggml_backend_sched_t new_sched(tnn_session *s) {
+    ggml_backend_t backends[2] = {s->backend, s->cpu_backend};
+    int n_backends = s->is_cuda ? 2 : 1;
+    return ggml_backend_sched_new(backends, NULL, n_backends, TNN_GRAPH_SIZE, false, false);
+}
+
 static void session_destroy(tnn_session *s) {
     if (s->sched) ggml_backend_sched_free(s->sched);
     if (s->ctx) ggml_free(s->ctx);
@@ -438,9 +444,7 @@ static tnn_session *session_create(bool cuda, tnn_session *root, const char *fun
     }
     apply_threads(s->cpu_backend, s->n_threads);
 
-    ggml_backend_t backends[2] = {s->backend, s->cpu_backend};
-    int n_backends = cuda ? 2 : 1;
-    s->sched = ggml_backend_sched_new(backends, NULL, n_backends, TNN_GRAPH_SIZE, false, false);
+    s->sched = new_sched(s);
     s->ctx = new_compute_ctx();
     if (!s->sched || !s->ctx || !new_graph(s)) {
         fail(TNN_ENOMEM, func, "could not allocate the scheduler or compute context");
@@ -551,7 +555,9 @@ static bool check_new_shape(int type, const int64_t ne[4], const char *func) {
                     (long long)ne[0], (long long)blck, ggml_type_name((enum ggml_type)type)),
                false;
     }
-    double bytes = (double)ggml_row_size((enum ggml_type)type, ne[0]);
+    /* In doubles: ggml_row_size is a size_t product that wraps (ne0 = 2^62 f32
+     * gives 0 bytes, and a tensor that claims 2^62 elements in no memory). */
+    double bytes = (double)ggml_type_size((enum ggml_type)type) * (double)(ne[0] / blck);
     for (int i = 1; i < 4; i++) bytes *= (double)ne[i];
     if (bytes > (double)INT64_MAX / 4) {
         return fail(TNN_ESHAPE, func, "shape [%lld, %lld, %lld, %lld] is too large",
@@ -1158,6 +1164,7 @@ tnn_tensor *tnn_argmax(tnn_session *sess, tnn_tensor *a) {
         return NULL;
     }
     if (a->ne[2] != 1 || a->ne[3] != 1) return FAIL_NULL("a %s must be a matrix", SHAPE(a));
+    if (a->ne[0] > INT32_MAX) return FAIL_NULL("a %s: rows longer than 2^31-1", SHAPE(a));
     return ggml_argmax(sess->ctx, a);
 }
 
@@ -1167,8 +1174,9 @@ tnn_tensor *tnn_top_k(tnn_session *sess, tnn_tensor *a, int64_t k) {
     if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
         return NULL;
     }
-    if (k < 1 || k > a->ne[0]) {
-        return FAIL_NULL("k=%lld, expected 1..%lld", (long long)k, (long long)a->ne[0]);
+    if (k < 1 || k > a->ne[0] || k > INT32_MAX) {
+        return FAIL_NULL("k=%lld, expected 1..%lld", (long long)k,
+                         (long long)(a->ne[0] < INT32_MAX ? a->ne[0] : INT32_MAX));
     }
     return ggml_top_k(sess->ctx, a, (int)k);
 }
@@ -1221,7 +1229,17 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
     }
     ggml_backend_sched_reset(sess->sched);
-    if (!ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
+    /* Reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph ignores a failed
+     * re-reservation and then writes through the missing buffer (SIGSEGV) when the
+     * compute memory cannot be allocated. After a failed reserve the allocator keeps
+     * assignments without a buffer, so the scheduler is replaced by a fresh one. */
+    if (!ggml_backend_sched_reserve(sess->sched, sess->graph) ||
+        !ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
+        ggml_backend_sched_t fresh = new_sched(sess);
+        if (fresh) {
+            ggml_backend_sched_free(sess->sched);
+            sess->sched = fresh;
+        }
         return fail(TNN_ENOMEM, __func__, "could not allocate compute memory for %d nodes on %s",
                     ggml_graph_n_nodes(sess->graph), sess->is_cuda ? "CUDA" : "the CPU");
     }
