@@ -96,6 +96,45 @@ class GPT2BlockFFI:
         return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
 
 
+class PortEngine:
+    """What the two port engines share: the session's lifetime and the
+    check that weights fit the dimensions the engine was realized for."""
+
+    sess: Session | None
+    realized: bool
+    d_model: int
+    d_ff: int
+    n_heads: int
+    n_layers: int
+    vocab_size: int
+
+    def check_weights(self, weights: GPT2Weights) -> None:
+        self._require_realized()
+        c = weights.config
+        want = (self.d_model, self.d_ff, self.n_heads, self.n_layers, self.vocab_size)
+        got = (c.n_embd, c.d_ff, c.n_head, c.n_layer, c.vocab_size)
+        if want != got:
+            raise ValueError(
+                f"weights have (d_model, d_ff, n_heads, n_layers, vocab) = {got}, "
+                f"the engine was realized for {want}"
+            )
+
+    def _require_realized(self) -> None:
+        if not self.realized or self.sess is None or self.sess.closed:
+            raise ValueError("engine is not realized (call realize_for) or is closed")
+
+    def close(self) -> None:
+        if self.sess is not None:
+            self.sess.close()
+        self.realized = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 GELU_KINDS = ("exact", "ggml")
 
 

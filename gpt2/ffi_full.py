@@ -23,12 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, check_gelu, check_ids, upload_row_major
+from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
 
-class GPT2FullForwardFFICache:
+class GPT2FullForwardFFICache(PortEngine):
     """Full-forward GPT-2 on the CPU backend (see module doc)."""
 
     DEVICE = "cpu"
@@ -130,15 +130,8 @@ class GPT2FullForwardFFICache:
     # -- weights --------------------------------------------------------------
     def upload_from(self, weights: GPT2Weights) -> None:
         """Uploads canonical weights (see gpt2.weights) into the declared tensors."""
-        self._require_realized()
+        self.check_weights(weights)
         c = weights.config
-        want = (self.d_model, self.d_ff, self.n_heads, self.n_layers, self.vocab_size)
-        got = (c.n_embd, c.d_ff, c.n_head, c.n_layer, c.vocab_size)
-        if want != got:
-            raise ValueError(
-                f"weights have (d_model, d_ff, n_heads, n_layers, vocab) = {got}, "
-                f"the engine was realized for {want}"
-            )
         if self.t_seq > c.n_positions:
             raise ValueError(f"T_SEQ={self.t_seq} exceeds the model's context {c.n_positions}")
         upload_row_major(self.t_token_embed, weights["wte"])
@@ -173,21 +166,6 @@ class GPT2FullForwardFFICache:
     @property
     def max_positions(self) -> int:
         return self.t_seq
-
-    def _require_realized(self) -> None:
-        if not self.realized or self.sess is None or self.sess.closed:
-            raise ValueError("engine is not realized (call realize_for) or is closed")
-
-    def close(self) -> None:
-        if self.sess is not None:
-            self.sess.close()
-        self.realized = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class GPT2FullForwardFFICacheCuda(GPT2FullForwardFFICache):

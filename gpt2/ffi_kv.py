@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, check_gelu, check_ids, upload_row_major
+from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -35,7 +35,7 @@ class GPT2KVBlockFFI(GPT2BlockFFI):
         self.t_V = [sess.input_2d_f32_persistent(max_t, self.d_head) for _ in range(n_heads)]
 
 
-class GPT2KVFFICache:
+class GPT2KVFFICache(PortEngine):
     """KV-cache GPT-2 on the CPU backend, one graph per decoded token."""
 
     DEVICE = "cpu"
@@ -112,14 +112,12 @@ class GPT2KVFFICache:
         self.realized = True
 
     def upload_from(self, weights: GPT2Weights) -> None:
-        self._require_realized()
+        self.check_weights(weights)
         c = weights.config
-        want = (self.d_model, self.d_ff, self.n_heads, self.n_layers, self.vocab_size)
-        got = (c.n_embd, c.d_ff, c.n_head, c.n_layer, c.vocab_size)
-        if want != got or c.n_positions != self.context_length:
+        if c.n_positions != self.context_length:
             raise ValueError(
-                f"weights have (d_model, d_ff, n_heads, n_layers, vocab) = {got} and context "
-                f"{c.n_positions}; the engine was realized for {want} and {self.context_length}"
+                f"weights have a context of {c.n_positions}, the engine was realized for "
+                f"{self.context_length}"
             )
         upload_row_major(self.t_token_embed, weights["wte"])
         upload_row_major(self.t_pos_embed, weights["wpe"])
@@ -198,21 +196,6 @@ class GPT2KVFFICache:
     @property
     def max_positions(self) -> int:
         return self.max_T
-
-    def _require_realized(self) -> None:
-        if not self.realized or self.sess is None or self.sess.closed:
-            raise ValueError("engine is not realized (call realize_for) or is closed")
-
-    def close(self) -> None:
-        if self.sess is not None:
-            self.sess.close()
-        self.realized = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class GPT2KVFFICacheCuda(GPT2KVFFICache):
