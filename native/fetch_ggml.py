@@ -47,8 +47,15 @@ def download_sdist(pin: dict[str, str], workdir: Path) -> Path:
     # --no-binary for this one package: we want its source. Build requirements
     # stay binary so pip does not compile cmake from source to read metadata.
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps",
-        "--no-binary", pin["package"], "--dest", str(workdir),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        pin["package"],
+        "--dest",
+        str(workdir),
         f"{pin['package']}=={pin['version']}",
     ]
     print("fetch_ggml:", " ".join(cmd), flush=True)
