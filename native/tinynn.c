@@ -830,6 +830,11 @@ tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s) {
         return NULL;
     }
     if (!isfinite(s)) return FAIL_NULL("scale %g is not finite", s);
+    /* ggml_scale asserts rows evenly strided, stricter than ggml_is_contiguous,
+     * which skips axes of size 1 (a transposed [1, n] passes it and fails this). */
+    if (a->nb[2] != a->nb[1] * a->ne[1] || a->nb[3] != a->nb[2] * a->ne[2]) {
+        return FAIL_NULL("a %s has uneven strides (use tnn_cont)", SHAPE(a));
+    }
     return ggml_scale(sess->ctx, a, (float)s);
 }
 

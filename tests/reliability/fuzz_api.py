@@ -79,9 +79,15 @@ MAX_LIVE = 6
 MAX_BUFFER = 64 << 20  # data buffers are real memory of at least nbytes, up to this
 
 _keep = [bytearray(64), object()]  # foreign addresses that point at real memory
-FOREIGN = [1, 8, 0xDEADBEEF, 2**64 - 1, 2**63, id(_keep[1]), ctypes.addressof(
-    (ctypes.c_char * 64).from_buffer(_keep[0])
-)]
+FOREIGN = [
+    1,
+    8,
+    0xDEADBEEF,
+    2**64 - 1,
+    2**63,
+    id(_keep[1]),
+    ctypes.addressof((ctypes.c_char * 64).from_buffer(_keep[0])),
+]
 
 
 class World:
@@ -339,7 +345,9 @@ class Canary:
         assert np.array_equal(got, self.want), "the canary session's result changed"
 
 
-STEP = st.tuples(st.sampled_from(WEIGHTED), st.lists(st.integers(0, 2**16), min_size=12, max_size=12))
+STEP = st.tuples(
+    st.sampled_from(WEIGHTED), st.lists(st.integers(0, 2**16), min_size=12, max_size=12)
+)
 
 
 def main() -> int:
@@ -393,8 +401,12 @@ def main() -> int:
         ok=totals["ok"],
         errors=totals["error"],
         seconds=round(time.perf_counter() - t0, 1),
-        deep={k[3:]: v for k, v in sorted(totals.items()) if k.startswith("ok:tnn_")
-              and k[7:] in ("realize", "compute", "finalize_weights", "session_fork")},
+        deep={
+            k[3:]: v
+            for k, v in sorted(totals.items())
+            if k.startswith("ok:tnn_")
+            and k[7:] in ("realize", "compute", "finalize_weights", "session_fork")
+        },
     )
     return 0
 

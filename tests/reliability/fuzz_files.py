@@ -202,7 +202,9 @@ def mutate_hf(folder: Path, muts) -> None:
                     if what == 0:
                         e["dtype"] = ST_DTYPES[(y >> 3) % len(ST_DTYPES)]
                     elif what == 1:
-                        e["shape"] = [[], [0], [-1], [2**40, 2**40], [1, 2, 3], [2**63]][(y >> 3) % 6]
+                        e["shape"] = [[], [0], [-1], [2**40, 2**40], [1, 2, 3], [2**63]][
+                            (y >> 3) % 6
+                        ]
                     elif what == 2:
                         s0, s1 = e["data_offsets"]
                         e["data_offsets"] = [[s1, s0], [s0, s1 + 4], [0, 2**62], [-4, s1]][
@@ -233,7 +235,7 @@ def mutate_hf(folder: Path, muts) -> None:
         elif kind == "tok":
             p = folder / "tokenizer.json"
             if y % 2 or not p.is_file():
-                p.write_bytes([b"{}", b"", b"{\"model\": 1}", b"\x00" * 10][x % 4])
+                p.write_bytes([b"{}", b"", b'{"model": 1}', b"\x00" * 10][x % 4])
             else:
                 try:
                     tok = json.loads(p.read_text())
@@ -247,8 +249,20 @@ def mutate_hf(folder: Path, muts) -> None:
 
 HF_MUT = st.tuples(
     st.sampled_from(
-        ["rm", "cfg", "cfg", "cfg_raw", "st_len", "st_json", "st_json", "st_flip", "st_trunc",
-         "nan", "index", "tok"]
+        [
+            "rm",
+            "cfg",
+            "cfg",
+            "cfg_raw",
+            "st_len",
+            "st_json",
+            "st_json",
+            "st_flip",
+            "st_trunc",
+            "nan",
+            "index",
+            "tok",
+        ]
     ),
     st.integers(0, 2**32),
     st.integers(0, 2**16),
@@ -344,7 +358,8 @@ def main() -> int:
             repro.write(
                 f"# files fuzz, seed {a.seed}, example {outcomes.total()}\n"
                 f"base={src}\nmutations={muts!r}\nfile={target}\n"
-                f"replay: python -c \"from gpt2.weights import load_model; load_model('{target}')\"\n"
+                'replay: python -c "from gpt2.weights import load_model; '
+                f"load_model('{target}')\"\n"
             )
             try_load(target, outcomes)
 

@@ -1,0 +1,95 @@
+"""The fuzz families, each in a child process (see child.py and the fuzz_*.py modules).
+
+Bounded in the default run (a few hundred cases, about 20 s in all); `make fuzz` sets
+TINYNN_FUZZ_LONG=1 for the long run: more examples per child and several seeds. Each
+test asserts the child's exit code is 0 (on failure it prints the reproducer) and prints
+the child's SUMMARY line, which docs/RELIABILITY.md records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from .child import LONG, examples, run_family
+
+SEEDS = [int(s) for s in os.environ.get("TINYNN_FUZZ_SEEDS", "1,2,3,4" if LONG else "1").split(",")]
+# (default, long) examples per child, and the long run's timeout per child in seconds
+API = (150, 6_000)
+GGUF = (200, 3_000)
+HF = (150, 1_500)
+ENGINES = (40, 1_000)
+TIMEOUT = 1800 if LONG else 120
+
+
+def _report(summary: dict) -> None:
+    print("FUZZ " + json.dumps(summary, sort_keys=True))
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_api(seed, tmp_path):
+    s = run_family(
+        "fuzz_api",
+        ["--examples", str(examples(*API)), "--seed", str(seed)],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )
+    assert s["examples"] > 0 and s["calls"] > s["examples"]
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_gguf_files(seed, tmp_path, tiny_model):
+    s = run_family(
+        "fuzz_files",
+        [
+            "--kind", "gguf",
+            "--examples", str(examples(*GGUF)),
+            "--seed", str(seed),
+            "--gguf-ruby", str(tiny_model.gguf_ruby),
+            "--gguf-llama", str(tiny_model.gguf_llama),
+        ],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )  # fmt: skip
+    assert s["examples"] > 0
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_hf_folders(seed, tmp_path, tiny_model):
+    s = run_family(
+        "fuzz_files",
+        [
+            "--kind", "hf",
+            "--examples", str(examples(*HF)),
+            "--seed", str(seed),
+            "--hf-dir", str(tiny_model.hf_dir),
+        ],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )  # fmt: skip
+    assert s["examples"] > 0
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_engines(seed, tmp_path, tiny_model):
+    s = run_family(
+        "fuzz_engines",
+        [
+            "--examples", str(examples(*ENGINES)),
+            "--seed", str(seed),
+            "--hf-dir", str(tiny_model.hf_dir),
+        ],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )  # fmt: skip
+    assert s["examples"] > 0 and s["nan_files"] > 0
+    _report(s)
