@@ -44,6 +44,6 @@ def _from_hub(repo_id: str) -> Path:
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local file or folder nor in the Hugging Face cache, and "
             f"downloading it failed ({type(exc).__name__}: {exc}). Fetch it where there is a "
-            f"network with `huggingface-cli download {repo_id} {' '.join(HUB_FILES[:3])}` "
-            "and pass the folder it prints, or convert it with `gpt2 convert`."
+            f"network with `hf download {repo_id} {' '.join(HUB_FILES[:3])}` (huggingface_hub "
+            "1.x and later; `huggingface-cli download` before) and pass the folder it prints."
         ) from exc
