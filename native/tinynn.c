@@ -404,7 +404,17 @@ static void apply_threads(ggml_backend_t cpu, int n) {
     if (set) set(cpu, n);
 }
 
+/* A scheduler, or NULL. ggml_backend_sched_new mallocs a context buffer of about
+ * TNN_GRAPH_SIZE * 60 tensor headers (~950 MB of address space, touched lazily)
+ * and does not check it: a NULL buffer aborts later in ggml_init. So the
+ * allocation is probed first: an address-space limit or exhausted memory gives
+ * NULL here instead. */
 static ggml_backend_sched_t new_sched(tnn_session *s) {
+    size_t need = (size_t)TNN_GRAPH_SIZE * 30 * 2 * sizeof(struct ggml_tensor) +
+                  ggml_graph_overhead_custom(TNN_GRAPH_SIZE, false);
+    void *probe = malloc(need);
+    if (!probe) return NULL;
+    free(probe);
     ggml_backend_t backends[2] = {s->backend, s->cpu_backend};
     int n_backends = s->is_cuda ? 2 : 1;
     return ggml_backend_sched_new(backends, NULL, n_backends, TNN_GRAPH_SIZE, false, false);
@@ -1233,6 +1243,9 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (ggml_graph_n_nodes(sess->graph) == 0) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
     }
+    if (!sess->sched && !(sess->sched = new_sched(sess))) {
+        return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
+    }
     ggml_backend_sched_reset(sess->sched);
     /* Reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph ignores a failed
      * re-reservation and then writes through the missing buffer (SIGSEGV) when the
@@ -1240,11 +1253,8 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
      * assignments without a buffer, so the scheduler is replaced by a fresh one. */
     if (!ggml_backend_sched_reserve(sess->sched, sess->graph) ||
         !ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
-        ggml_backend_sched_t fresh = new_sched(sess);
-        if (fresh) {
-            ggml_backend_sched_free(sess->sched);
-            sess->sched = fresh;
-        }
+        ggml_backend_sched_free(sess->sched);
+        sess->sched = new_sched(sess); /* NULL: made again by the next realize */
         return fail(TNN_ENOMEM, __func__, "could not allocate compute memory for %d nodes on %s",
                     ggml_graph_n_nodes(sess->graph), sess->is_cuda ? "CUDA" : "the CPU");
     }
@@ -1290,7 +1300,7 @@ int tnn_compute(tnn_session *sess) {
 
 int tnn_reset_for_rebuild(tnn_session *sess) {
     CHECK_SESS(sess, TNN_EINVAL);
-    ggml_backend_sched_reset(sess->sched);
+    if (sess->sched) ggml_backend_sched_reset(sess->sched);
     ggml_reset(sess->ctx);
     sess->n_index_inputs = 0;
     sess->realized = false;

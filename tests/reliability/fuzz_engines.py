@@ -144,7 +144,9 @@ def main() -> int:
     @seed(a.seed)
     @given(steps_strategy(vocab))
     def calls(steps) -> None:
-        repro.write(f"# engines fuzz, seed {a.seed}\nsteps={steps!r}\n")
+        # cumulative: the engines keep graphs across examples, so the history matters
+        with open(a.repro, "a") as fh:
+            fh.write(f"steps={steps!r}\n")
         for step in steps:
             try:
                 engines.run(step)
