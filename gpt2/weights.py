@@ -325,8 +325,7 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = [folder / f for f in sorted(set(weight_map.values()))]
+        files = [folder / f for f in _shard_names(index)]
     else:
         raise ValueError(
             f"{folder}: no model.safetensors (or model.safetensors.index.json); "
@@ -343,6 +342,19 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
             raise ValueError(f"{f}: tensor {min(dup)} also in another shard")
         state.update(part)
     return state, files
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files named by a model.safetensors.index.json, checked."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) and v and "/" not in v for v in weight_map.values()
+    ):
+        raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
+    return sorted(set(weight_map.values()))
 
 
 # ---------------------------------------------------------------------------------------

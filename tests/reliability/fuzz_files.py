@@ -287,10 +287,7 @@ def check_loaded(m) -> None:
 # (exception type, the gpt2.weights function it escapes from). They are counted as
 # "known:..." in the summary and listed in docs/RELIABILITY.md; remove an entry once the
 # loader raises ValueError there.
-KNOWN_UNCLEAN = {
-    # model.safetensors.index.json that is not an object, or whose weight_map is not one
-    ("AttributeError", "_read_safetensors"),
-}
+KNOWN_UNCLEAN: set[tuple[str, str]] = set()  # (exception, function) allowed to escape
 
 
 def _raised_in(e: BaseException) -> str:
