@@ -6,8 +6,8 @@
 #
 #   OUT=... bash scripts/gpu_run.sh [build] [tests] [parity] [bench]
 #
-# Results land in $OUT (default build/gpu_out): run.log, parity_*.json,
-# bench_*.json. Python wheels the machine lacks may sit in .whl/.
+# Results land in $OUT (default build/gpu_out): run.log, tests.log (whole),
+# parity_*.json, bench_*.json. Python wheels the machine lacks may sit in .whl/.
 set -u
 OUT=${OUT:-$PWD/build/gpu_out}
 mkdir -p "$OUT"
@@ -48,7 +48,7 @@ step() {
     fi
     if has tests; then
         TINYNN_REQUIRE_CUDA=1 step tests 60 python3 -m pytest tests/tinynn tests/gpt2/test_engines.py \
-            -q -p no:cacheprovider -k cuda -o addopts="" 2>&1 | tail -30
+            -q -p no:cacheprovider -k cuda -o addopts="" 2>&1 | tee "$OUT/tests.log" | tail -30
     fi
     if has bench; then
         step "bench gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 \
