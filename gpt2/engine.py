@@ -59,7 +59,7 @@ class _Graph:
     sess: Session
     ints: Tensor  # i32 [3N]: tokens | positions | cache rows
     out_ids: Tensor  # i32 [rows]: argmax of each logits row
-    logits: Tensor | None  # f32 [V, rows] when kept
+    logits: Tensor  # f32 [V, rows]: kept for sampling and logits()
     n_tokens: int
 
 
@@ -187,7 +187,7 @@ class FastGPT2:
         self.mask_table.upload(table)
 
     # -- graphs -------------------------------------------------------------------
-    def _build(self, n_seq: int, n_q: int, n_kv: int, keep_logits: bool, last_only: bool) -> _Graph:
+    def _build(self, n_seq: int, n_q: int, n_kv: int, last_only: bool) -> _Graph:
         """A graph for n_seq sequences of n_q new tokens each, attending over
         the first n_kv cache rows of each sequence."""
         c, d, dh, nh = self.config, self.config.n_embd, self.config.d_head, self.config.n_head
@@ -229,14 +229,13 @@ class FastGPT2:
                 x = s.cont(x)  # [d, n_seq]
             x = s.layer_norm(x, None, None, c.layer_norm_epsilon)
             logits = s.add(s.matmul(self.lm_head, x), self.lm_bias)  # [V, rows]
-            if keep_logits:
-                s.set_output(logits)
+            s.set_output(logits)
             out_ids = s.set_output(s.argmax(logits))  # [rows]
             s.realize(out_ids)
         except BaseException:
             s.close()
             raise
-        return _Graph(s, ints, out_ids, logits if keep_logits else None, n)
+        return _Graph(s, ints, out_ids, logits, n)
 
     def _run(self, g: _Graph, tokens, positions, rows) -> None:
         g.ints.upload(np.concatenate([tokens, positions, rows]).astype(np.int32))
@@ -246,7 +245,7 @@ class FastGPT2:
         key = (n_seq, n_q, all_logits)
         g = self._prefill_graphs.pop(key, None)
         if g is None:
-            g = self._build(n_seq, n_q, _bucket(n_q, self.n_ctx), True, not all_logits)
+            g = self._build(n_seq, n_q, _bucket(n_q, self.n_ctx), last_only=not all_logits)
             while len(self._prefill_graphs) >= MAX_PREFILL_GRAPHS:
                 self._prefill_graphs.popitem(last=False)[1].sess.close()
         self._prefill_graphs[key] = g
@@ -255,7 +254,7 @@ class FastGPT2:
     def _decode_graph(self, n_seq: int, n_kv: int) -> _Graph:
         key = (n_seq, n_kv)
         if key not in self._decode:
-            self._decode[key] = self._build(n_seq, 1, n_kv, True, False)
+            self._decode[key] = self._build(n_seq, 1, n_kv, last_only=False)
             self.decode_graph_builds += 1
         return self._decode[key]
 
