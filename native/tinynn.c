@@ -181,12 +181,24 @@ static ggml_backend_dev_t cuda_device(void) {
     return NULL;
 }
 
+/* ggml-cuda puts its cuBLAS handles in TF32 tensor-op mode, which rounds f32
+ * GEMM inputs to 10 mantissa bits (GPT-2-small logits drift ~1e-2 from f64).
+ * f32 should mean f32, so cuBLAS's own switch turns TF32 off before cuBLAS is
+ * loaded, unless the user set that switch or asked for TF32 (TINYNN_CUDA_TF32=1).
+ * ggml's mmf kernels (f32 products of 4 to 16 columns) stay TF32. */
+static void prefer_strict_f32_gemm(void) {
+    const char *allow = getenv("TINYNN_CUDA_TF32");
+    if (allow && strcmp(allow, "1") == 0) return;
+    setenv("NVIDIA_TF32_OVERRIDE", "0", 0);
+}
+
 /* The CUDA device, or NULL with the reason in tnn_last_error(). */
 static ggml_backend_dev_t ensure_cuda_backend(const char *func) {
     if (!ensure_cpu_backend(func)) return NULL;
     pthread_mutex_lock(&backend_lock);
     if (!cuda_tried) {
         cuda_tried = true;
+        prefer_strict_f32_gemm();
         if (load_module("libggml-cuda.so", cuda_reason, sizeof cuda_reason) && !cuda_device()) {
             snprintf(cuda_reason, sizeof cuda_reason,
                      "the CUDA backend loaded but found no usable CUDA device");

@@ -4,13 +4,15 @@
 # skipped), the CUDA parity tables and the benchmarks, each step skipped when
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
-#   OUT=... bash scripts/gpu_run.sh [build] [tests] [parity] [bench]
+#   OUT=... bash scripts/gpu_run.sh [build] [tests] [parity] [bench] [graphs]
 #
-# Results land in $OUT (default build/gpu_out): run.log, tests.log (whole),
-# parity_*.json, bench_*.json. Python wheels the machine lacks may sit in .whl/.
+# Results land in $OUT (default build/gpu_out): run.log, tests.log (whole) and
+# results.tgz (parity and bench JSON; the device tool returns at most 8 files).
+# Python wheels the machine lacks may sit in .whl/.
 set -u
 OUT=${OUT:-$PWD/build/gpu_out}
-mkdir -p "$OUT"
+RES=$(mktemp -d)
+mkdir -p "$OUT" "$RES/xl"
 STEPS=" ${*:-build tests parity bench} "
 BUDGET=${GPU_RUN_SECONDS:-580}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -48,25 +50,34 @@ step() {
     fi
     if has tests; then
         TINYNN_REQUIRE_CUDA=1 step tests 60 python3 -m pytest tests/tinynn tests/gpt2/test_engines.py \
-            -q -p no:cacheprovider -k cuda -o addopts="" 2>&1 | tee "$OUT/tests.log" | tail -30
+            tests/reliability/test_resources.py -v -p no:cacheprovider -k cuda -o addopts="" -rfE \
+            2>&1 | tee "$OUT/tests.log" | tail -30
     fi
     if has bench; then
         step "bench gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 \
-            --json "$OUT/bench_gpt2_h200.json" 2>&1 | tail -22
+            --json "$RES/bench_gpt2_h200.json" 2>&1 | tail -22
+    fi
+    if has graphs; then
+        # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay
+        for g in 0 1; do
+            GGML_CUDA_DISABLE_GRAPHS=$g step "decode, GGML_CUDA_DISABLE_GRAPHS=$g" 40 \
+                python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f16 --workloads decode \
+                --no-hf --json "$RES/graphs_$g.json" 2>&1 | tail -4
+        done
     fi
     if has parity; then
-        step "parity gpt2" 60 python3 scripts/cuda_parity.py --shapes gpt2 --out "$OUT" 2>&1 | tail -12
+        step "parity gpt2" 60 python3 scripts/cuda_parity.py --shapes gpt2 --out "$RES" 2>&1 | tail -12
     fi
     if has bench; then
         step "bench gpt2-xl" 100 python3 -m gpt2.bench --device cuda --shapes gpt2-xl \
             --dtypes f16 q8_0 --workloads decode prefill \
-            --json "$OUT/bench_gpt2-xl_h200.json" 2>&1 | tail -16
+            --json "$RES/bench_gpt2-xl_h200.json" 2>&1 | tail -16
     fi
     if has parity; then
-        mkdir -p "$OUT/xl"
-        step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$OUT/xl" 2>&1 | tail -12
+        step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$RES/xl" 2>&1 | tail -12
         step "parity hf" 40 bash -c "python3 scripts/hf_small_folder.py /tmp/hf_small &&
             python3 -m gpt2 parity hf --model /tmp/hf_small --device cuda" 2>&1 | tail -20
     fi
     stamp end
+    tar -czf "$OUT/results.tgz" -C "$RES" .
 } 2>&1 | tee "$OUT/run.log"

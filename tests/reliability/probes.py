@@ -112,6 +112,71 @@ def huge(n: int) -> None:
     summary(probe="huge", growth=rss() - before, message=messages[0], n=len(messages))
 
 
+def cuda_memory(n: int) -> None:
+    """Device memory while GPT-2-small-shaped f16 models are loaded, used and closed,
+    against the level before the first one (the CUDA runtime's free/total)."""
+    from gpt2.bench import random_weights
+    from gpt2.config import GPT2Config
+    from gpt2.engine import FastGPT2
+    from tinynn import Session
+
+    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    weights = random_weights(config)
+
+    def once() -> int:
+        engine = FastGPT2(weights, "cuda", "f16")
+        try:
+            token = engine.start_greedy([1, 2, 3, 4])
+            for _ in range(4):
+                token = engine.step_greedy(token)
+            return meter.device_memory()[0]
+        finally:
+            engine.close()
+
+    meter = Session("cuda")  # holds the CUDA context, so the baseline includes it
+    once()  # warm-up: cuBLAS handles and the runtime's own pools, made once per process
+    base, total = meter.device_memory()
+    in_use, after = [], []
+    for _ in range(n):
+        in_use.append(base - once())
+        after.append(base - meter.device_memory()[0])
+    meter.close()
+    n_params = sum(t.size for t in weights.tensors.values())
+    summary(probe="cuda-memory", n=n, total=total, base_free=base, in_use=in_use,
+            residue=after, weights_f16=2 * n_params)  # fmt: skip
+
+
+def cuda_huge(n: int) -> None:
+    """A GPT-2 larger than the GPU (206 GB of f32 weights): a clean TinyNNError, and the
+    device memory is back where it was."""
+    from gpt2.config import GPT2Config
+    from gpt2.engine import FastGPT2
+    from gpt2.weights import GPT2Weights
+    from tinynn import Session, TinyNNError
+
+    config = GPT2Config(n_layer=64, n_embd=8192, n_head=64, n_positions=64, vocab_size=1000)
+    meter = Session("cuda")
+    base = meter.device_memory()[0]
+    messages = []
+    for _ in range(n):
+        try:
+            FastGPT2(GPT2Weights(config, {}), "cuda", "f32")
+        except TinyNNError as e:
+            messages.append(str(e))
+        else:
+            raise AssertionError("a 206 GB model was allocated on the GPU")
+    residue = base - meter.device_memory()[0]
+    with Session("cuda") as s:  # the device still works
+        x = s.input_2d_f32(2, 8)
+        y = s.set_output(s.scale(x, 2.0))
+        s.realize(y)
+        x.upload(np.ones((2, 8), np.float32))
+        s.compute()
+        ok = bool(np.array_equal(y.download().reshape(2, 8), np.full((2, 8), 2, np.float32)))
+    meter.close()
+    summary(probe="cuda-huge", n=n, message=messages[0], residue=residue, still_works=ok)
+
+
 def shared_session(n_threads: int, rounds: int) -> None:
     """One session shared by threads that take a lock around each compute+download:
     the documented way to share (the shim itself is not thread-safe)."""
@@ -151,6 +216,10 @@ if __name__ == "__main__":
         models(int(sys.argv[2]), sys.argv[3])
     elif what == "huge":
         huge(int(sys.argv[2]))
+    elif what == "cuda-memory":
+        cuda_memory(int(sys.argv[2]))
+    elif what == "cuda-huge":
+        cuda_huge(int(sys.argv[2]))
     elif what == "shared-session":
         shared_session(4, int(sys.argv[2]))
     else:

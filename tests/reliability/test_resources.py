@@ -16,6 +16,7 @@ import pytest
 import gpt2
 from gpt2.weights import load_model
 
+from tests.devices import use_device
 from .child import ROOT
 
 MiB = 1 << 20
@@ -54,6 +55,23 @@ def test_model_larger_than_memory_fails_cleanly():
     s = _probe("huge", "20")
     assert "could not allocate" in s["message"] and "tnn_finalize_weights" in s["message"]
     assert s["growth"] < 4 * MiB, f"RSS grew {s['growth'] / MiB:.1f} MiB over 20 failures"
+
+
+def test_cuda_memory_returns_after_models_close():
+    use_device("cuda")
+    s = _probe("cuda-memory", "5")
+    # the probe measured something: each loaded model held at least its f16 weights
+    assert min(s["in_use"]) >= s["weights_f16"], s
+    # one 2 MiB page of slack for the runtime's rounding
+    assert max(s["residue"]) <= 2 * MiB, f"device memory not returned: {s['residue']}"
+
+
+def test_cuda_model_larger_than_the_gpu_fails_cleanly():
+    use_device("cuda")
+    s = _probe("cuda-huge", "3")
+    assert "could not allocate" in s["message"] and "tnn_finalize_weights" in s["message"], s
+    assert s["residue"] <= 2 * MiB, f"a failed allocation left {s['residue']} bytes"
+    assert s["still_works"]
 
 
 def test_one_model_per_thread_matches_single_thread(tiny_model):
