@@ -15,8 +15,8 @@ import pytest
 
 import gpt2
 from gpt2.weights import load_model
-
 from tests.devices import use_device
+
 from .child import ROOT
 
 MiB = 1 << 20
