@@ -4,16 +4,21 @@ Weights are random (timing only; the output says so). Workloads (SPEC.md):
 decode at batch 1 after a 16-token prompt (128 new tokens), prefill of 128
 and 1024 tokens, 32 sequences decoding together, and the CPU decode. Each of
 our numbers is the median (and p90) over timed steps after warm-up; each HF
-number comes from the same process, with torch's default attention.
+number comes from the same process, with torch's default attention. HF runs
+twice for decode at batch 1: eager, and "compiled" (static KV cache, the
+one-token step under `torch.compile`), the fastest path a torch user would pick.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import platform
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +175,126 @@ def hf_prefill(model, n_tokens: int, repeats: int = 10) -> dict:
     return _stats(times)
 
 
+# -- HF transformers, compiled ----------------------------------------------------
+class HFCompiledDecoder:
+    """HF GPT-2 greedy decoding, gpt-fast style: a static KV cache allocated up front,
+    the prompt prefilled eagerly, the one-token step under `torch.compile`.
+
+    The step compiles on its first call (and records its CUDA graph on the next ones
+    under "reduce-overhead"), so callers warm it up before timing. Batch 1.
+    """
+
+    def __init__(self, model, max_len: int, backend: str = "inductor"):
+        import torch
+        from transformers import StaticCache
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        forward_params = inspect.signature(model.forward).parameters
+        # transformers 5.24 names the cache `cache` and tracks positions itself; earlier
+        # versions call it `past_key_values`, and those that name `cache_position` need it.
+        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
+        self._pass_cache_position = "cache_position" in forward_params
+        # "reduce-overhead" (CUDA graphs) is an inductor mode; other backends take none.
+        self.mode = "reduce-overhead" if backend == "inductor" else None
+        torch._dynamo.reset()  # drop the previous model's graphs and CUDA graph pool
+        self._compiled_step = torch.compile(
+            self._forward_argmax, backend=backend, mode=self.mode, fullgraph=True
+        )
+        self._position = None
+
+    def _forward_argmax(self, ids, positions):
+        # ids [1, T], positions [T] -> next token [1, 1]
+        kwargs = {self._cache_arg: self.cache}
+        if self._pass_cache_position:
+            kwargs["cache_position"] = positions
+        out = self.model(input_ids=ids, position_ids=positions[None], use_cache=True, **kwargs)
+        return out.logits[:, -1:].argmax(-1)
+
+    def start(self, prompt: list[int]):
+        """Empties the cache, prefills `prompt` eagerly (HF never compiles prefill);
+        returns the greedy next token [1, 1]."""
+        import torch
+
+        self.cache.reset()
+        ids = torch.tensor([prompt], device=self.device)
+        with torch.no_grad():
+            token = self._forward_argmax(ids, torch.arange(len(prompt), device=self.device))
+        self._position = torch.tensor([len(prompt)], device=self.device)
+        return token
+
+    def step(self, token):
+        """Feeds `token` [1, 1] at the next position, returns the greedy next token [1, 1]."""
+        import torch
+
+        with torch.no_grad():
+            # clone: a CUDA graph's output is overwritten by its next replay
+            nxt = self._compiled_step(token, self._position).clone()
+        self._position += 1
+        return nxt
+
+
+def hf_compiled_decode(
+    model, prompt_len: int, new_tokens: int, warmup: int = 8, backend: str = "inductor"
+) -> dict:
+    """Like `hf_decode` at batch 1, through `HFCompiledDecoder`; compiling is in the warm-up."""
+    import torch
+
+    decoder = HFCompiledDecoder(model, prompt_len + max(warmup, new_tokens), backend)
+
+    def sync():
+        if decoder.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    prompt = list(range(1, prompt_len + 1))
+    token = decoder.start(prompt)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        token = decoder.step(token)
+    sync()
+    warmup_ms = (time.perf_counter() - t0) * 1e3
+    token = decoder.start(prompt)
+    times = []
+    for _ in range(new_tokens):
+        sync()
+        t0 = time.perf_counter()
+        token = decoder.step(token)
+        token.cpu()
+        times.append((time.perf_counter() - t0) * 1e3)
+    s = _stats(times)
+    s["tok_s"] = 1e3 / s["ms_mean"]
+    s["warmup_ms"] = warmup_ms  # includes compiling
+    s["backend"] = backend
+    s["mode"] = decoder.mode
+    return s
+
+
+def hf_compiled_skip_reason(setting: str, device: str) -> str | None:
+    """Why `--hf-compiled SETTING` does not run on DEVICE, or None when it runs."""
+    if setting == "off":
+        return "skipped: --hf-compiled off"
+    if setting == "auto" and device != "cuda":
+        return f"skipped: --hf-compiled auto is off on {device} (inductor compiles for minutes)"
+    return None
+
+
+def _hf_compiled_row(model, args: argparse.Namespace) -> dict:
+    """The compiled HF decode's numbers, or why there are none: a failing compile
+    must not lose the rest of the run."""
+    reason = hf_compiled_skip_reason(args.hf_compiled, args.device)
+    if reason:
+        return {"hf_compiled": reason}
+    try:
+        return hf_compiled_decode(
+            model, args.prompt_len, args.new_tokens, backend=args.hf_compile_backend
+        )
+    except Exception as exc:  # noqa: BLE001 - reported in the row, the bench goes on
+        traceback.print_exc(file=sys.stderr)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        return {"hf_compiled": f"failed: {type(exc).__name__}: {first_line}"}
+
+
 # -- the run -------------------------------------------------------------------------
 def environment(device: str) -> dict:
     import importlib.metadata as md
@@ -221,6 +346,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--prefill", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--no-hf", action="store_true", help="skip HF transformers")
+    p.add_argument(
+        "--hf-compiled",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time HF's compiled decode (static cache + torch.compile); auto: on CUDA only",
+    )
+    p.add_argument(
+        "--hf-compile-backend",
+        default="inductor",
+        help="torch.compile backend for --hf-compiled (eager: no compiler, for tests)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
@@ -315,6 +451,16 @@ def run(args: argparse.Namespace) -> int:
                         **hf_decode(model, args.prompt_len, min(args.new_tokens, 64), n_seq=batch),
                     }
                 )
+            if wl & {"decode", "cpu"}:  # last: a crashing compile has the eager rows already
+                add(
+                    {
+                        "shape": shape,
+                        "dtype": dtype,
+                        "workload": "decode b1",
+                        "engine": "hf-compiled",
+                        **_hf_compiled_row(model, args),
+                    }
+                )
             del model
     _add_ratios(rows)
     print()
@@ -325,36 +471,47 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    hf = {(r["shape"], r["dtype"], r["workload"]): r for r in rows if r["engine"] == "hf"}
-    for r in rows:
-        if r["engine"] != "ours":
-            continue
-        ref = hf.get((r["shape"], r["dtype"], r["workload"])) or hf.get(
-            (r["shape"], "f32", r["workload"])
-        )
-        if ref:
-            r["speedup_vs_hf"] = ref["ms_mean"] / r["ms_mean"]
+    for engine, field in (("hf", "speedup_vs_hf"), ("hf-compiled", "speedup_vs_hf_compiled")):
+        refs = {(r["shape"], r["dtype"], r["workload"]): r for r in rows if r["engine"] == engine}
+        for r in rows:
+            if r["engine"] != "ours":
+                continue
+            # HF has no q8_0: those rows compare with HF's f32. A dtype whose compiled
+            # run failed keeps its (timeless) row here, so it gets no ratio, not f32's.
+            ref = refs.get((r["shape"], r["dtype"], r["workload"])) or refs.get(
+                (r["shape"], "f32", r["workload"])
+            )
+            if ref and "ms_mean" in ref:
+                r[field] = ref["ms_mean"] / r["ms_mean"]
 
 
 def _format_row(r: dict) -> str:
+    head = f"{r['shape']:8} {r['dtype']:5} {r['workload']:13} {r['engine']:11} "
+    if "ms_mean" not in r:  # a compiled HF run that was skipped or failed
+        return head + r["hf_compiled"]
     tok = f"{r['tok_s']:9.1f} tok/s" if "tok_s" in r else " " * 15
-    return (
-        f"{r['shape']:8} {r['dtype']:5} {r['workload']:13} {r['engine']:5} "
-        f"{r['ms_mean']:9.3f} ms  p50 {r['ms_p50']:8.3f}  p90 {r['ms_p90']:8.3f}  {tok}"
-    )
+    return head + f"{r['ms_mean']:9.3f} ms  p50 {r['ms_p50']:8.3f}  p90 {r['ms_p90']:8.3f}  {tok}"
 
 
 def format_table(rows: list[dict], env: dict) -> str:
     lines = [
-        "| shape | dtype | workload | engine | ms mean | ms p50 | ms p90 | tok/s | vs HF |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| shape | dtype | workload | engine | ms mean | ms p50 | ms p90 | tok/s | vs HF "
+        "| vs HF compiled |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        head = f"| {r['shape']} | {r['dtype']} | {r['workload']} | {r['engine']} | "
+        if "ms_mean" not in r:
+            lines.append(head + f"{r['hf_compiled']} | | | | | |")
+            continue
         tok = f"{r['tok_s']:.1f}" if "tok_s" in r else ""
         ratio = f"{r['speedup_vs_hf']:.2f}x" if "speedup_vs_hf" in r else ""
+        compiled_ratio = (
+            f"{r['speedup_vs_hf_compiled']:.2f}x" if "speedup_vs_hf_compiled" in r else ""
+        )
         lines.append(
-            f"| {r['shape']} | {r['dtype']} | {r['workload']} | {r['engine']} | "
-            f"{r['ms_mean']:.3f} | {r['ms_p50']:.3f} | {r['ms_p90']:.3f} | {tok} | {ratio} |"
+            head + f"{r['ms_mean']:.3f} | {r['ms_p50']:.3f} | {r['ms_p90']:.3f} | {tok} | "
+            f"{ratio} | {compiled_ratio} |"
         )
     head = ", ".join(f"{k}: {v}" for k, v in env.items())
     return head + "\n\n" + "\n".join(lines)

@@ -1246,6 +1246,18 @@ static void zero_index_inputs(tnn_session *s) {
     }
 }
 
+/* The scheduler puts graph inputs on its last backend, the CPU, and then runs
+ * there every op that reads only inputs: a CUDA session would compute such ops
+ * on the CPU. Inputs of a CUDA session live in device memory instead. */
+static void place_inputs_on_device(tnn_session *sess) {
+    for (struct ggml_tensor *t = ggml_get_first_tensor(sess->ctx); t;
+         t = ggml_get_next_tensor(sess->ctx, t)) {
+        if ((t->flags & GGML_TENSOR_FLAG_INPUT) && !t->view_src) {
+            ggml_backend_sched_set_tensor_backend(sess->sched, t, sess->backend);
+        }
+    }
+}
+
 int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     CHECK_SESS(sess, TNN_EINVAL);
     CHECK_T(result, TNN_EINVAL);
@@ -1259,6 +1271,7 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
         return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
     }
     ggml_backend_sched_reset(sess->sched);
+    if (sess->is_cuda) place_inputs_on_device(sess);
     /* On the CPU, reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph
      * ignores a failed re-reservation and then writes through the missing buffer
      * (SIGSEGV) when the compute memory cannot be allocated. After a failed
@@ -1326,6 +1339,11 @@ int tnn_reset_for_rebuild(tnn_session *sess) {
 int tnn_graph_n_nodes(tnn_session *sess) {
     CHECK_SESS(sess, TNN_EINVAL);
     return sess->realized ? ggml_graph_n_nodes(sess->graph) : 0;
+}
+
+int tnn_graph_n_splits(tnn_session *sess) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    return sess->realized ? ggml_backend_sched_get_n_splits(sess->sched) : 0;
 }
 
 /* ---- data ------------------------------------------------------------------- */

@@ -251,6 +251,10 @@ TNN_API int tnn_compute(tnn_session *sess);
 TNN_API int tnn_reset_for_rebuild(tnn_session *sess);
 /* Nodes in the realized graph (0 before tnn_realize). */
 TNN_API int tnn_graph_n_nodes(tnn_session *sess);
+/* Parts of the realized graph the scheduler runs one after the other, each
+ * on one backend (0 before tnn_realize). One means no copies between
+ * backends in the middle of a compute. */
+TNN_API int tnn_graph_n_splits(tnn_session *sess);
 
 /* ---- data -------------------------------------------------------------- */
 

@@ -157,6 +157,8 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_reset_for_rebuild": ([c_void_p], c_int, STATUS),
     # int tnn_graph_n_nodes(sess);
     "tnn_graph_n_nodes": ([c_void_p], c_int, STATUS),
+    # int tnn_graph_n_splits(sess);
+    "tnn_graph_n_splits": ([c_void_p], c_int, STATUS),
 }
 
 # int tnn_upload_<kind>(sess, t, const T *data, int64_t nbytes, int64_t offset);

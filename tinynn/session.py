@@ -214,6 +214,11 @@ class Session:
     def n_nodes(self) -> int:
         return self._lib.tnn_graph_n_nodes(self._ptr())
 
+    @property
+    def n_splits(self) -> int:
+        """Backend-sized parts of the realized graph (1: no mid-graph copies)."""
+        return self._lib.tnn_graph_n_splits(self._ptr())
+
     # -- tensor constructors ------------------------------------------------
     def _new(self, handle: int, persistent: bool = False) -> Tensor:
         return Tensor(self, handle, persistent)

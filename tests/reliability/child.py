@@ -21,6 +21,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def child_pythonpath() -> str:
+    """The checkout first, then whatever path the parent was given."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 LONG = os.environ.get("TINYNN_FUZZ_LONG") == "1"
 MEM_LIMIT = 6 << 30  # bytes of address space a fuzz child may map
 
@@ -47,7 +52,7 @@ def run_family(
 ) -> dict:
     """Runs the family; fails (with its reproducer) unless the child exits 0."""
     cmd = [sys.executable, "-m", f"tests.reliability.{module}", "--repro", str(repro), *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
+    env = dict(os.environ, PYTHONPATH=child_pythonpath(), PYTHONFAULTHANDLER="1")
     try:
         proc = subprocess.run(
             cmd,

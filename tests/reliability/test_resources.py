@@ -17,7 +17,7 @@ import gpt2
 from gpt2.weights import load_model
 from tests.devices import use_device
 
-from .child import ROOT
+from .child import ROOT, child_pythonpath
 
 MiB = 1 << 20
 
@@ -26,7 +26,7 @@ def _probe(*args: str) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "tests.reliability.probes", *args],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=child_pythonpath()),
         capture_output=True,
         text=True,
         timeout=300,
@@ -164,7 +164,7 @@ def test_model_file_truncated_while_loading(tiny_model, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", TRUNCATE_RACE, str(tiny_model.gguf_llama), str(tmp_path / "m")],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=child_pythonpath()),
         capture_output=True,
         timeout=120,
     )

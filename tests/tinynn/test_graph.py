@@ -58,6 +58,21 @@ def test_one_graph_computed_50_times(device):
         assert s.n_nodes == n_nodes
 
 
+def test_ops_on_inputs_alone_run_on_the_session_device(device):
+    """A graph that reads only compute inputs is one split on the session's
+    backend (ggml's scheduler would otherwise run it on the CPU beside a GPU)."""
+    with tinynn.Session(device) as s:
+        x = s.input_2d_f32(4, 32)
+        y = s.set_output(s.gelu(s.scale(x, 2.0)))
+        assert s.n_splits == 0
+        s.realize(y)
+        assert s.n_splits == 1
+        x.upload(np.ones((4, 32), np.float32))
+        s.compute()
+        gelu_2 = 2.0 * 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (2.0 + 0.044715 * 8.0)))
+        assert_close(y.download(), np.full((4, 32), gelu_2), 1e-3, f"{device} gelu(2x)")
+
+
 def _linear_session(device: str, w_host: np.ndarray) -> tuple[tinynn.Session, object, object]:
     s = tinynn.Session(device)
     w = s.input_2d_f32_persistent(*w_host.shape)

@@ -1,0 +1,120 @@
+"""Where the time of one decode step goes, on random weights.
+
+    python scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
+        --dtypes f16 q8_0 f32 --json OUT.json
+
+For each (shape, dtype): the decode graph's node and split counts; the host
+time of the step's three phases (upload of the 12-byte input, compute, 4-byte
+download), each timed alone over many steps; and, where torch is importable
+and the device is CUDA, torch.profiler's view of the same steps: GPU kernel
+time per step, kernels per step, the launches the host made (cudaGraphLaunch
+means ggml-cuda replayed a CUDA graph) and the kernels that cost most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+import numpy as np
+
+from gpt2.bench import SHAPES, random_weights
+from gpt2.engine import FastGPT2
+
+PROMPT = 16
+
+
+def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
+    """Median microseconds of each phase of a greedy decode step at batch 1."""
+    token = engine.start_greedy(list(range(1, PROMPT + 1)))
+    g = engine._decode_graph(1, 256)
+    up, comp, down = [], [], []
+    for i in range(steps):
+        pos = PROMPT + i % (256 - PROMPT)
+        ints = np.array([token, pos, pos], np.int32)
+        t0 = time.perf_counter()
+        g.ints.upload(ints)
+        t1 = time.perf_counter()
+        g.sess.compute()
+        t2 = time.perf_counter()
+        token = int(g.out_ids.download()[0])
+        t3 = time.perf_counter()
+        up.append(t1 - t0)
+        comp.append(t2 - t1)
+        down.append(t3 - t2)
+
+    def us(xs: list[float]) -> float:
+        return round(float(np.median(xs)) * 1e6, 1)
+
+    total = [a + b + c for a, b, c in zip(up, comp, down)]
+    phases = {"upload_us": us(up), "compute_us": us(comp), "download_us": us(down)}
+    phases["step_us"] = us(total)
+    return phases, g
+
+
+def _torch_profile(g, steps: int) -> dict:
+    """Kernel time and launches per step as CUPTI saw them."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    ints = np.array([1, PROMPT, PROMPT], np.int32)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            g.ints.upload(ints)
+            g.sess.compute()
+            g.out_ids.download()
+        torch.cuda.synchronize()
+    kernels: Counter = Counter()
+    kernel_us: Counter = Counter()
+    runtime_calls: Counter = Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.name] += 1
+            kernel_us[e.name] += e.device_time_total if hasattr(e, "device_time_total") else 0
+        elif e.name.startswith("cuda") or e.name.startswith("cu"):
+            runtime_calls[e.name] += 1
+    gpu_us = sum(kernel_us.values())
+    top = [
+        {"kernel": name[:90], "us_per_step": round(t / steps, 2), "per_step": kernels[name] / steps}
+        for name, t in kernel_us.most_common(12)
+    ]
+    return {
+        "gpu_kernel_us_per_step": round(gpu_us / steps, 1),
+        "kernels_per_step": round(sum(kernels.values()) / steps, 1),
+        "runtime_calls_per_step": {k: round(v / steps, 2) for k, v in runtime_calls.most_common(10)},
+        "top_kernels": top,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--shapes", nargs="+", default=["gpt2"], choices=sorted(SHAPES))
+    p.add_argument("--dtypes", nargs="+", default=["f16"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--json")
+    args = p.parse_args()
+    rows = []
+    for shape in args.shapes:
+        weights = random_weights(SHAPES[shape])
+        for dtype in args.dtypes:
+            with FastGPT2(weights, args.device, dtype) as engine:
+                phases, g = _phases(engine, args.steps)
+                row = {"shape": shape, "dtype": dtype, "nodes": g.sess.n_nodes}
+                row.update(splits=g.sess.n_splits, **phases)
+                if args.device == "cuda":
+                    try:
+                        row.update(_torch_profile(g, 50))
+                    except Exception as e:  # the phases above stand on their own
+                        row["profile_error"] = f"{type(e).__name__}: {e}"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
