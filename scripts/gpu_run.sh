@@ -4,7 +4,14 @@
 # skipped), the CUDA parity tables and the benchmarks, each step skipped when
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
-#   OUT=... bash scripts/gpu_run.sh [build] [tests] [parity] [bench] [graphs]
+#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [graphs] [parity] [bench] [pack]
+#
+# The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
+# the built libraries (xz, in 15 MB parts); put them together here with
+#   mkdir -p .prebuilt && cat native_lib.tar.xz.* > .prebuilt/native_lib.tar.xz
+# (.prebuilt/ is git-ignored, never committed) and carry .prebuilt instead of
+# third_party: a call without `build` then unpacks them, and .prebuilt/libtinynn.so,
+# when present, replaces the shim (it builds on any machine, no CUDA needed).
 #
 # Results land in $OUT (default build/gpu_out): run.log, tests.log (whole) and
 # results.tgz (parity and bench JSON; the device tool returns at most 8 files).
@@ -38,6 +45,12 @@ step() {
     nvcc --version | tail -1
     python3 -c 'import torch, transformers, numpy; print("torch", torch.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__)'
     lscpu | grep -m1 "Model name"
+    if ! has build && [ -f .prebuilt/native_lib.tar.xz ]; then
+        stamp "prebuilt libraries"
+        mkdir -p build/native && xz -dc .prebuilt/native_lib.tar.xz | tar -x -C build/native
+        if [ -f .prebuilt/libtinynn.so ]; then cp .prebuilt/libtinynn.so build/native/lib/; fi
+        ls build/native/lib
+    fi
     if has build; then
         stamp build
         cmake -S native -B build/native -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
@@ -56,6 +69,10 @@ step() {
     if has bench; then
         step "bench gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 \
             --json "$RES/bench_gpt2_h200.json" 2>&1 | tail -22
+    fi
+    if has profile; then
+        step profile 90 python3 scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
+            --dtypes f16 q8_0 f32 --json "$RES/profile_h200.json" 2>&1 | tail -8
     fi
     if has graphs; then
         # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay
@@ -77,6 +94,11 @@ step() {
         step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$RES/xl" 2>&1 | tail -12
         step "parity hf" 40 bash -c "python3 scripts/hf_small_folder.py /tmp/hf_small &&
             python3 -m gpt2 parity hf --model /tmp/hf_small --device cuda" 2>&1 | tail -20
+    fi
+    if has pack; then
+        stamp pack
+        tar -C build/native -c lib | xz -T0 -6 | split -b 15M -d - "$OUT/native_lib.tar.xz."
+        ls -la "$OUT"
     fi
     stamp end
     tar -czf "$OUT/results.tgz" -C "$RES" .
