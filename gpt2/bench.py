@@ -59,12 +59,31 @@ def _stats(ms: list[float]) -> dict:
     }
 
 
+# A GPU idles at low clocks and takes a fraction of a second of steady work to
+# reach its working clock: a few warm-up steps (a few ms) measured the H200
+# at half speed (bench/NOTES.md). Every timed loop warms up this long first.
+WARMUP_SECONDS = 0.5
+
+
+def _warm_up(run_once, min_runs: int) -> None:
+    """Calls run_once() at least min_runs times and for WARMUP_SECONDS."""
+    t0 = time.perf_counter()
+    runs = 0
+    while runs < min_runs or time.perf_counter() - t0 < WARMUP_SECONDS:
+        run_once()
+        runs += 1
+
+
 # -- ours ---------------------------------------------------------------------
 def ours_decode(engine: FastGPT2, prompt_len: int, new_tokens: int, warmup: int = 8) -> dict:
     prompt = list(range(1, prompt_len + 1))
-    token = engine.start_greedy(prompt)
-    for _ in range(warmup):  # builds and warms the decode graph, then restart
-        token = engine.step_greedy(token)
+
+    def generate() -> None:  # builds and warms the decode graph
+        token = engine.start_greedy(prompt)
+        for _ in range(max(warmup, new_tokens)):
+            token = engine.step_greedy(token)
+
+    _warm_up(generate, 1)
     token = engine.start_greedy(prompt)
     times = []
     for _ in range(new_tokens):
@@ -82,6 +101,7 @@ def ours_prefill(engine: FastGPT2, n_tokens: int, repeats: int = 10) -> dict:
     t0 = time.perf_counter()
     engine.start_greedy(prompt)  # builds the graph
     build_ms = (time.perf_counter() - t0) * 1e3
+    _warm_up(lambda: engine.start_greedy(prompt), 2)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -94,9 +114,13 @@ def ours_prefill(engine: FastGPT2, n_tokens: int, repeats: int = 10) -> dict:
 
 def ours_batch(engine: FastGPT2, n_seq: int, prompt_len: int, new_tokens: int) -> dict:
     prompts = [[(b + i) % 1000 + 1 for i in range(prompt_len)] for b in range(n_seq)]
-    tokens = engine.start_batch(prompts)
-    for _ in range(4):
-        tokens = engine.step_batch_greedy(tokens)
+
+    def generate() -> None:
+        tokens = engine.start_batch(prompts)
+        for _ in range(new_tokens):
+            tokens = engine.step_batch_greedy(tokens)
+
+    _warm_up(generate, 1)
     tokens = engine.start_batch(prompts)
     times = []
     for _ in range(new_tokens):
@@ -139,11 +163,14 @@ def hf_decode(model, prompt_len: int, new_tokens: int, n_seq: int = 1, warmup: i
     ids = torch.arange(1, prompt_len + 1, device=device).repeat(n_seq, 1)
     times = []
     with torch.no_grad():
+        t_start = time.perf_counter()
         for rep in range(2):
             out = model(input_ids=ids, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            steps = warmup if rep == 0 else new_tokens
-            for _ in range(steps):
+            for step in range(new_tokens):
+                warm = step >= warmup and time.perf_counter() - t_start >= WARMUP_SECONDS
+                if rep == 0 and warm:
+                    break
                 sync()
                 t0 = time.perf_counter()
                 out = model(input_ids=nxt, past_key_values=past, use_cache=True)
@@ -163,15 +190,18 @@ def hf_prefill(model, n_tokens: int, repeats: int = 10) -> dict:
     device = next(model.parameters()).device
     ids = torch.arange(n_tokens, device=device).unsqueeze(0) % model.config.vocab_size
     times = []
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        out.logits[:, -1].argmax(-1).cpu()
+        return (time.perf_counter() - t0) * 1e3
+
     with torch.no_grad():
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True)
-            out.logits[:, -1].argmax(-1).cpu()
-            if i >= 2:
-                times.append((time.perf_counter() - t0) * 1e3)
+        _warm_up(once, 2)
+        times = [once() for _ in range(repeats)]
     return _stats(times)
 
 
@@ -254,6 +284,14 @@ def hf_compiled_decode(
         token = decoder.step(token)
     sync()
     warmup_ms = (time.perf_counter() - t0) * 1e3
+
+    def generate() -> None:  # compiled by now: this warms the GPU's clocks
+        token = decoder.start(prompt)
+        for _ in range(new_tokens):
+            token = decoder.step(token)
+        sync()
+
+    _warm_up(generate, 1)
     token = decoder.start(prompt)
     times = []
     for _ in range(new_tokens):

@@ -5,10 +5,15 @@ What makes it fast (bench/NOTES.md has the measurements):
   (W' = diag(gamma) W, b' = b + beta W), so a norm is one node; the final one
   is folded into a separate unembedding matrix and bias.
 - One fused QKV matmul per layer; Q, K and V are views of its output.
-- K and V rows go into f16 caches with set_rows at runtime row indices, and
-  attention is one flash_attn_ext over the cache with a mask; the mask is a
+- K and V of a position go together into one row of the layer's f16 cache
+  (one set_rows at runtime row indices: K | V are adjacent in the QKV output),
+  and attention is one flash_attn_ext over the cache with a mask; the mask is a
   row of a persistent causal table picked by position (get_rows), so nothing
   but one small int32 vector is uploaded per step.
+- Except for f32 weights on CUDA, which compute in f32 throughout: ggml-cuda's
+  flash attention reads K and V as f16, so attention there is softmax(K^T Q) V
+  as separate nodes over f32 caches (`exact_attention`), and prefills of 4..16
+  tokens are padded off ggml-cuda's TF32 kernel (`pad_prefill`, TF32_COLUMNS).
 - Each graph (prefill of T tokens; decode of B sequences over a context
   bucket) is built once in its own forked session and then recomputed with
   new inputs, which lets ggml-cuda replay it as a CUDA graph.
@@ -36,6 +41,10 @@ from tinynn import Session, Tensor
 F32, F16 = 4, 2  # bytes
 WEIGHT_DTYPES = ("f32", "f16", "q8_0")
 MAX_PREFILL_GRAPHS = 4  # prefill graphs kept, by token count (least recently used go)
+# ggml-cuda multiplies an f32 matrix by 4..16 columns with its mmf kernel on
+# TF32 tensor cores (10-bit mantissas); 1..3 columns (mmvf) and 17 or more
+# (cuBLAS, strict f32 in our shim) stay f32. Hence prefills padded to 17.
+TF32_COLUMNS = range(4, 17)
 
 
 @dataclass
@@ -48,8 +57,7 @@ class _Layer:
     b_fc: Tensor  # [d_ff]
     w_proj: Tensor  # [d_ff, d]
     b_proj: Tensor  # [d]
-    k_cache: Tensor  # kv_dtype [d, n_ctx * B]
-    v_cache: Tensor  # kv_dtype [d, n_ctx * B]
+    kv_cache: Tensor  # kv_dtype [2d, n_ctx * B]: row p holds K | V of position p
 
 
 @dataclass
@@ -57,7 +65,7 @@ class _Graph:
     """One built and realized graph in its own forked session."""
 
     sess: Session
-    ints: Tensor  # i32 [3N]: tokens | positions | cache rows
+    ints: Tensor  # i32 [3N (+B)]: tokens | positions | cache rows (| last rows)
     out_ids: Tensor  # i32 [rows]: argmax of each logits row
     logits: Tensor  # f32 [V, rows]: kept for sampling and logits()
     n_tokens: int
@@ -79,6 +87,10 @@ class FastGPT2:
 
     ``n_ctx`` bounds positions (default: the model's context); ``max_batch``
     is how many sequences ``decode_batch`` may run together.
+    ``exact_attention`` (softmax(K^T Q) V in f32 over f32 caches instead of
+    flash attention) and ``pad_prefill`` (prefills of 4..16 tokens computed
+    as 17) default to on for f32 weights on CUDA and off elsewhere; True or
+    False forces them, on any device.
     """
 
     def __init__(
@@ -90,6 +102,8 @@ class FastGPT2:
         n_ctx: int | None = None,
         max_batch: int = 1,
         n_threads: int | None = None,
+        exact_attention: bool | None = None,
+        pad_prefill: bool | None = None,
     ):
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
@@ -100,9 +114,14 @@ class FastGPT2:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device, self.dtype, self.max_batch = device, dtype, max_batch
+        cuda_f32 = device == "cuda" and dtype == "f32"
+        self.exact_attention = cuda_f32 if exact_attention is None else exact_attention
+        self.pad_prefill = cuda_f32 if pad_prefill is None else pad_prefill
         # ggml-cuda's flash attention reads f16 K/V (it would convert f32 every
-        # step); on the CPU an f32 model keeps an f32 cache, for parity.
-        self.kv_dtype = "f32" if device == "cpu" and dtype == "f32" else "f16"
+        # step); on the CPU an f32 model keeps an f32 cache, for parity, and so
+        # does exact attention.
+        cpu_f32 = device == "cpu" and dtype == "f32"
+        self.kv_dtype = "f32" if cpu_f32 or self.exact_attention else "f16"
         self.root = Session(device, n_threads=n_threads)
         try:
             self._declare(dtype)
@@ -112,6 +131,7 @@ class FastGPT2:
         except BaseException:
             self.root.close()
             raise
+        # by (sequences, tokens computed per sequence, all logits)
         self._prefill_graphs: OrderedDict[tuple[int, int, bool], _Graph] = OrderedDict()
         self._decode: dict[tuple[int, int], _Graph] = {}
         self._positions: list[int] = []  # next position of each sequence
@@ -142,8 +162,7 @@ class FastGPT2:
                 b_fc=s.input_typed_persistent("f32", (c.d_ff,)),
                 w_proj=self._weight(dtype, c.d_ff, d),
                 b_proj=s.input_typed_persistent("f32", (d,)),
-                k_cache=s.input_typed_persistent(self.kv_dtype, (d, rows)),
-                v_cache=s.input_typed_persistent(self.kv_dtype, (d, rows)),
+                kv_cache=s.input_typed_persistent(self.kv_dtype, (2 * d, rows)),
             )
             for _ in range(c.n_layer)
         ]
@@ -189,44 +208,53 @@ class FastGPT2:
     # -- graphs -------------------------------------------------------------------
     def _build(self, n_seq: int, n_q: int, n_kv: int, last_only: bool) -> _Graph:
         """A graph for n_seq sequences of n_q new tokens each, attending over
-        the first n_kv cache rows of each sequence."""
+        the first n_kv cache rows of each sequence. last_only: logits of one
+        token per sequence, picked by a runtime index (the real last token of
+        a padded prompt)."""
         c, d, dh, nh = self.config, self.config.n_embd, self.config.d_head, self.config.n_head
         n = n_seq * n_q
         s = self.root.fork()
         try:
-            ints = s.input_typed("i32", (3 * n,))
+            ints = s.input_typed("i32", (3 * n + (n_seq if last_only else 0),))
             tokens = s.view_1d(ints, n, 0)
             positions = s.view_1d(ints, n, n * 4)
             rows = s.view_1d(ints, n, 2 * n * 4)
             x = s.add(s.get_rows(self.wte, tokens), s.get_rows(self.wpe, positions))  # [d, N]
             mask = s.get_rows(self.mask_table, positions)  # [n_ctx, N]
             mask = s.view_2d(mask, n_kv, n, self.n_ctx * F32, 0)  # [n_kv, N]
-            mask = s.reshape(s.cast(mask, "f16"), n_kv, n_q, 1, n_seq)
+            # soft_max_ext takes the f32 mask; flash attention wants f16
+            mask = s.cont(mask) if self.exact_attention else s.cast(mask, "f16")
+            mask = s.reshape(mask, n_kv, n_q, 1, n_seq)  # broadcast over heads
+            scale = 1.0 / math.sqrt(dh)
             kv_size = F32 if self.kv_dtype == "f32" else F16
-            seq_stride = self.n_ctx * d * kv_size
+            seq_stride = self.n_ctx * 2 * d * kv_size
             for layer in self.layers:
                 h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
                 qkv = s.add(s.matmul(layer.w_qkv, h), layer.b_qkv)  # [3d, N]
                 q = s.view_4d(
                     qkv, (dh, n_q, nh, n_seq), (3 * d * F32, dh * F32, n_q * 3 * d * F32), 0
                 )
-                k_new = s.view_2d(qkv, d, n, 3 * d * F32, d * F32)  # [d, N]
-                v_new = s.view_2d(qkv, d, n, 3 * d * F32, 2 * d * F32)  # [d, N]
-                k_all = s.set_rows(layer.k_cache, k_new, rows)  # the cache, written
-                v_all = s.set_rows(layer.v_cache, v_new, rows)
+                # K | V are adjacent in each qkv row: one cache write for both
+                kv_new = s.view_2d(qkv, 2 * d, n, 3 * d * F32, d * F32)  # [2d, N]
+                kv_all = s.set_rows(layer.kv_cache, kv_new, rows)  # the cache, written
                 kv_shape = (dh, n_kv, nh, n_seq)
-                kv_strides = (d * kv_size, dh * kv_size, seq_stride)
-                k = s.view_4d(k_all, kv_shape, kv_strides, 0)  # [dh, n_kv, nh, B]
-                v = s.view_4d(v_all, kv_shape, kv_strides, 0)
-                attn = s.flash_attn_ext(q, k, v, mask, 1.0 / math.sqrt(dh))  # [dh, nh, n_q, B]
+                kv_strides = (2 * d * kv_size, dh * kv_size, seq_stride)
+                k = s.view_4d(kv_all, kv_shape, kv_strides, 0)  # [dh, n_kv, nh, B]
+                v = s.view_4d(kv_all, kv_shape, kv_strides, d * kv_size)
+                if self.exact_attention:
+                    kq = s.soft_max_ext(s.matmul(k, q), mask, scale)  # [n_kv, n_q, nh, B]
+                    v_t = s.cont(s.permute(v, 1, 0, 2, 3))  # [n_kv, dh, nh, B]
+                    attn = s.matmul(v_t, kq)  # [dh, n_q, nh, B]
+                    attn = s.cont(s.permute(attn, 0, 2, 1, 3))  # [dh, nh, n_q, B]
+                else:
+                    attn = s.flash_attn_ext(q, k, v, mask, scale)  # [dh, nh, n_q, B]
                 attn = s.reshape(attn, d, n)  # [d, N]
                 x = s.add(x, s.add(s.matmul(layer.w_o, attn), layer.b_o))
                 h = s.layer_norm(x, None, None, c.layer_norm_epsilon)
                 u = s.gelu_exact(s.add(s.matmul(layer.w_fc, h), layer.b_fc))  # [d_ff, N]
                 x = s.add(x, s.add(s.matmul(layer.w_proj, u), layer.b_proj))  # [d, N]
-            if last_only:  # only the last token of each sequence needs logits
-                x = s.view_2d(x, d, n_seq, n_q * d * F32, (n_q - 1) * d * F32)
-                x = s.cont(x)  # [d, n_seq]
+            if last_only:  # only the last real token of each sequence needs logits
+                x = s.get_rows(x, s.view_1d(ints, n_seq, 3 * n * 4))  # [d, n_seq]
             x = s.layer_norm(x, None, None, c.layer_norm_epsilon)
             logits = s.add(s.matmul(self.lm_head, x), self.lm_bias)  # [V, rows]
             s.set_output(logits)
@@ -237,8 +265,9 @@ class FastGPT2:
             raise
         return _Graph(s, ints, out_ids, logits, n)
 
-    def _run(self, g: _Graph, tokens, positions, rows) -> None:
-        g.ints.upload(np.concatenate([tokens, positions, rows]).astype(np.int32))
+    def _run(self, g: _Graph, *ints: np.ndarray) -> None:
+        """Uploads tokens, positions, cache rows (and last rows) and computes."""
+        g.ints.upload(np.concatenate(ints).astype(np.int32))
         g.sess.compute()
 
     def _prefill_graph(self, n_seq: int, n_q: int, all_logits: bool) -> _Graph:
@@ -265,7 +294,8 @@ class FastGPT2:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits [T, vocab] of every position of one sequence from position 0."""
-        return self._logit_rows(self._prefill([token_ids], all_logits=True))
+        rows = self._logit_rows(self._prefill([token_ids], all_logits=True))
+        return rows[: len(token_ids)]  # without the padding
 
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Prefill one sequence; logits [vocab] of its last token."""
@@ -283,12 +313,29 @@ class FastGPT2:
         if any(len(i) != t for i in ids):
             raise ValueError("prompts of one batch must have the same number of tokens")
         n_seq = len(ids)
-        g = self._prefill_graph(n_seq, t, all_logits)
-        positions = np.tile(np.arange(t), n_seq)
-        rows = np.repeat(np.arange(n_seq) * self.n_ctx, t) + positions
-        self._run(g, np.concatenate(ids), positions, rows)
+        n_q = self._prefill_length(n_seq, t)
+        g = self._prefill_graph(n_seq, n_q, all_logits)
+        # Padding: id 0 at positions t..n_q-1, written to those cache rows of its
+        # own sequence. Real queries never attend past themselves, and decode at
+        # position p overwrites row p before any query reads it.
+        tokens = np.zeros((n_seq, n_q), dtype=np.int32)
+        tokens[:, :t] = ids
+        positions = np.tile(np.arange(n_q), n_seq)
+        rows = np.repeat(np.arange(n_seq) * self.n_ctx, n_q) + positions
+        ints = [tokens.reshape(-1), positions, rows]
+        if not all_logits:
+            ints.append(np.arange(n_seq) * n_q + t - 1)  # the real last tokens
+        self._run(g, *ints)
         self._positions = [t] * n_seq
         return g
+
+    def _prefill_length(self, n_seq: int, t: int) -> int:
+        """Tokens per sequence that a prefill of n_seq prompts of t computes:
+        t, or 17 where its products would have 4..16 columns (TF32_COLUMNS)
+        and pad_prefill is on. With n_ctx < 17 there is no room: t (TF32)."""
+        padded = TF32_COLUMNS.stop
+        tf32 = t in TF32_COLUMNS or n_seq * t in TF32_COLUMNS  # attention, weights
+        return padded if self.pad_prefill and tf32 and padded <= self.n_ctx else t
 
     def step(self, token_id: int) -> np.ndarray:
         return self._logit_rows(self._step_graph([token_id]))[0]

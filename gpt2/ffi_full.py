@@ -4,7 +4,8 @@ One ggml graph for a fixed sequence length T_SEQ: token + position
 embeddings, pre-LN blocks with per-head attention (RUBY_ENGINE.md 2.1 and 3),
 the final LayerNorm and the tied unembedding, computed for all T_SEQ
 positions. Prompts shorter than T_SEQ are right-padded with id 0; the causal
-mask keeps the padding out of the real positions.
+mask keeps the padding out of the real positions. The CUDA class computes a
+T_SEQ of 4..16 as 17 positions, which keeps its products in strict f32.
 
 `gelu="ggml"` builds the original graph exactly (ggml_gelu, an f16 table on
 the CPU: about 1e-3 from f64); the default "exact" keeps GELU in f32.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpt2.engine import TF32_COLUMNS
 from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
@@ -32,13 +34,14 @@ class GPT2FullForwardFFICache(PortEngine):
     """Full-forward GPT-2 on the CPU backend (see module doc)."""
 
     DEVICE = "cpu"
+    PAD_PAST_TF32 = False  # compute a T_SEQ in TF32_COLUMNS as 17 positions
 
     def __init__(self, n_threads: int | None = None, gelu: str = "exact"):
         self.sess: Session | None = None
         self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
         self.realized = False
-        self.t_seq = self.d_model = self.d_ff = self.n_heads = 0
+        self.t_seq = self.t_graph = self.d_model = self.d_ff = self.n_heads = 0
         self.d_head = self.n_layers = self.vocab_size = 0
         self.gpt2_blocks_ffi: list[GPT2BlockFFI] = []
         self._ids: list[int] = []
@@ -84,18 +87,20 @@ class GPT2FullForwardFFICache(PortEngine):
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.t_seq, self.d_model, self.d_ff = t_seq, d_model, d_ff
+        pad = self.PAD_PAST_TF32 and t_seq in TF32_COLUMNS
+        self.t_graph = TF32_COLUMNS.stop if pad else t_seq  # positions computed, T
         self.n_heads, self.d_head = n_heads, d_model // n_heads
         self.n_layers, self.vocab_size, self.eps = n_layers, vocab_size, layer_norm_epsilon
 
         sess = self.sess = Session(self.DEVICE, n_threads=self.n_threads)
         self.t_token_embed = sess.input_2d_f32_persistent(vocab_size, d_model)  # [d, V]
-        self.t_pos_slice = sess.input_2d_f32_persistent(t_seq, d_model)  # [d, T_SEQ]
+        self.t_pos_slice = sess.input_2d_f32_persistent(self.t_graph, d_model)  # [d, T]
         self.t_ln_f_gamma = sess.input_1d_f32_persistent(d_model)
         self.t_ln_f_beta = sess.input_1d_f32_persistent(d_model)
         self.gpt2_blocks_ffi = [GPT2BlockFFI(sess, d_model, d_ff, n_heads) for _ in range(n_layers)]
         sess.finalize_weights()
 
-        self.t_token_ids = sess.input_1d_i32(t_seq)  # [T]
+        self.t_token_ids = sess.input_1d_i32(self.t_graph)  # [T]
         x = sess.add(sess.get_rows(self.t_token_embed, self.t_token_ids), self.t_pos_slice)
         self.t_x_embed = sess.set_output(x)  # [d, T]
         for block in self.gpt2_blocks_ffi:
@@ -135,7 +140,10 @@ class GPT2FullForwardFFICache(PortEngine):
         if self.t_seq > c.n_positions:
             raise ValueError(f"T_SEQ={self.t_seq} exceeds the model's context {c.n_positions}")
         upload_row_major(self.t_token_embed, weights["wte"])
-        upload_row_major(self.t_pos_slice, weights["wpe"][: self.t_seq])
+        wpe = weights["wpe"][: self.t_graph]
+        # a padded T may pass a context shorter than 17: those rows are only padding
+        wpe = np.pad(wpe, ((0, self.t_graph - len(wpe)), (0, 0)))
+        upload_row_major(self.t_pos_slice, wpe)
         upload_row_major(self.t_ln_f_gamma, weights["ln_f.weight"])
         upload_row_major(self.t_ln_f_beta, weights["ln_f.bias"])
         for layer, block in enumerate(self.gpt2_blocks_ffi):
@@ -148,7 +156,7 @@ class GPT2FullForwardFFICache(PortEngine):
         ids = check_ids(token_ids, self.vocab_size)
         if len(ids) > self.t_seq:
             raise ValueError(f"{len(ids)} tokens do not fit in T_SEQ={self.t_seq}")
-        padded = np.zeros(self.t_seq, dtype=np.int32)  # id 0 pads; the mask hides it
+        padded = np.zeros(self.t_graph, dtype=np.int32)  # id 0 pads; the mask hides it
         padded[: len(ids)] = ids
         self.t_token_ids.upload(padded)
         self.sess.compute()
@@ -172,3 +180,6 @@ class GPT2FullForwardFFICacheCuda(GPT2FullForwardFFICache):
     """The same engine on ggml's CUDA backend; raises if CUDA is unavailable."""
 
     DEVICE = "cuda"
+    # ggml-cuda multiplies f32 by 4..16 columns on TF32 tensor cores (see
+    # gpt2.engine.TF32_COLUMNS); 17 columns go to cuBLAS, strict f32.
+    PAD_PAST_TF32 = True

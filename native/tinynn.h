@@ -170,7 +170,8 @@ TNN_API tnn_tensor *tnn_mul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
 /* a * s. */
 TNN_API tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s);
-/* a[i, j] = -inf where i > j + n_past (i along ne0). */
+/* a[i, j] = -inf where i > j + n_past (i along ne0); ggml-cuda writes -FLT_MAX
+ * instead, which softmax turns into 0 all the same. */
 TNN_API tnn_tensor *tnn_diag_mask_inf(tnn_session *sess, tnn_tensor *a, int64_t n_past);
 /* Softmax along ne0. */
 TNN_API tnn_tensor *tnn_softmax(tnn_session *sess, tnn_tensor *a);

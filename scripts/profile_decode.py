@@ -48,7 +48,7 @@ def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
     def us(xs: list[float]) -> float:
         return round(float(np.median(xs)) * 1e6, 1)
 
-    total = [a + b + c for a, b, c in zip(up, comp, down)]
+    total = [a + b + c for a, b, c in zip(up, comp, down, strict=True)]
     phases = {"upload_us": us(up), "compute_us": us(comp), "download_us": us(down)}
     phases["step_us"] = us(total)
     return phases, g
@@ -83,7 +83,9 @@ def _torch_profile(g, steps: int) -> dict:
     return {
         "gpu_kernel_us_per_step": round(gpu_us / steps, 1),
         "kernels_per_step": round(sum(kernels.values()) / steps, 1),
-        "runtime_calls_per_step": {k: round(v / steps, 2) for k, v in runtime_calls.most_common(10)},
+        "runtime_calls_per_step": {
+            k: round(v / steps, 2) for k, v in runtime_calls.most_common(10)
+        },
         "top_kernels": top,
     }
 

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def child_pythonpath() -> str:
     """The checkout first, then whatever path the parent was given."""
     return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
 LONG = os.environ.get("TINYNN_FUZZ_LONG") == "1"
 MEM_LIMIT = 6 << 30  # bytes of address space a fuzz child may map
 
