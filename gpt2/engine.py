@@ -245,7 +245,8 @@ class FastGPT2:
                     kq = s.soft_max_ext(s.matmul(k, q), mask, scale)  # [n_kv, n_q, nh, B]
                     v_t = s.cont(s.permute(v, 1, 0, 2, 3))  # [n_kv, dh, nh, B]
                     attn = s.matmul(v_t, kq)  # [dh, n_q, nh, B]
-                    attn = s.cont(s.permute(attn, 0, 2, 1, 3))  # [dh, nh, n_q, B]
+                    if n_q > 1:  # with one query both orders are the same memory
+                        attn = s.cont(s.permute(attn, 0, 2, 1, 3))  # [dh, nh, n_q, B]
                 else:
                     attn = s.flash_attn_ext(q, k, v, mask, scale)  # [dh, nh, n_q, B]
                 attn = s.reshape(attn, d, n)  # [d, N]

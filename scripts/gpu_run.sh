@@ -5,7 +5,7 @@
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
 #   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [graphs] [parity] [bench]
-#                                   [bench-xl] [parity-xl] [pack]
+#                                   [bench-xl] [bench-f32] [parity-xl] [pack]
 #
 # The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
 # the built libraries (xz, in 15 MB parts); put them together here with
@@ -72,12 +72,14 @@ step() {
             --dtypes f16 q8_0 f32 --json "$RES/profile_h200.json" 2>&1 | tail -8
     fi
     if has graphs; then
-        # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay
-        for g in 0 1; do
-            GGML_CUDA_DISABLE_GRAPHS=$g step "decode, GGML_CUDA_DISABLE_GRAPHS=$g" 20 \
-                python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f16 --workloads decode \
-                --no-hf --json "$RES/graphs_$g.json" 2>&1 | tail -4
-        done
+        # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay.
+        # ggml-cuda turns graphs off when the variable is set at all, even to 0.
+        step "decode, CUDA graphs on" 20 env -u GGML_CUDA_DISABLE_GRAPHS python3 -m gpt2.bench \
+            --device cuda --shapes gpt2 --dtypes f16 --workloads decode --no-hf \
+            --json "$RES/graphs_on.json" 2>&1 | tail -4
+        step "decode, CUDA graphs off" 20 env GGML_CUDA_DISABLE_GRAPHS=1 python3 -m gpt2.bench \
+            --device cuda --shapes gpt2 --dtypes f16 --workloads decode --no-hf \
+            --json "$RES/graphs_off.json" 2>&1 | tail -4
     fi
     if has parity; then
         step "parity gpt2" 40 python3 scripts/cuda_parity.py --shapes gpt2 --out "$RES" 2>&1 | tail -12
@@ -95,6 +97,10 @@ step() {
         step "bench gpt2-xl" 150 python3 -m gpt2.bench --device cuda --shapes gpt2-xl \
             --dtypes f16 q8_0 --workloads decode prefill \
             --json "$RES/bench_gpt2-xl_h200.json" 2>&1 | tail -16
+    fi
+    if has bench-f32; then
+        step "bench gpt2 f32 decode" 30 python3 -m gpt2.bench --device cuda --shapes gpt2 \
+            --dtypes f32 --workloads decode --no-hf --json "$RES/bench_gpt2_f32_h200.json" 2>&1 | tail -4
     fi
     if has parity-xl; then
         step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$RES/xl" 2>&1 | tail -12
