@@ -59,9 +59,8 @@ def _stats(ms: list[float]) -> dict:
     }
 
 
-# A GPU idles at low clocks and takes a fraction of a second of steady work to
-# reach its working clock: a few warm-up steps (a few ms) measured the H200
-# at half speed (bench/NOTES.md). Every timed loop warms up this long first.
+# A GPU may idle at lower clocks and a few warm-up steps are only milliseconds
+# of work, so every timed loop (ours and HF's) first runs this long.
 WARMUP_SECONDS = 0.5
 
 

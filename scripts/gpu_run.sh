@@ -70,6 +70,9 @@ step() {
     if has profile; then
         step profile 90 python3 scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
             --dtypes f16 q8_0 f32 --json "$RES/profile_h200.json" 2>&1 | tail -8
+        step "profile prefill" 60 python3 scripts/profile_decode.py --device cuda \
+            --shapes gpt2 gpt2-xl --dtypes f16 --prefill 1024 \
+            --json "$RES/profile_prefill_h200.json" 2>&1 | tail -4
     fi
     if has graphs; then
         # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay.

@@ -1,7 +1,7 @@
-"""Where the time of one decode step goes, on random weights.
+"""Where the time of one decode step (or one prefill) goes, on random weights.
 
     python scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
-        --dtypes f16 q8_0 f32 --json OUT.json
+        --dtypes f16 q8_0 f32 [--prefill 1024] --json OUT.json
 
 For each (shape, dtype): the decode graph's node and split counts; the host
 time of the step's three phases (upload of the 12-byte input, compute, 4-byte
@@ -9,6 +9,7 @@ download), each timed alone over many steps; and, where torch is importable
 and the device is CUDA, torch.profiler's view of the same steps: GPU kernel
 time per step, kernels per step, the launches the host made (cudaGraphLaunch
 means ggml-cuda replayed a CUDA graph) and the kernels that cost most.
+With --prefill N the step is a prefill of N tokens (its graph, same measures).
 """
 
 from __future__ import annotations
@@ -54,12 +55,34 @@ def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
     return phases, g
 
 
-def _torch_profile(g, steps: int) -> dict:
+def _prefill_phases(engine: FastGPT2, n_tokens: int, steps: int) -> tuple[dict, object, np.ndarray]:
+    """Median microseconds of a prefill of n_tokens (last token's logits only)."""
+    prompt = [(i * 7) % engine.config.vocab_size for i in range(n_tokens)]
+    engine.start_greedy(prompt)  # builds the graph
+    n_q = engine._prefill_length(1, n_tokens)
+    g = engine._prefill_graph(1, n_q, False)
+    # what start_greedy uploads (FastGPT2._prefill): tokens, positions, cache rows, last row
+    tokens = np.zeros(n_q, np.int32)
+    tokens[:n_tokens] = prompt
+    ints = np.concatenate([tokens, np.arange(n_q), np.arange(n_q), [n_tokens - 1]])
+    ints = ints.astype(np.int32)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        g.ints.upload(ints)
+        g.sess.compute()
+        g.out_ids.download()
+        times.append(time.perf_counter() - t0)
+    return {"step_us": round(float(np.median(times)) * 1e6, 1)}, g, ints
+
+
+def _torch_profile(g, steps: int, ints: np.ndarray | None = None) -> dict:
     """Kernel time and launches per step as CUPTI saw them."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    ints = np.array([1, PROMPT, PROMPT], np.int32)
+    if ints is None:
+        ints = np.array([1, PROMPT, PROMPT], np.int32)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             g.ints.upload(ints)
@@ -96,6 +119,7 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", default=["gpt2"], choices=sorted(SHAPES))
     p.add_argument("--dtypes", nargs="+", default=["f16"])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--prefill", type=int, default=0, help="profile a prefill of N tokens")
     p.add_argument("--json")
     args = p.parse_args()
     rows = []
@@ -103,12 +127,17 @@ def main() -> None:
         weights = random_weights(SHAPES[shape])
         for dtype in args.dtypes:
             with FastGPT2(weights, args.device, dtype) as engine:
-                phases, g = _phases(engine, args.steps)
-                row = {"shape": shape, "dtype": dtype, "nodes": g.sess.n_nodes}
+                ints = None
+                if args.prefill:
+                    phases, g, ints = _prefill_phases(engine, args.prefill, args.steps // 10)
+                else:
+                    phases, g = _phases(engine, args.steps)
+                what = f"prefill {args.prefill}" if args.prefill else "decode b1"
+                row = {"shape": shape, "dtype": dtype, "workload": what, "nodes": g.sess.n_nodes}
                 row.update(splits=g.sess.n_splits, **phases)
                 if args.device == "cuda":
                     try:
-                        row.update(_torch_profile(g, 50))
+                        row.update(_torch_profile(g, 10 if args.prefill else 50, ints))
                     except Exception as e:  # the phases above stand on their own
                         row["profile_error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)
