@@ -666,6 +666,10 @@ static tnn_tensor *compute_input(tnn_session *sess, int type, int64_t ne0, int64
     if (!check_new_shape(type, ne, func)) return NULL;
     struct ggml_tensor *t = new_tensor(sess->ctx, type, ne);
     ggml_set_input(t);
+    /* ggml's allocator frees an input after its last reader and hands the memory
+     * to later nodes: an input not uploaded again would then feed the next compute
+     * whatever landed there. Outputs are never reused, so inputs keep their values. */
+    ggml_set_output(t);
     return t;
 }
 

@@ -140,6 +140,8 @@ TNN_API int tnn_finalize_weights(tnn_session *sess);
 TNN_API int64_t tnn_weights_nbytes(tnn_session *sess);
 
 /* ---- compute inputs (values uploaded after tnn_realize) ---------------- */
+/* An input keeps the value last uploaded for every later compute: upload only
+ * the inputs that change between computes. */
 
 /* I32 ne = [n]. */
 TNN_API tnn_tensor *tnn_input_1d_i32(tnn_session *sess, int64_t n);

@@ -58,6 +58,24 @@ def test_one_graph_computed_50_times(device):
         assert s.n_nodes == n_nodes
 
 
+def test_inputs_keep_their_values_across_computes(device):
+    """An input uploaded once feeds every later compute, even when the graph's
+    intermediate results outgrow it (the allocator must not reuse its memory)."""
+    with tinynn.Session(device) as s:
+        a = s.input_2d_f32(4, 64)
+        b = s.input_2d_f32(4, 64)
+        y = s.set_output(s.scale(s.gelu(s.add(a, b)), 2.0))
+        s.realize(y)
+        a.upload(np.ones((4, 64), np.float32))
+        b.upload(np.full((4, 64), 2.0, np.float32))
+        s.compute()
+        first = y.download().copy()
+        assert_close(a.download(), np.ones((4, 64)), 0.0, f"{device} a after compute")
+        b.upload(np.full((4, 64), 2.0, np.float32))  # b again, a not
+        s.compute()
+        assert_close(y.download(), first, 0.0, f"{device} second compute")
+
+
 def test_ops_on_inputs_alone_run_on_the_session_device(device):
     """A graph that reads only compute inputs is one split on the session's
     backend (ggml's scheduler would otherwise run it on the CPU beside a GPU)."""
