@@ -20,7 +20,7 @@ import numpy as np
 from gpt2.engine import FastGPT2
 from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
-from gpt2.generate import generate_ids, stream_text
+from gpt2.generate import generate_ids, greedy_generate_batch, stream_text
 from gpt2.resolve import resolve_model
 from gpt2.weights import GPT2Weights, LoadedModel, load_model
 from tinynn import cuda_available, cuda_unavailable_reason
@@ -76,6 +76,35 @@ class GPT2Model:
             raise ValueError("stop strings need a text prompt")
         eos = self.tokenizer.eos_id if self.tokenizer else None
         return list(generate_ids(self.engine, list(prompt), max_new_tokens, eos_id=eos, **kw))
+
+    def generate_batch(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 50
+    ) -> list[str] | list[list[int]]:
+        """Greedy continuations of several prompts decoded together, for
+        throughput: texts for text prompts, new ids for id lists. Each equals
+        generate() of that prompt alone. Needs the fast engine loaded with
+        max_batch >= len(prompts)."""
+        if not isinstance(self.engine, FastGPT2):
+            raise ValueError(
+                f"generate_batch needs engine='fast', this model runs {self.engine_name!r}"
+            )
+        if len(prompts) > self.engine.max_batch:
+            raise ValueError(
+                f"{len(prompts)} prompts, the model was loaded with max_batch="
+                f"{self.engine.max_batch}: gpt2.load(..., max_batch={len(prompts)})"
+            )
+        texts = [isinstance(p, str) for p in prompts]
+        if any(texts) and not all(texts):
+            raise ValueError("give all prompts as text or all as token ids, not a mix")
+        eos = self.tokenizer.eos_id if self.tokenizer else None
+        if not any(texts):
+            ids = [list(p) for p in prompts]
+            return greedy_generate_batch(self.engine, ids, max_new_tokens, eos_id=eos)
+        if self.tokenizer is None:
+            raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        outs = greedy_generate_batch(self.engine, ids, max_new_tokens, eos_id=eos)
+        return [self.tokenizer.decode([t for t in out if t != eos]) for out in outs]
 
     def stream(self, prompt: str, max_new_tokens: int = 50, **kw) -> Iterator[str]:
         """Yields pieces of the continuation's text as they are produced."""

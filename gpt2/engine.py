@@ -306,28 +306,31 @@ class FastGPT2:
         return int(self._prefill([prompt_ids]).out_ids.download()[0])
 
     def _prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> _Graph:
-        """Runs the prompts (equal lengths) from position 0 in one graph."""
+        """Runs the prompts from position 0 in one graph, sequence i into cache
+        slot i. Shorter prompts are padded to the longest (all_logits: one
+        prompt only)."""
         if not 1 <= len(prompts) <= self.max_batch:
-            raise ValueError(f"{len(prompts)} sequences, this model holds 1..{self.max_batch}")
+            raise ValueError(
+                f"{len(prompts)} sequences, this model holds 1..{self.max_batch} (max_batch)"
+            )
         ids = [self._check_prompt(p) for p in prompts]
-        t = len(ids[0])
-        if any(len(i) != t for i in ids):
-            raise ValueError("prompts of one batch must have the same number of tokens")
+        lengths = np.array([len(i) for i in ids])
         n_seq = len(ids)
-        n_q = self._prefill_length(n_seq, t)
+        n_q = self._prefill_length(n_seq, int(lengths.max()))
         g = self._prefill_graph(n_seq, n_q, all_logits)
         # Padding: id 0 at positions t..n_q-1, written to those cache rows of its
         # own sequence. Real queries never attend past themselves, and decode at
         # position p overwrites row p before any query reads it.
         tokens = np.zeros((n_seq, n_q), dtype=np.int32)
-        tokens[:, :t] = ids
+        for i, seq in enumerate(ids):
+            tokens[i, : len(seq)] = seq
         positions = np.tile(np.arange(n_q), n_seq)
         rows = np.repeat(np.arange(n_seq) * self.n_ctx, n_q) + positions
         ints = [tokens.reshape(-1), positions, rows]
         if not all_logits:
-            ints.append(np.arange(n_seq) * n_q + t - 1)  # the real last tokens
+            ints.append(np.arange(n_seq) * n_q + lengths - 1)  # the real last tokens
         self._run(g, *ints)
-        self._positions = [t] * n_seq
+        self._positions = lengths.tolist()
         return g
 
     def _prefill_length(self, n_seq: int, t: int) -> int:
@@ -345,7 +348,8 @@ class FastGPT2:
         return int(self._step_graph([token_id]).out_ids.download()[0])
 
     def start_batch(self, prompts: Sequence[Sequence[int]]) -> list[int]:
-        """Prefills several sequences of equal length together; their greedy next ids."""
+        """Prefills several sequences together (any lengths); their greedy next
+        ids. Decode then runs them together, each at its own position."""
         return [int(t) for t in self._prefill(prompts).out_ids.download()]
 
     def step_batch_greedy(self, token_ids: Sequence[int]) -> list[int]:

@@ -75,6 +75,37 @@ def greedy_generate(
     return list(generate_ids(engine, prompt_ids, max_new_tokens, eos_id=eos_id))
 
 
+def greedy_generate_batch(
+    engine, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None = None
+) -> list[list[int]]:
+    """Greedy continuations of several prompts decoded together (new ids of
+    each), equal to greedy_generate of each prompt alone. A sequence ends after
+    max_new_tokens or at eos_id (kept); all end when the longest one's next
+    token would need a position past the context. Needs an engine with
+    start_batch / step_batch_greedy (FastGPT2 with max_batch >= len(prompts))."""
+    if not hasattr(engine, "step_batch_greedy"):
+        raise ValueError("decoding several prompts together needs the fast engine")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if len(prompts) == 0:
+        raise ValueError("no prompts: give at least one")
+    out: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens == 0:
+        return out
+    tokens = engine.start_batch(prompts)
+    done = [False] * len(prompts)
+    position = max(len(p) for p in prompts)  # where the longest one's next token goes
+    while True:
+        for i, token in enumerate(tokens):
+            if not done[i]:
+                out[i].append(token)
+                done[i] = token == eos_id or len(out[i]) == max_new_tokens
+        if all(done) or position >= engine.max_positions:
+            return out
+        tokens = engine.step_batch_greedy(tokens)  # finished ones run on, unread
+        position += 1
+
+
 def stream_text(
     engine: StepEngine,
     tokenizer,

@@ -85,6 +85,21 @@ def test_load_rejects_bad_arguments(tiny_model, tmp_path):
         resolve_model("./nowhere/model.gguf")
 
 
+def test_generate_batch_equals_generate_of_each():
+    prompts = ["The list", "Python is a programming", "def"]
+    with gpt2.load(device="cpu", max_batch=3) as model:
+        alone = [model.generate(p, max_new_tokens=12) for p in prompts]
+        assert model.generate_batch(prompts, max_new_tokens=12) == alone
+        ids = [model.tokenizer.encode(p) for p in prompts]
+        assert model.generate_batch(ids, max_new_tokens=5) == [
+            model.generate(i, max_new_tokens=5) for i in ids
+        ]
+        with pytest.raises(ValueError, match="not a mix"):
+            model.generate_batch(["a", [1, 2]], max_new_tokens=2)
+    with gpt2.load(device="cpu") as model, pytest.raises(ValueError, match="max_batch=2"):
+        model.generate_batch(prompts[:2], max_new_tokens=2)
+
+
 def test_generation_stops_at_the_context(tiny_model):
     n = tiny_model.config.n_positions
     with gpt2.load(tiny_model.gguf_llama, device="cpu") as model:

@@ -14,7 +14,7 @@ import pytest
 from gpt2.engine import FastGPT2
 from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
-from gpt2.generate import greedy_generate
+from gpt2.generate import greedy_generate, greedy_generate_batch
 from gpt2.parity import compare, read_dump
 from gpt2.reference import GPT2Reference
 from gpt2.weights import load_model
@@ -140,18 +140,34 @@ def test_fast_engine_decode_continues_prefill(tiny_model, device):
     check_close(np.vstack([first, *steps]), ref[3:], PORT_TOL[device], "prefill + decode")
 
 
-def test_fast_engine_batch_matches_single(tiny_model, device):
+@pytest.mark.parametrize("lengths", [(7, 7, 7), (3, 9, 1)], ids=["equal", "unequal"])
+def test_fast_engine_batch_matches_single(tiny_model, device, lengths):
+    """Sequences decoded together (each at its own position when the prompts
+    differ in length) continue exactly as each does alone."""
     m = tiny_model
-    prompts = [list(_prompt(m.config, 7, seed=s)) for s in range(3)]
+    prompts = [list(_prompt(m.config, t, seed=s)) for s, t in enumerate(lengths)]
     with FastGPT2(m.weights, device, max_batch=3) as fast:
         singles = [greedy_generate(fast, p, 12) for p in prompts]
-        tokens = fast.start_batch(prompts)
-        batch = [[t] for t in tokens]
-        for _ in range(11):
-            tokens = fast.step_batch_greedy(tokens)
-            for seq, t in zip(batch, tokens, strict=True):
-                seq.append(t)
-    assert batch == singles
+        assert greedy_generate_batch(fast, prompts, 12) == singles
+
+
+def test_batch_generation_ends_each_sequence_on_its_own(tiny_model):
+    m = tiny_model
+    prompts = [list(_prompt(m.config, t, seed=s)) for s, t in enumerate((4, 6))]
+    with FastGPT2(m.weights, "cpu", max_batch=2) as fast:
+        alone = [greedy_generate(fast, p, 10) for p in prompts]
+        eos = alone[0][3]  # the first sequence's 4th new token ends it
+        got = greedy_generate_batch(fast, prompts, 10, eos_id=eos)
+        assert got[0] == alone[0][: alone[0].index(eos) + 1]
+        assert got[1] == alone[1][: alone[1].index(eos) + 1] if eos in alone[1] else alone[1]
+        # the longest prompt bounds the batch by the context
+        n = m.config.n_positions
+        long_prompts = [[1] * (n - 3), [2] * 2]
+        got = greedy_generate_batch(fast, long_prompts, 50)
+        assert [len(g) for g in got] == [4, 4]
+        with pytest.raises(ValueError, match="max_batch"):
+            greedy_generate_batch(fast, [[1]] * 3, 4)
+        assert greedy_generate_batch(fast, prompts, 0) == [[], []]
 
 
 def test_engines_reject_bad_input(tiny_model):
