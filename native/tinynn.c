@@ -31,6 +31,7 @@
 #define TNN_MAX_PERSISTENT_TENSORS 16384
 #define TNN_GRAPH_SIZE (TNN_MAX_COMPUTE_TENSORS + TNN_MAX_PERSISTENT_TENSORS)
 #define TNN_MAX_INDEX_INPUTS 4096
+#define TNN_MAX_GRAPH_EXTRAS 4096 /* tnn_add_to_graph calls per graph */
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -254,6 +255,10 @@ struct tnn_session {
     bool realized;
 
     struct tnn_index_input index_inputs[TNN_MAX_INDEX_INPUTS];
+    /* Tensors given to tnn_add_to_graph, expanded into a fresh graph by each
+     * tnn_realize attempt, so a failed attempt leaves no nodes behind. */
+    struct ggml_tensor *graph_extras[TNN_MAX_GRAPH_EXTRAS];
+    int n_graph_extras;
     int n_index_inputs;
 };
 
@@ -1235,7 +1240,11 @@ int tnn_add_to_graph(tnn_session *sess, tnn_tensor *t) {
     CHECK_SESS(sess, TNN_EINVAL);
     CHECK_T(t, TNN_EINVAL);
     if (!not_realized(sess, __func__)) return TNN_ESTATE;
-    ggml_build_forward_expand(sess->graph, t);
+    if (sess->n_graph_extras == TNN_MAX_GRAPH_EXTRAS) {
+        return fail(TNN_ENOMEM, __func__, "more than %d tensors added to one graph",
+                    TNN_MAX_GRAPH_EXTRAS);
+    }
+    sess->graph_extras[sess->n_graph_extras++] = t;
     return TNN_OK;
 }
 
@@ -1267,6 +1276,10 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     CHECK_T(result, TNN_EINVAL);
     if (!not_realized(sess, __func__)) return TNN_ESTATE;
     if (!needs_weights(sess, __func__)) return TNN_ESTATE;
+    if (!new_graph(sess)) return fail(TNN_ENOMEM, __func__, "could not create the graph");
+    for (int i = 0; i < sess->n_graph_extras; i++) {
+        ggml_build_forward_expand(sess->graph, sess->graph_extras[i]);
+    }
     ggml_build_forward_expand(sess->graph, result);
     if (ggml_graph_n_nodes(sess->graph) == 0) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
@@ -1335,6 +1348,7 @@ int tnn_reset_for_rebuild(tnn_session *sess) {
     if (sess->sched) ggml_backend_sched_reset(sess->sched);
     ggml_reset(sess->ctx);
     sess->n_index_inputs = 0;
+    sess->n_graph_extras = 0;
     sess->realized = false;
     if (!new_graph(sess)) return fail(TNN_ENOMEM, __func__, "could not create a new graph");
     return TNN_OK;

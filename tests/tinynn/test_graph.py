@@ -4,6 +4,7 @@ forks, thread count, memory queries and large transfers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import tinynn
 from tests.devices import assert_close, matmul_tol
@@ -56,6 +57,29 @@ def test_one_graph_computed_50_times(device):
             assert_close(y.download(), want, 1e-3, f"{device} step {step} (gelu)")
             assert_close(rows.download(), w_host[ids_host], 0.0, f"{device} step {step} rows")
         assert s.n_nodes == n_nodes
+
+
+def test_realize_after_a_failed_one(device):
+    """A failed realize adds nothing: the next one builds the same graph as a
+    fresh session would, and it computes right."""
+
+    def build(s):
+        x = s.input_2d_f32(2, 8)
+        y = s.set_output(s.scale(x, 3.0))
+        s.realize(y)
+        return x, y
+
+    with tinynn.Session(device) as fresh:
+        build(fresh)
+        want_nodes = fresh.n_nodes
+    with tinynn.Session(device) as s:
+        with pytest.raises(tinynn.TinyNNError, match="no operation"):
+            s.realize(s.input_2d_f32(5, 5))  # an input alone is no graph
+        x, y = build(s)
+        assert s.n_nodes == want_nodes
+        x.upload(np.ones((2, 8), np.float32))
+        s.compute()
+        assert_close(y.download(), np.full((2, 8), 3.0), 0.0, f"{device} result")
 
 
 def test_inputs_keep_their_values_across_computes(device):
