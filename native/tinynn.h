@@ -244,8 +244,9 @@ TNN_API int tnn_set_output(tnn_session *sess, tnn_tensor *t);
 /* Adds t (and what it depends on) to the graph before the result: for side
  * effects such as cache writes that the result does not read. */
 TNN_API int tnn_add_to_graph(tnn_session *sess, tnn_tensor *t);
-/* Builds the graph ending at result and allocates its compute memory. Once
- * per graph. */
+/* Builds the graph ending at result (after the tensors given to
+ * tnn_add_to_graph) and allocates its compute memory. Once per graph; a call
+ * that fails leaves no nodes behind and may be retried. */
 TNN_API int tnn_realize(tnn_session *sess, tnn_tensor *result);
 /* Computes the realized graph; may be called again and again. */
 TNN_API int tnn_compute(tnn_session *sess);
