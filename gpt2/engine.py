@@ -13,7 +13,7 @@ What makes it fast (bench/NOTES.md has the measurements):
 - Except for f32 weights on CUDA, which compute in f32 throughout: ggml-cuda's
   flash attention reads K and V as f16, so attention there is softmax(K^T Q) V
   as separate nodes over f32 caches (`exact_attention`), and prefills of 4..16
-  tokens are padded off ggml-cuda's TF32 kernel (`pad_prefill`, TF32_COLUMNS).
+  tokens are padded off ggml-cuda's TF32 kernel (`pad_prefill`, gpt2.tf32).
 - Each graph (prefill of T tokens; decode of B sequences over a context
   bucket) is built once in its own forked session and then recomputed with
   new inputs, which lets ggml-cuda replay it as a CUDA graph.
@@ -35,16 +35,13 @@ import numpy as np
 
 from gpt2.ffi_blocks import check_ids
 from gpt2.progress import progress
+from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
 F32, F16 = 4, 2  # bytes
 WEIGHT_DTYPES = ("f32", "f16", "q8_0")
 MAX_PREFILL_GRAPHS = 4  # prefill graphs kept, by token count (least recently used go)
-# ggml-cuda multiplies an f32 matrix by 4..16 columns with its mmf kernel on
-# TF32 tensor cores (10-bit mantissas); 1..3 columns (mmvf) and 17 or more
-# (cuBLAS, strict f32 in our shim) stay f32. Hence prefills padded to 17.
-TF32_COLUMNS = range(4, 17)
 
 
 @dataclass
@@ -86,7 +83,7 @@ class FastGPT2:
     """GPT-2 on one device with f32, f16 or q8_0 weights.
 
     ``n_ctx`` bounds positions (default: the model's context); ``max_batch``
-    is how many sequences ``decode_batch`` may run together.
+    is how many sequences ``start_batch`` and ``step_batch_greedy`` run together.
     ``exact_attention`` (softmax(K^T Q) V in f32 over f32 caches instead of
     flash attention) and ``pad_prefill`` (prefills of 4..16 tokens computed
     as 17) default to on for f32 weights on CUDA and off elsewhere; True or
@@ -337,7 +334,7 @@ class FastGPT2:
         """Tokens per sequence that a prefill of n_seq prompts of t computes:
         t, or 17 where its products would have 4..16 columns (TF32_COLUMNS)
         and pad_prefill is on. With n_ctx < 17 there is no room: t (TF32)."""
-        padded = TF32_COLUMNS.stop
+        padded = STRICT_F32_COLUMNS
         tf32 = t in TF32_COLUMNS or n_seq * t in TF32_COLUMNS  # attention, weights
         return padded if self.pad_prefill and tf32 and padded <= self.n_ctx else t
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.engine import TF32_COLUMNS
 from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
+from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -88,7 +88,7 @@ class GPT2FullForwardFFICache(PortEngine):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.t_seq, self.d_model, self.d_ff = t_seq, d_model, d_ff
         pad = self.PAD_PAST_TF32 and t_seq in TF32_COLUMNS
-        self.t_graph = TF32_COLUMNS.stop if pad else t_seq  # positions computed, T
+        self.t_graph = STRICT_F32_COLUMNS if pad else t_seq  # positions computed, T
         self.n_heads, self.d_head = n_heads, d_model // n_heads
         self.n_layers, self.vocab_size, self.eps = n_layers, vocab_size, layer_norm_epsilon
 
@@ -180,6 +180,5 @@ class GPT2FullForwardFFICacheCuda(GPT2FullForwardFFICache):
     """The same engine on ggml's CUDA backend; raises if CUDA is unavailable."""
 
     DEVICE = "cuda"
-    # ggml-cuda multiplies f32 by 4..16 columns on TF32 tensor cores (see
-    # gpt2.engine.TF32_COLUMNS); 17 columns go to cuBLAS, strict f32.
+    # ggml-cuda multiplies f32 by 4..16 columns on TF32 tensor cores (gpt2.tf32)
     PAD_PAST_TF32 = True

@@ -1,6 +1,6 @@
 """The f32-exact paths for CUDA, forced on the CPU too: attention as
 softmax(K^T Q) V instead of flash attention, and prefills of 4..16 tokens
-padded to 17 (gpt2.engine.TF32_COLUMNS), in the fast engine and the
+padded to 17 (gpt2.tf32), in the fast engine and the
 full-forward port.
 
 Tolerances: against the float64 reference max-abs 1e-3 at every position,
@@ -17,17 +17,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gpt2.engine import TF32_COLUMNS, FastGPT2
+from gpt2.engine import FastGPT2
 from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.generate import greedy_generate
 from gpt2.reference import GPT2Reference
+from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tests.devices import DEVICES, use_device
 from tests.tiny_models import check_close
 
 REF_TOL = 1e-3
 SAME_TOL = 1e-5
-PADDED = TF32_COLUMNS.stop  # 17
+PADDED = STRICT_F32_COLUMNS  # 17
 SHORT = (1, 4, 9, 16)  # prompt lengths: unpadded, then padded to 17
 
 
