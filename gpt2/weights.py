@@ -18,9 +18,10 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 
 from gpt2.config import GPT2Config
+from gpt2.private_copy import private_copy, read_bytes
 from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 
@@ -169,10 +170,13 @@ def load_gguf(path: str | Path) -> LoadedModel:
     if magic != b"GGUF":
         raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
     try:
-        reader = gguf.GGUFReader(path, "r")
+        with private_copy(path) as readable:  # another process may cut the file
+            reader = gguf.GGUFReader(readable, "r")
+            size = readable.stat().st_size
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e})") from e
     except Exception as e:  # gguf raises ValueError, IndexError, struct errors on bad bytes
         raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
-    size = path.stat().st_size
     raw = {}
     for t in reader.tensors:
         if t.name in raw:
@@ -334,7 +338,7 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         try:
-            part = load_file(str(f))
+            part = load_safetensors(read_bytes(f))  # read, not mapped: see private_copy
         except Exception as e:  # noqa: BLE001 - safetensors has its own error type
             raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
         dup = set(part) & set(state)
