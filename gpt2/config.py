@@ -112,7 +112,7 @@ class GPT2Config:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
             if not isinstance(source, dict):
-                raise TypeError(f"{where}: expected a JSON object")
+                raise ValueError(f"{where}: expected a JSON object, found {type(source).__name__}")
         own = {f.name for f in fields(cls)}
         unknown = sorted(set(source) - own - _HF_IGNORED_KEYS)
         if unknown:
