@@ -4,7 +4,7 @@
 # skipped), the CUDA parity tables and the benchmarks, each step skipped when
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
-#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [graphs] [parity] [bench]
+#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [floor] [graphs] [parity] [bench]
 #                                   [bench-xl] [bench-f32] [parity-xl] [pack]
 #
 # The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
@@ -73,6 +73,11 @@ step() {
         step "profile prefill" 60 python3 scripts/profile_decode.py --device cuda \
             --shapes gpt2 gpt2-xl --dtypes f16 --prefill 1024 \
             --json "$RES/profile_prefill_h200.json" 2>&1 | tail -4
+    fi
+    if has floor; then
+        # the same weight products through torch/cuBLAS in one CUDA graph: what a matvec can cost
+        step "matvec floor" 40 python3 scripts/matvec_floor.py --json "$RES/matvec_floor_h200.json" \
+            2>&1 | tail -3
     fi
     if has graphs; then
         # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay.
