@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import inspect
 import json
 import platform
@@ -401,103 +402,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     env = environment(args.device)
+    decode_tokens, batch_tokens = args.new_tokens, min(args.new_tokens, 64)
 
-    def add(row: dict) -> None:
-        rows.append(row)
-        print(_format_row(row), flush=True)
+    def record(shape: str, dtype: str, engine: str, workload: str, stats: dict) -> None:
+        row = {"shape": shape, "dtype": dtype, "workload": workload, "engine": engine}
+        rows.append({**row, **stats})
+        print(_format_row(rows[-1]), flush=True)
 
-    hf_device = args.device
     for shape in args.shapes:
         config = SHAPES[shape]
         weights = random_weights(config)
         for dtype in args.dtypes:
+            add = functools.partial(record, shape, dtype)
             wl = set(args.workloads)
+            decode = bool(wl & {"decode", "cpu"})
             batch = args.batch if "batch" in wl else 1
             engine = FastGPT2(
                 weights, args.device, dtype, n_ctx=1024, max_batch=batch, n_threads=args.threads
             )
             try:
-                if wl & {"decode", "cpu"}:
-                    add(
-                        {
-                            "shape": shape,
-                            "dtype": dtype,
-                            "workload": "decode b1",
-                            "engine": "ours",
-                            **ours_decode(engine, args.prompt_len, args.new_tokens),
-                        }
-                    )
-                if "prefill" in wl:
-                    for n in args.prefill:
-                        add(
-                            {
-                                "shape": shape,
-                                "dtype": dtype,
-                                "workload": f"prefill {n}",
-                                "engine": "ours",
-                                **ours_prefill(engine, n),
-                            }
-                        )
+                if decode:
+                    add("ours", "decode b1", ours_decode(engine, args.prompt_len, decode_tokens))
+                for n in args.prefill if "prefill" in wl else ():
+                    add("ours", f"prefill {n}", ours_prefill(engine, n))
                 if "batch" in wl:
-                    add(
-                        {
-                            "shape": shape,
-                            "dtype": dtype,
-                            "workload": f"decode b{batch}",
-                            "engine": "ours",
-                            **ours_batch(engine, batch, args.prompt_len, min(args.new_tokens, 64)),
-                        }
-                    )
+                    stats = ours_batch(engine, batch, args.prompt_len, batch_tokens)
+                    add("ours", f"decode b{batch}", stats)
             finally:
                 engine.close()
             if args.no_hf or dtype == "q8_0":
                 continue
             try:
-                model = hf_model(config, hf_device, dtype)
+                model = hf_model(config, args.device, dtype)
             except Exception as exc:  # noqa: BLE001 - HF is optional in a run
                 print(f"HF transformers unavailable: {exc}")
                 continue
-            if wl & {"decode", "cpu"}:
-                add(
-                    {
-                        "shape": shape,
-                        "dtype": dtype,
-                        "workload": "decode b1",
-                        "engine": "hf",
-                        **hf_decode(model, args.prompt_len, args.new_tokens),
-                    }
-                )
-            if "prefill" in wl:
-                for n in args.prefill:
-                    add(
-                        {
-                            "shape": shape,
-                            "dtype": dtype,
-                            "workload": f"prefill {n}",
-                            "engine": "hf",
-                            **hf_prefill(model, n),
-                        }
-                    )
+            if decode:
+                add("hf", "decode b1", hf_decode(model, args.prompt_len, decode_tokens))
+            for n in args.prefill if "prefill" in wl else ():
+                add("hf", f"prefill {n}", hf_prefill(model, n))
             if "batch" in wl:
-                add(
-                    {
-                        "shape": shape,
-                        "dtype": dtype,
-                        "workload": f"decode b{batch}",
-                        "engine": "hf",
-                        **hf_decode(model, args.prompt_len, min(args.new_tokens, 64), n_seq=batch),
-                    }
-                )
-            if wl & {"decode", "cpu"}:  # last: a crashing compile has the eager rows already
-                add(
-                    {
-                        "shape": shape,
-                        "dtype": dtype,
-                        "workload": "decode b1",
-                        "engine": "hf-compiled",
-                        **_hf_compiled_row(model, args),
-                    }
-                )
+                stats = hf_decode(model, args.prompt_len, batch_tokens, n_seq=batch)
+                add("hf", f"decode b{batch}", stats)
+            if decode:  # last: a crashing compile has the eager rows already
+                add("hf-compiled", "decode b1", _hf_compiled_row(model, args))
             del model
     _add_ratios(rows)
     print()

@@ -79,6 +79,16 @@ def fold_layer_norm(
     ) @ w64
 
 
+def _folded(weights: GPT2Weights, norm: str, linear: str) -> tuple[np.ndarray, np.ndarray]:
+    """The LayerNorm named `norm` folded into the linear layer named `linear`."""
+    return fold_layer_norm(
+        weights[norm + ".weight"],
+        weights[norm + ".bias"],
+        weights[linear + ".weight"],
+        weights[linear + ".bias"],
+    )
+
+
 class FastGPT2:
     """GPT-2 on one device with f32, f16 or q8_0 weights.
 
@@ -176,22 +186,12 @@ class FastGPT2:
         layers = progress(enumerate(self.layers), f"uploading to {self.device}", len(self.layers))
         for i, layer in layers:
             p = f"h.{i}."
-            w, b = fold_layer_norm(
-                weights[p + "ln_1.weight"],
-                weights[p + "ln_1.bias"],
-                weights[p + "attn.c_attn.weight"],
-                weights[p + "attn.c_attn.bias"],
-            )
+            w, b = _folded(weights, p + "ln_1", p + "attn.c_attn")
             _put(layer.w_qkv, w.T)
             _put(layer.b_qkv, b)
             _put(layer.w_o, weights[p + "attn.c_proj.weight"].T)
             _put(layer.b_o, weights[p + "attn.c_proj.bias"])
-            w, b = fold_layer_norm(
-                weights[p + "ln_2.weight"],
-                weights[p + "ln_2.bias"],
-                weights[p + "mlp.c_fc.weight"],
-                weights[p + "mlp.c_fc.bias"],
-            )
+            w, b = _folded(weights, p + "ln_2", p + "mlp.c_fc")
             _put(layer.w_fc, w.T)
             _put(layer.b_fc, b)
             _put(layer.w_proj, weights[p + "mlp.c_proj.weight"].T)

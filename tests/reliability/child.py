@@ -32,6 +32,21 @@ LONG = os.environ.get("TINYNN_FUZZ_LONG") == "1"
 MEM_LIMIT = 6 << 30  # bytes of address space a fuzz child may map
 
 
+def fuzz_settings(max_examples: int):
+    """hypothesis settings of every fuzz family: no deadline (slow cases are the
+    point), no database (a seed reproduces a run), no health checks, and the
+    blob that replays a failing example."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
 def examples(bounded: int, long: int) -> int:
     """Examples per family: small in the default run, many under `make fuzz`."""
     return int(os.environ.get("TINYNN_FUZZ_EXAMPLES", long if LONG else bounded))

@@ -29,14 +29,14 @@ import time
 from collections import Counter
 
 import numpy as np
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given, seed
 from hypothesis import strategies as st
 
 import tinynn
 from tinynn import TinyNNError
 from tinynn._lib import FUNCTIONS
 
-from .child import summary
+from .child import fuzz_settings, summary
 
 LIB = tinynn._lib.load()
 
@@ -363,13 +363,7 @@ def main() -> int:
     rng = np.random.default_rng(a.seed)
     t0 = time.perf_counter()
 
-    @settings(
-        max_examples=a.examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
+    @fuzz_settings(a.examples)
     @seed(a.seed)
     @given(st.integers(0, 3), st.lists(STEP, min_size=a.max_steps // 4, max_size=a.max_steps))
     def example(kind: int, steps: list) -> None:

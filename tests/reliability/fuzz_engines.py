@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from gpt2.engine import FastGPT2
@@ -35,7 +35,7 @@ from gpt2.weights import load_model
 from tests.tiny_models import write_hf_folder
 from tinynn import TinyNNError
 
-from .child import Repro, summary
+from .child import Repro, fuzz_settings, summary
 
 ACCEPTED = (ValueError, TypeError, TinyNNError)
 N_CTX = 12
@@ -132,15 +132,8 @@ def main() -> int:
     engines = Engines(weights)
     outcomes: Counter = Counter()
     t0 = time.perf_counter()
-    common = dict(
-        max_examples=a.examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
 
-    @settings(**common)
+    @fuzz_settings(a.examples)
     @seed(a.seed)
     @given(steps_strategy(vocab))
     def calls(steps) -> None:
@@ -161,7 +154,7 @@ def main() -> int:
     folder = Path(a.repro + ".nan")
     names = sorted(weights.tensors)
 
-    @settings(**dict(common, max_examples=max(5, a.examples // 10)))
+    @fuzz_settings(max(5, a.examples // 10))
     @seed(a.seed)
     @given(
         st.sampled_from(names), st.integers(0, 2**31), st.sampled_from([np.nan, np.inf, -np.inf])

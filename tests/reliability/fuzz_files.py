@@ -38,12 +38,12 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from gpt2.weights import expected_shapes, load_model, validate
 
-from .child import Repro, summary
+from .child import Repro, fuzz_settings, summary
 
 # What a bad model file may raise. ValueError is the loaders' own (it includes
 # json.JSONDecodeError and UnicodeDecodeError); OSError is what the OS says about a file
@@ -332,13 +332,6 @@ def main() -> int:
     repro = Repro(a.repro)
     outcomes: Counter = Counter()
     t0 = time.perf_counter()
-    common = dict(
-        max_examples=a.examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
 
     if a.kind == "gguf":
         bases = []
@@ -346,7 +339,7 @@ def main() -> int:
             bases.append((p, p.read_bytes(), gguf.GGUFReader(p).data_offset, gguf_positions(p)))
         target = Path(a.repro + ".bin")
 
-        @settings(**common)
+        @fuzz_settings(a.examples)
         @seed(a.seed)
         @given(st.integers(0, 1), st.lists(GGUF_MUT, min_size=1, max_size=4))
         def example(which: int, muts) -> None:
@@ -363,7 +356,7 @@ def main() -> int:
     else:
         target = Path(a.repro + ".dir")
 
-        @settings(**common)
+        @fuzz_settings(a.examples)
         @seed(a.seed)
         @given(st.lists(HF_MUT, min_size=1, max_size=4))
         def example(muts) -> None:
