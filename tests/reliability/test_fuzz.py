@@ -45,37 +45,16 @@ def test_fuzz_api(seed, tmp_path):
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("seed", SEEDS)
-def test_fuzz_gguf_files(seed, tmp_path, tiny_model):
-    s = run_family(
-        "fuzz_files",
-        [
-            "--kind", "gguf",
-            "--examples", str(examples(*GGUF)),
-            "--seed", str(seed),
-            "--gguf-ruby", str(tiny_model.gguf_ruby),
-            "--gguf-llama", str(tiny_model.gguf_llama),
-        ],
-        tmp_path / "repro.txt",
-        TIMEOUT,
-    )  # fmt: skip
-    assert s["examples"] > 0
-    _report(s)
-
-
-@pytest.mark.fuzz
-@pytest.mark.parametrize("seed", SEEDS)
-def test_fuzz_hf_folders(seed, tmp_path, tiny_model):
-    s = run_family(
-        "fuzz_files",
-        [
-            "--kind", "hf",
-            "--examples", str(examples(*HF)),
-            "--seed", str(seed),
-            "--hf-dir", str(tiny_model.hf_dir),
-        ],
-        tmp_path / "repro.txt",
-        TIMEOUT,
-    )  # fmt: skip
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_fuzz_model_files(kind, seed, tmp_path, tiny_model):
+    """Mutated GGUF files (both layouts) or HF folders."""
+    if kind == "gguf":
+        bases = ["--gguf-ruby", str(tiny_model.gguf_ruby), "--gguf-llama", str(tiny_model.gguf_llama)]
+        n = examples(*GGUF)
+    else:
+        bases, n = ["--hf-dir", str(tiny_model.hf_dir)], examples(*HF)
+    args = ["--kind", kind, "--examples", str(n), "--seed", str(seed), *bases]
+    s = run_family("fuzz_files", args, tmp_path / "repro.txt", TIMEOUT)
     assert s["examples"] > 0
     _report(s)
 
