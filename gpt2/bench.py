@@ -138,13 +138,7 @@ def hf_model(config: GPT2Config, device: str, dtype: str):
     from transformers import GPT2Config as HFConfig
     from transformers import GPT2LMHeadModel
 
-    hf_config = HFConfig(
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-        n_positions=config.n_positions,
-        vocab_size=config.vocab_size,
-    )
+    hf_config = HFConfig(**config.to_hf_dict())
     torch.manual_seed(0)
     torch_dtype = {"f32": torch.float32, "f16": torch.float16}[dtype]
     model = GPT2LMHeadModel(hf_config).to(device=device, dtype=torch_dtype).eval()

@@ -96,6 +96,19 @@ class GPT2Config:
         """Width of one attention head."""
         return self.n_embd // self.n_head
 
+    def to_hf_dict(self) -> dict:
+        """The architecture keys of an HF GPT2Config (config.json), the inverse
+        of from_hf_config for them."""
+        return {
+            "n_layer": self.n_layer,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_positions": self.n_positions,
+            "vocab_size": self.vocab_size,
+            "n_inner": self.n_inner,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
+
     @classmethod
     def from_hf_config(cls, source: dict | str | Path) -> GPT2Config:
         """Read an HF `config.json` (a dict, the file, or the folder that holds it)."""

@@ -144,16 +144,10 @@ def hf_config_dict(config: GPT2Config, eos_id: int | None) -> dict:
         "embd_pdrop": 0.0,
         "eos_token_id": eos_id,
         "initializer_range": 0.02,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
         "model_type": "gpt2",
-        "n_embd": config.n_embd,
-        "n_head": config.n_head,
-        "n_inner": config.n_inner,
-        "n_layer": config.n_layer,
-        "n_positions": config.n_positions,
         "resid_pdrop": 0.0,
         "tie_word_embeddings": True,
-        "vocab_size": config.vocab_size,
+        **config.to_hf_dict(),
     }
 
 

@@ -137,3 +137,9 @@ def test_from_gguf_missing_key(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="missing metadata key gpt2.embedding_length"):
         GPT2Config.from_gguf(gguf.GGUFReader(path), path)
+
+
+def test_to_hf_dict_round_trips():
+    c = GPT2Config(n_layer=3, n_embd=48, n_head=4, n_positions=40, vocab_size=99, n_inner=100)
+    assert GPT2Config.from_hf_config(c.to_hf_dict()) == c
+    assert GPT2Config.from_hf_config(GPT2Config().to_hf_dict()) == GPT2Config()

@@ -48,11 +48,12 @@ def test_fuzz_api(seed, tmp_path):
 @pytest.mark.parametrize("kind", ["gguf", "hf"])
 def test_fuzz_model_files(kind, seed, tmp_path, tiny_model):
     """Mutated GGUF files (both layouts) or HF folders."""
+    m = tiny_model
     if kind == "gguf":
-        bases = ["--gguf-ruby", str(tiny_model.gguf_ruby), "--gguf-llama", str(tiny_model.gguf_llama)]
+        bases = ["--gguf-ruby", str(m.gguf_ruby), "--gguf-llama", str(m.gguf_llama)]
         n = examples(*GGUF)
     else:
-        bases, n = ["--hf-dir", str(tiny_model.hf_dir)], examples(*HF)
+        bases, n = ["--hf-dir", str(m.hf_dir)], examples(*HF)
     args = ["--kind", kind, "--examples", str(n), "--seed", str(seed), *bases]
     s = run_family("fuzz_files", args, tmp_path / "repro.txt", TIMEOUT)
     assert s["examples"] > 0
