@@ -755,6 +755,11 @@ static bool want_contiguous(const struct ggml_tensor *t, const char *func, const
     return true;
 }
 
+/* What most ops on f32 data need of an operand. */
+static bool want_contiguous_f32(const struct ggml_tensor *t, const char *func, const char *what) {
+    return want_type(t, GGML_TYPE_F32, func, what) && want_contiguous(t, func, what);
+}
+
 /* Registers an I32 tensor (or a contiguous view of one) whose values index
  * rows of something of size bound; uploads to its base are checked against
  * the bound, since ggml asserts on a bad index in the middle of compute. */
@@ -857,9 +862,7 @@ tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b) {
 tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (!isfinite(s)) return FAIL_NULL("scale %g is not finite", s);
     /* ggml_scale asserts rows evenly strided, stricter than ggml_is_contiguous,
      * which skips axes of size 1 (a transposed [1, n] passes it and fails this). */
@@ -872,9 +875,7 @@ tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s) {
 tnn_tensor *tnn_diag_mask_inf(tnn_session *sess, tnn_tensor *a, int64_t n_past) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (n_past < 0 || n_past > INT_MAX) return FAIL_NULL("n_past=%lld must be >= 0", (long long)n_past);
     return ggml_diag_mask_inf(sess->ctx, a, (int)n_past);
 }
@@ -882,9 +883,7 @@ tnn_tensor *tnn_diag_mask_inf(tnn_session *sess, tnn_tensor *a, int64_t n_past) 
 tnn_tensor *tnn_softmax(tnn_session *sess, tnn_tensor *a) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     return ggml_soft_max(sess->ctx, a);
 }
 
@@ -892,9 +891,7 @@ tnn_tensor *tnn_soft_max_ext(tnn_session *sess, tnn_tensor *a, tnn_tensor *mask,
                              double max_bias) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (!isfinite(scale) || !isfinite(max_bias) || max_bias < 0) {
         return FAIL_NULL("scale=%g and max_bias=%g must be finite, max_bias >= 0", scale, max_bias);
     }
@@ -945,18 +942,14 @@ tnn_tensor *tnn_layer_norm(tnn_session *sess, tnn_tensor *x, tnn_tensor *gamma, 
 tnn_tensor *tnn_gelu(tnn_session *sess, tnn_tensor *a) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     return ggml_gelu(sess->ctx, a);
 }
 
 tnn_tensor *tnn_gelu_exact(tnn_session *sess, tnn_tensor *a) {
     OP_PREAMBLE(6);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (sess->is_cuda) return ggml_gelu(sess->ctx, a);
     /* 0.5 x (1 + tanh(c x (1 + 0.044715 x^2))), c = sqrt(2 / pi) */
     const float c = 0.7978845608028654f;
@@ -1196,9 +1189,7 @@ tnn_tensor *tnn_flash_attn_ext(tnn_session *sess, tnn_tensor *q, tnn_tensor *k, 
 tnn_tensor *tnn_argmax(tnn_session *sess, tnn_tensor *a) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (a->ne[2] != 1 || a->ne[3] != 1) return FAIL_NULL("a %s must be a matrix", SHAPE(a));
     if (a->ne[0] > INT32_MAX) return FAIL_NULL("a %s: rows longer than 2^31-1", SHAPE(a));
     return ggml_argmax(sess->ctx, a);
@@ -1207,9 +1198,7 @@ tnn_tensor *tnn_argmax(tnn_session *sess, tnn_tensor *a) {
 tnn_tensor *tnn_top_k(tnn_session *sess, tnn_tensor *a, int64_t k) {
     OP_PREAMBLE(2);
     CHECK_T(a, NULL);
-    if (!want_type(a, GGML_TYPE_F32, __func__, "a") || !want_contiguous(a, __func__, "a")) {
-        return NULL;
-    }
+    if (!want_contiguous_f32(a, __func__, "a")) return NULL;
     if (k < 1 || k > a->ne[0] || k > INT32_MAX) {
         return FAIL_NULL("k=%lld, expected 1..%lld", (long long)k,
                          (long long)(a->ne[0] < INT32_MAX ? a->ne[0] : INT32_MAX));
