@@ -25,7 +25,7 @@ class Tensor:
     """A ggml tensor of a session. ``ne`` is ggml's shape (ne0 fastest);
     ``shape`` is the matching row-major numpy shape (ne reversed)."""
 
-    __slots__ = ("_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype")
+    __slots__ = ("_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype", "_nbytes")
 
     def __init__(self, session: Session, handle: int, persistent: bool):
         self._session = session
@@ -40,6 +40,7 @@ class Tensor:
         self.ne = tuple(ne)
         self.nb = tuple(nb)
         self.dtype = dtype_name(type_id.value)
+        self._nbytes: int | None = None
 
     # -- identity ---------------------------------------------------------
     @property
@@ -66,8 +67,11 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        rows = self.ne[1] * self.ne[2] * self.ne[3]
-        return rows * self._session._lib.tnn_type_row_size(GGML_TYPE_IDS[self.dtype], self.ne[0])
+        if self._nbytes is None:  # asked on every download: once is enough
+            rows = self.ne[1] * self.ne[2] * self.ne[3]
+            row = self._session._lib.tnn_type_row_size(GGML_TYPE_IDS[self.dtype], self.ne[0])
+            self._nbytes = rows * row
+        return self._nbytes
 
     def set_name(self, name: str) -> Tensor:
         self._session._lib.tnn_set_name(self._session._ptr(), self.handle, name.encode())
