@@ -564,6 +564,18 @@ static bool valid_type(int type) {
 
 /* Checks a shape for a new tensor: positive axes, ne0 a multiple of the
  * type's block, and a byte size that cannot overflow. */
+/* Bytes of a dense tensor of this type and shape, exactly; false when that
+ * overflows int64 (size_t products inside ggml would wrap silently). */
+static bool dense_bytes(int type, const int64_t ne[4], int64_t *bytes) {
+    int64_t n = (int64_t)ggml_type_size((enum ggml_type)type);
+    if (__builtin_mul_overflow(n, ne[0] / ggml_blck_size((enum ggml_type)type), &n)) return false;
+    for (int i = 1; i < 4; i++) {
+        if (__builtin_mul_overflow(n, ne[i], &n)) return false;
+    }
+    *bytes = n;
+    return true;
+}
+
 static bool check_new_shape(int type, const int64_t ne[4], const char *func) {
     if (!valid_type(type)) {
         return fail(TNN_EINVAL, func, "unsupported type %d (expected 0 f32, 1 f16, 8 q8_0, 26 i32)",
@@ -582,11 +594,10 @@ static bool check_new_shape(int type, const int64_t ne[4], const char *func) {
                     (long long)ne[0], (long long)blck, ggml_type_name((enum ggml_type)type)),
                false;
     }
-    /* In doubles: ggml_row_size is a size_t product that wraps (ne0 = 2^62 f32
-     * gives 0 bytes, and a tensor that claims 2^62 elements in no memory). */
-    double bytes = (double)ggml_type_size((enum ggml_type)type) * (double)(ne[0] / blck);
-    for (int i = 1; i < 4; i++) bytes *= (double)ne[i];
-    if (bytes > (double)INT64_MAX / 4) {
+    /* Exact: ggml_row_size is a size_t product that wraps (ne0 = 2^62 f32 gives
+     * 0 bytes, and a tensor that claims 2^62 elements in no memory). */
+    int64_t bytes;
+    if (!dense_bytes(type, ne, &bytes) || bytes > INT64_MAX / 4) {
         return fail(TNN_ESHAPE, func, "shape [%lld, %lld, %lld, %lld] is too large",
                     (long long)ne[0], (long long)ne[1], (long long)ne[2], (long long)ne[3]),
                false;
@@ -812,6 +823,8 @@ tnn_tensor *tnn_get_rows(tnn_session *sess, tnn_tensor *table, tnn_tensor *idx) 
         return NULL;
     }
     if (!note_index_input(sess, idx, table->ne[1], __func__)) return NULL;
+    int64_t out[4] = {table->ne[0], idx->ne[0], idx->ne[1], idx->ne[2]};
+    if (!check_new_shape(GGML_TYPE_F32, out, __func__)) return NULL;
     return ggml_get_rows(sess->ctx, table, idx);
 }
 
@@ -856,6 +869,8 @@ tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b) {
     }
     if (ggml_is_transposed(a)) return FAIL_NULL("a %s must not be transposed", SHAPE(a));
     if (!want_dense_rows(a, __func__, "a") || !want_dense_rows(b, __func__, "b")) return NULL;
+    int64_t out[4] = {a->ne[1], b->ne[1], b->ne[2], b->ne[3]};
+    if (!check_new_shape(GGML_TYPE_F32, out, __func__)) return NULL;
     return ggml_mul_mat(sess->ctx, a, b);
 }
 
@@ -973,6 +988,9 @@ tnn_tensor *tnn_concat(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int dim)
                              SHAPE(b), d, dim);
         }
     }
+    int64_t out[4] = {a->ne[0], a->ne[1], a->ne[2], a->ne[3]};
+    out[dim] += b->ne[dim];
+    if (!check_new_shape(a->type, out, __func__)) return NULL;
     return ggml_concat(sess->ctx, a, b, dim);
 }
 
@@ -997,17 +1015,37 @@ static bool check_view(const struct ggml_tensor *a, const int64_t ne[4], const i
                     (long long)ne[0], (long long)blck),
                false;
     }
-    double dense = (double)ggml_row_size(a->type, ne[0]) * (double)ne[1] * (double)ne[2] * (double)ne[3];
-    double extent = (double)ggml_row_size(a->type, ne[0]);
-    for (int i = 1; i < 4; i++) extent += (double)(ne[i] - 1) * (double)nb[i];
-    double size = (double)ggml_nbytes(a);
-    if ((double)offset + dense > size || (double)offset + extent > size) {
+    /* Element-aligned: a view between elements mixes bytes of two values (an
+     * index made that way escapes the upload checks) and misaligns CUDA loads. */
+    int64_t esize = (int64_t)ggml_type_size(a->type);
+    bool misaligned = offset % esize != 0;
+    for (int i = 1; i < 4; i++) misaligned = misaligned || (ne[i] > 1 && nb[i] % esize != 0);
+    if (misaligned) {
+        return fail(TNN_ESHAPE, func,
+                    "view offset %lld and strides [%lld, %lld, %lld] must be multiples of the "
+                    "%lld-byte element of %s",
+                    (long long)offset, (long long)nb[1], (long long)nb[2], (long long)nb[3],
+                    (long long)esize, ggml_type_name(a->type)),
+               false;
+    }
+    /* Exact integers: the last byte the view reaches, densely and by its strides. */
+    int64_t dense, extent = esize * (ne[0] / blck), end;
+    bool overflow = !dense_bytes(a->type, ne, &dense);
+    for (int i = 1; i < 4 && !overflow; i++) {
+        int64_t step;
+        overflow = __builtin_mul_overflow(ne[i] - 1, nb[i], &step) ||
+                   __builtin_add_overflow(extent, step, &extent);
+    }
+    overflow = overflow || __builtin_add_overflow(offset, dense > extent ? dense : extent, &end);
+    int64_t size = (int64_t)ggml_nbytes(a);
+    if (overflow || end > size) {
         return fail(TNN_ESHAPE, func,
                     "view [%lld, %lld, %lld, %lld] with strides [%lld, %lld, %lld] at offset %lld "
-                    "reaches byte %.0f of a tensor of %.0f bytes",
+                    "reaches byte %s%lld of a tensor of %lld bytes",
                     (long long)ne[0], (long long)ne[1], (long long)ne[2], (long long)ne[3],
                     (long long)nb[1], (long long)nb[2], (long long)nb[3], (long long)offset,
-                    (double)offset + (dense > extent ? dense : extent), size),
+                    overflow ? "> " : "", (long long)(overflow ? INT64_MAX : end),
+                    (long long)size),
                false;
     }
     return true;
@@ -1062,8 +1100,10 @@ tnn_tensor *tnn_reshape_4d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_
     for (int i = 0; i < 4; i++) {
         if (ne[i] <= 0) return FAIL_NULL("ne[%d]=%lld must be positive", i, (long long)ne[i]);
     }
-    double n = (double)ne0 * (double)ne1 * (double)ne2 * (double)ne3;
-    if (n != (double)ggml_nelements(a) || ne0 % ggml_blck_size(a->type) != 0) {
+    int64_t n = ne0;
+    bool overflow = __builtin_mul_overflow(n, ne1, &n) || __builtin_mul_overflow(n, ne2, &n) ||
+                    __builtin_mul_overflow(n, ne3, &n);
+    if (overflow || n != ggml_nelements(a) || ne0 % ggml_blck_size(a->type) != 0) {
         return FAIL_NULL("cannot reshape %s (%lld elements) to [%lld, %lld, %lld, %lld]", SHAPE(a),
                          (long long)ggml_nelements(a), (long long)ne0, (long long)ne1,
                          (long long)ne2, (long long)ne3);

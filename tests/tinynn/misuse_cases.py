@@ -741,6 +741,36 @@ def raw_null_backend_name():
     lib().tnn_backend_name(None)
 
 
+@case(TinyNNError, "multiples of")
+def index_view_between_elements():
+    # a view 2 bytes into an i32 input mixes two values: every uploaded value
+    # could be in range while the gathered one is not
+    with Session() as s:
+        s.view_1d(s.input_1d_i32(4), 2, 2)
+
+
+@case(TinyNNError, "reaches byte")
+def view_one_element_past_a_huge_tensor():
+    # 2^60 bytes (no memory before realize): the end is 2^60 + 4, which a double
+    # would round back to 2^60
+    with Session() as s:
+        s.view_1d(s.input_typed("f32", [2**58]), 2**58 - 16, 68)
+
+
+@case(TinyNNError, "cannot reshape")
+def reshape_one_element_more_of_a_huge_tensor():
+    with Session() as s:
+        s.reshape(s.input_typed("f32", [2**58]), 2**58 + 1, 1)
+
+
+@case(TinyNNError, "too large")
+def matmul_result_past_int64():
+    # [1, 2^31] x [1, 2^31]: a 2^31 x 2^31 f32 result, 2^64 bytes
+    with Session() as s:
+        a = s.input_typed("f32", [1, 2**31])
+        s.matmul(a, s.input_typed("f32", [1, 2**31]))
+
+
 # ---- runner ------------------------------------------------------------------------------
 
 
