@@ -65,7 +65,6 @@ class _Graph:
     ints: Tensor  # i32 [3N (+B)]: tokens | positions | cache rows (| last rows)
     out_ids: Tensor  # i32 [rows]: argmax of each logits row
     logits: Tensor  # f32 [V, rows]: kept for sampling and logits()
-    n_tokens: int
 
 
 def fold_layer_norm(
@@ -261,7 +260,7 @@ class FastGPT2:
         except BaseException:
             s.close()
             raise
-        return _Graph(s, ints, out_ids, logits, n)
+        return _Graph(s, ints, out_ids, logits)
 
     def _run(self, g: _Graph, *ints: np.ndarray) -> None:
         """Uploads tokens, positions, cache rows (and last rows) and computes."""

@@ -141,8 +141,3 @@ def stream_text(
     tail += checker.flush()
     if tail:
         yield tail
-
-
-def generate_text(engine: StepEngine, tokenizer, prompt: str, max_new_tokens: int, **kw) -> str:
-    """The whole continuation as one string (what stream_text yields, joined)."""
-    return "".join(stream_text(engine, tokenizer, prompt, max_new_tokens, **kw))
