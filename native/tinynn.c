@@ -1378,8 +1378,7 @@ int tnn_reset_for_rebuild(tnn_session *sess) {
     ggml_reset(sess->ctx);
     sess->n_index_inputs = 0;
     sess->n_graph_extras = 0;
-    sess->realized = false;
-    if (!new_graph(sess)) return fail(TNN_ENOMEM, __func__, "could not create a new graph");
+    sess->realized = false; /* the next tnn_realize builds a fresh graph */
     return TNN_OK;
 }
 
