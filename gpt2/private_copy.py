@@ -33,9 +33,3 @@ def private_copy(path: Path) -> Iterator[Path]:
         yield Path(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-
-
-def read_bytes(path: Path) -> bytes:
-    """The whole file, read (not mapped)."""
-    with open(path, "rb") as fh:
-        return fh.read()

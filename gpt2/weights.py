@@ -21,7 +21,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from gpt2.config import GPT2Config
-from gpt2.private_copy import private_copy, read_bytes
+from gpt2.private_copy import private_copy
 from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 
@@ -338,7 +338,7 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         try:
-            part = load_safetensors(read_bytes(f))  # read, not mapped: see private_copy
+            part = load_safetensors(f.read_bytes())  # read, not mapped: see private_copy
         except Exception as e:  # noqa: BLE001 - safetensors has its own error type
             raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
         dup = set(part) & set(state)
