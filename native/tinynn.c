@@ -260,6 +260,10 @@ struct tnn_session {
     struct ggml_tensor *graph_extras[TNN_MAX_GRAPH_EXTRAS];
     int n_graph_extras;
     int n_index_inputs;
+
+    /* Page-locked host memory for tnn_compute_io's copies (CUDA only, made
+     * on first use): copies from pageable memory make the driver wait. */
+    ggml_backend_buffer_t staging;
 };
 
 /* Live sessions: a freed or foreign pointer is refused, not dereferenced. */
@@ -438,6 +442,7 @@ static ggml_backend_sched_t new_sched(tnn_session *s) {
 }
 
 static void session_destroy(tnn_session *s) {
+    if (s->staging) ggml_backend_buffer_free(s->staging);
     if (s->sched) ggml_backend_sched_free(s->sched);
     if (s->ctx) ggml_free(s->ctx);
     if (s->ctx_graph) ggml_free(s->ctx_graph);
@@ -1506,4 +1511,85 @@ int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, int64_t n
 int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                      int64_t offset) {
     return download(sess, t, data, nbytes, offset, -1, __func__);
+}
+
+/* ---- one step: upload, compute, download ----------------------------------- */
+
+/* Steps move a few bytes (ids in, ids out); larger transfers go direct. */
+#define TNN_STAGING_MAX ((size_t)1 << 20)
+#define TNN_STAGING_ALIGN 64
+
+/* True when t's memory is in the buffer type of the session's backend, the
+ * only memory its asynchronous copies may touch (ggml asserts on others). */
+static bool on_session_backend(tnn_session *sess, const struct ggml_tensor *t) {
+    const struct ggml_tensor *base = t->view_src ? t->view_src : t;
+    return ggml_backend_buffer_get_type(base->buffer) ==
+           ggml_backend_get_default_buffer_type(sess->backend);
+}
+
+/* need bytes of page-locked memory, or NULL (not CUDA, too large, or none
+ * to be had): the caller then copies from its own memory. */
+static char *staging_memory(tnn_session *sess, size_t need) {
+    if (!sess->is_cuda || need > TNN_STAGING_MAX) return NULL;
+    if (sess->staging && ggml_backend_buffer_get_size(sess->staging) >= need) {
+        return ggml_backend_buffer_get_base(sess->staging);
+    }
+    ggml_backend_buffer_type_t host =
+        ggml_backend_dev_host_buffer_type(ggml_backend_get_device(sess->backend));
+    if (!host) return NULL;
+    size_t size = 4096;
+    while (size < need) size *= 2;
+    ggml_backend_buffer_t grown = ggml_backend_buft_alloc_buffer(host, size);
+    if (!grown) return NULL;
+    if (sess->staging) ggml_backend_buffer_free(sess->staging);
+    sess->staging = grown;
+    return ggml_backend_buffer_get_base(grown);
+}
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                   tnn_tensor *out, void *out_data, int64_t out_nbytes) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    if (!sess->realized) return fail(TNN_ESTATE, __func__, "the graph is not realized (call tnn_realize)");
+    int rc = TNN_OK;
+    if (in) {
+        rc = check_transfer(sess, in, in_data, in_nbytes, 0, -1, __func__);
+        if (rc == TNN_OK && in->type == GGML_TYPE_I32) {
+            rc = check_index_values(sess, in, in_data, in_nbytes, 0, __func__);
+        }
+        if (rc != TNN_OK) return rc;
+    }
+    if (out && (rc = check_transfer(sess, out, out_data, out_nbytes, 0, -1, __func__)) != TNN_OK) {
+        return rc;
+    }
+    if ((rc = check_persistent_indices(sess, __func__)) != TNN_OK) return rc;
+    size_t n_in = in ? (size_t)in_nbytes : 0, n_out = out ? (size_t)out_nbytes : 0;
+    bool async_in = n_in > 0 && on_session_backend(sess, in);
+    bool async_out = n_out > 0 && on_session_backend(sess, out);
+    size_t out_at = round_up(n_in, TNN_STAGING_ALIGN);
+    char *stage = async_in || async_out ? staging_memory(sess, out_at + n_out) : NULL;
+    /* Copies and compute queue on the backend's stream; the one wait is the
+     * synchronize at the end (upload + compute + download wait three times). */
+    if (async_in) {
+        const void *src = in_data;
+        if (stage) src = memcpy(stage, in_data, n_in);
+        ggml_backend_tensor_set_async(sess->backend, in, src, 0, n_in);
+    } else if (n_in > 0) {
+        ggml_backend_tensor_set(in, in_data, 0, n_in);
+    }
+    enum ggml_status status = ggml_backend_sched_graph_compute_async(sess->sched, sess->graph);
+    if (status == GGML_STATUS_SUCCESS && async_out) {
+        ggml_backend_tensor_get_async(sess->backend, out, stage ? stage + out_at : out_data, 0, n_out);
+    }
+    ggml_backend_sched_synchronize(sess->sched);
+    if (status != GGML_STATUS_SUCCESS) {
+        return fail(TNN_EBACKEND, __func__, "ggml compute failed: %s", ggml_status_to_string(status));
+    }
+    if (async_out && stage) {
+        memcpy(out_data, stage + out_at, n_out);
+    } else if (n_out > 0 && !async_out) {
+        ggml_backend_tensor_get(out, out_data, 0, n_out);
+    }
+    return TNN_OK;
 }

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 1
+#define TNN_ABI_VERSION 2
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -282,6 +282,15 @@ TNN_API int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, i
                              int64_t offset);
 TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                              int64_t offset);
+/* One step of a realized graph: uploads in_nbytes of in_data into in (from
+ * byte 0), computes, and downloads out_nbytes of out (from byte 0) into
+ * out_data, waiting for the device once instead of once per call. in or out
+ * may be NULL (nothing uploaded or downloaded); the checks are those of
+ * tnn_upload_raw, tnn_compute and tnn_download_raw, all made before anything
+ * is copied. */
+TNN_API int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data,
+                           int64_t in_nbytes, tnn_tensor *out, void *out_data,
+                           int64_t out_nbytes);
 
 #ifdef __cplusplus
 }

@@ -4,8 +4,8 @@
 # skipped), the CUDA parity tables and the benchmarks, each step skipped when
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
-#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [floor] [graphs] [parity] [bench]
-#                                   [bench-xl] [bench-f32] [parity-xl] [pack]
+#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [profile-prefill] [floor] [graphs]
+#                                   [parity] [bench] [bench-xl] [bench-f32] [parity-xl] [pack]
 #
 # The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
 # the built libraries (xz, in 15 MB parts); put them together here with
@@ -70,6 +70,8 @@ step() {
     if has profile; then
         step profile 90 python3 scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
             --dtypes f16 q8_0 f32 --json "$RES/profile_h200.json" 2>&1 | tail -8
+    fi
+    if has profile-prefill; then
         step "profile prefill" 60 python3 scripts/profile_decode.py --device cuda \
             --shapes gpt2 gpt2-xl --dtypes f16 --prefill 1024 \
             --json "$RES/profile_prefill_h200.json" 2>&1 | tail -4

@@ -5,7 +5,9 @@
 
 For each (shape, dtype): the decode graph's node and split counts; the host
 time of the step's three phases (upload of the 12-byte input, compute, 4-byte
-download), each timed alone over many steps; and, where torch is importable
+download), each timed alone over many steps, and of the step as the engine
+runs it (Session.compute_io: one call, one wait) and through
+FastGPT2.step_greedy (Python included); and, where torch is importable
 and the device is CUDA, torch.profiler's view of the same steps: GPU kernel
 time per step, kernels per step, the launches the host made (cudaGraphLaunch
 means ggml-cuda replayed a CUDA graph) and the kernels that cost most.
@@ -52,6 +54,23 @@ def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
     total = [a + b + c for a, b, c in zip(up, comp, down, strict=True)]
     phases = {"upload_us": us(up), "compute_us": us(comp), "download_us": us(down)}
     phases["step_us"] = us(total)
+    # the same step as the engine runs it: one call, one wait (Session.compute_io)
+    fused = []
+    for i in range(steps):
+        pos = PROMPT + i % (256 - PROMPT)
+        t0 = time.perf_counter()
+        token = int(g.sess.compute_io(g.ints, np.array([token, pos, pos], np.int32), g.out_ids)[0])
+        fused.append(time.perf_counter() - t0)
+    phases["step_compute_io_us"] = us(fused)
+    # and as a user's loop sees it: FastGPT2.step_greedy, Python included
+    # (positions stay under 256, the graph's attention bucket)
+    token = engine.start_greedy(list(range(1, PROMPT + 1)))
+    stepped = []
+    for _ in range(min(steps, 256 - PROMPT - 1)):
+        t0 = time.perf_counter()
+        token = engine.step_greedy(token)
+        stepped.append(time.perf_counter() - t0)
+    phases["engine_step_us"] = us(stepped)
     return phases, g
 
 
@@ -69,9 +88,7 @@ def _prefill_phases(engine: FastGPT2, n_tokens: int, steps: int) -> tuple[dict, 
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        g.ints.upload(ints)
-        g.sess.compute()
-        g.out_ids.download()
+        g.sess.compute_io(g.ints, ints, g.out_ids)
         times.append(time.perf_counter() - t0)
     return {"step_us": round(float(np.median(times)) * 1e6, 1)}, g, ints
 
@@ -85,9 +102,7 @@ def _torch_profile(g, steps: int, ints: np.ndarray | None = None) -> dict:
         ints = np.array([1, PROMPT, PROMPT], np.int32)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            g.ints.upload(ints)
-            g.sess.compute()
-            g.out_ids.download()
+            g.sess.compute_io(g.ints, ints, g.out_ids)
         torch.cuda.synchronize()
     kernels: Counter = Counter()
     kernel_us: Counter = Counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIB_NAME = "libtinynn.so"
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR.parent / "build" / "native" / "lib"
@@ -153,6 +153,13 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_realize": ([c_void_p, c_void_p], c_int, STATUS),
     # int tnn_compute(sess);
     "tnn_compute": ([c_void_p], c_int, STATUS),
+    # int tnn_compute_io(sess, in, const void *in_data, int64_t in_nbytes,
+    #                    out, void *out_data, int64_t out_nbytes);
+    "tnn_compute_io": (
+        [c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int64],
+        c_int,
+        STATUS,
+    ),
     # int tnn_reset_for_rebuild(sess);
     "tnn_reset_for_rebuild": ([c_void_p], c_int, STATUS),
     # int tnn_graph_n_nodes(sess);

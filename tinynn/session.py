@@ -114,7 +114,7 @@ class Tensor:
         bytes of the tensor from byte ``offset``: no allocation per call."""
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
-        if out.dtype != np.dtype(DTYPES.get(self.dtype, np.uint8)):
+        if out.dtype != _np_dtype(self):
             raise TypeError(f"out is {out.dtype}, tensor is {self.dtype}")
         lib = self._session._lib
         lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, offset)
@@ -135,6 +135,11 @@ def _as_buffer(data, dtype: str) -> np.ndarray:
 
 def _t(x: Tensor | None) -> int | None:
     return None if x is None else x.handle
+
+
+def _np_dtype(t: Tensor) -> np.dtype:
+    """The numpy dtype of t's bytes: uint8 for block-quantized types."""
+    return np.dtype(DTYPES.get(t.dtype, np.uint8))
 
 
 class Session:
@@ -359,6 +364,40 @@ class Session:
 
     def compute(self) -> None:
         self._lib.tnn_compute(self._ptr())
+
+    def compute_io(
+        self,
+        inp: Tensor | None = None,
+        data: np.ndarray | Sequence | None = None,
+        out: Tensor | None = None,
+        into: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """One step: uploads ``data`` into ``inp`` (from byte 0), computes,
+        and returns ``out``'s data (into ``into`` when given, else a new array
+        of out's shape), waiting for the device once where ``upload``,
+        ``compute`` and ``download`` wait three times: a decode step's host
+        overhead on CUDA. Checks as those three calls do, before any copy."""
+        in_ptr, in_nbytes, keep = None, 0, None
+        if inp is not None:
+            keep = _as_buffer(data, inp.dtype)
+            in_ptr, in_nbytes = keep.ctypes.data, keep.nbytes
+        elif data is not None:
+            raise ValueError("data given without an input tensor")
+        if out is None:
+            if into is not None:
+                raise ValueError("into given without an output tensor")
+            self._lib.tnn_compute_io(self._ptr(), _t(inp), in_ptr, in_nbytes, None, None, 0)
+            return None
+        if into is None:
+            into = np.empty(out.nbytes if out.dtype == "q8_0" else out.shape, _np_dtype(out))
+        elif not into.flags.c_contiguous or not into.flags.writeable:
+            raise ValueError("into must be a writeable C-contiguous array")
+        elif into.dtype != _np_dtype(out):
+            raise TypeError(f"into is {into.dtype}, tensor is {out.dtype}")
+        self._lib.tnn_compute_io(
+            self._ptr(), _t(inp), in_ptr, in_nbytes, out.handle, into.ctypes.data, into.nbytes
+        )
+        return into
 
     def reset_for_rebuild(self) -> None:
         self._lib.tnn_reset_for_rebuild(self._ptr())

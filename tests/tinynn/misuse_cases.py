@@ -368,6 +368,33 @@ def download_into_past_the_end():
         y.download_into(np.empty(4, np.float32), offset=16)
 
 
+@case(TinyNNError, "not realized")
+def compute_io_before_realize():
+    with Session() as s:
+        x = s.input_2d_f32(2, 3)
+        s.scale(x, 2.0)
+        s.compute_io(x, np.ones((2, 3), np.float32))
+
+
+@case(TinyNNError, "do not fit")
+def raw_compute_io_input_too_large():
+    with Session() as s:
+        x, y = realized(s)
+        buf = np.ones(100, np.float32)
+        out = np.empty(6, np.float32)
+        lib().tnn_compute_io(
+            s._ptr(), x.handle, buf.ctypes.data, buf.nbytes, y.handle, out.ctypes.data, 24
+        )
+
+
+@case(TinyNNError, "data is NULL")
+def raw_compute_io_null_output_data():
+    with Session() as s:
+        x, y = realized(s)
+        buf = np.ones(6, np.float32)
+        lib().tnn_compute_io(s._ptr(), x.handle, buf.ctypes.data, 24, y.handle, None, 24)
+
+
 @case(TinyNNError, "data is NULL")
 def raw_upload_null_data():
     with Session() as s:

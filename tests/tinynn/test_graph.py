@@ -100,6 +100,61 @@ def test_inputs_keep_their_values_across_computes(device):
         assert_close(y.download(), first, 0.0, f"{device} second compute")
 
 
+def test_compute_io_matches_separate_calls(device):
+    """compute_io (upload, compute, download with one wait) gives what the
+    three calls give, step after step, into a new array or a given one."""
+    r = np.random.default_rng(33)
+    w_host = r.standard_normal((6, 8)).astype(np.float32)
+    with tinynn.Session(device) as s:
+        w = s.input_2d_f32_persistent(6, 8)
+        s.finalize_weights()
+        w.upload(w_host)
+        ids = s.input_1d_i32(3)
+        x = s.input_2d_f32(3, 8)
+        rows = s.get_rows(w, ids)  # [3, 8]
+        y = s.set_output(s.add(rows, x))
+        best = s.set_output(s.argmax(y))  # [3]
+        s.realize(best)
+        x.upload(np.ones((3, 8), np.float32))
+        into = np.empty(3, np.int32)
+        for step in range(5):
+            ids_host = r.integers(0, 6, 3).astype(np.int32)
+            got = s.compute_io(ids, ids_host, best)
+            ids.upload(ids_host)
+            s.compute()
+            want = best.download()
+            assert got.dtype == np.int32 and got.shape == (3,)
+            np.testing.assert_array_equal(got, want, f"{device} step {step}")
+            np.testing.assert_array_equal(got, np.argmax(w_host[ids_host] + 1, axis=1))
+            assert s.compute_io(ids, ids_host, best, into=into) is into
+            np.testing.assert_array_equal(into, want)
+        assert s.compute_io(ids, ids_host) is None  # upload and compute only
+        assert_close(s.compute_io(out=y), w_host[ids_host] + 1, TOL, f"{device} no upload")
+
+
+def test_compute_io_checks_before_copying(device):
+    """A bad index or a bad output size fails before anything is uploaded or
+    computed: the input keeps its last good value."""
+    with tinynn.Session(device) as s:
+        table = s.input_2d_f32_persistent(4, 2)
+        s.finalize_weights()
+        table.upload(np.arange(8, dtype=np.float32).reshape(4, 2))
+        idx = s.input_1d_i32(2)
+        y = s.set_output(s.get_rows(table, idx))
+        s.realize(y)
+        s.compute_io(idx, np.array([1, 2], np.int32), y)
+        with pytest.raises(tinynn.TinyNNError, match="outside"):
+            s.compute_io(idx, np.array([0, 9], np.int32), y)
+        with pytest.raises(tinynn.TinyNNError, match="do not fit"):
+            s.compute_io(idx, np.array([0, 3], np.int32), y, into=np.empty(5, np.float32))
+        with pytest.raises(TypeError, match="into is"):
+            s.compute_io(idx, np.array([0, 3], np.int32), y, into=np.empty(4, np.int32))
+        with pytest.raises(ValueError, match="without an input"):
+            s.compute_io(None, np.array([0, 3], np.int32))
+        np.testing.assert_array_equal(idx.download(), [1, 2])
+        assert_close(s.compute_io(out=y), [[2, 3], [4, 5]], 0.0, f"{device} after errors")
+
+
 def test_ops_on_inputs_alone_run_on_the_session_device(device):
     """A graph that reads only compute inputs is one split on the session's
     backend (ggml's scheduler would otherwise run it on the CPU beside a GPU)."""
