@@ -411,19 +411,22 @@ def run(args: argparse.Namespace) -> int:
             wl = set(args.workloads)
             decode = bool(wl & {"decode", "cpu"})
             batch = args.batch if "batch" in wl else 1
-            engine = FastGPT2(
-                weights, args.device, dtype, n_ctx=1024, max_batch=batch, n_threads=args.threads
+
+            # each engine sized as a user would for its workload: one sequence, or the batch
+            engine = functools.partial(
+                FastGPT2, weights, args.device, dtype, n_ctx=1024, n_threads=args.threads
             )
-            try:
-                if decode:
-                    add("ours", "decode b1", ours_decode(engine, args.prompt_len, decode_tokens))
-                for n in args.prefill if "prefill" in wl else ():
-                    add("ours", f"prefill {n}", ours_prefill(engine, n))
-                if "batch" in wl:
-                    stats = ours_batch(engine, batch, args.prompt_len, batch_tokens)
+
+            if decode or "prefill" in wl:
+                with engine(max_batch=1) as one:
+                    if decode:
+                        add("ours", "decode b1", ours_decode(one, args.prompt_len, decode_tokens))
+                    for n in args.prefill if "prefill" in wl else ():
+                        add("ours", f"prefill {n}", ours_prefill(one, n))
+            if "batch" in wl:
+                with engine(max_batch=batch) as many:
+                    stats = ours_batch(many, batch, args.prompt_len, batch_tokens)
                     add("ours", f"decode b{batch}", stats)
-            finally:
-                engine.close()
             if args.no_hf or dtype == "q8_0":
                 continue
             try:
