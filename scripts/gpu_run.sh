@@ -20,6 +20,8 @@
 set -u
 OUT=${OUT:-$PWD/build/gpu_out}
 RES=$(mktemp -d)
+# the machine has handed back results of earlier calls from a reused temp dir: start empty
+find "$RES" -mindepth 1 -delete
 mkdir -p "$OUT" "$RES/xl"
 STEPS=" ${*:-build tests parity bench bench-xl parity-xl} "
 BUDGET=${GPU_RUN_SECONDS:-580}
