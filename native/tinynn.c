@@ -24,6 +24,7 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "free_blocks.h"
 
 /* Capacities. A graph can never hold more tensors than both contexts, so a
  * graph sized to their sum never overflows (ggml asserts on overflow). */
@@ -32,6 +33,8 @@
 #define TNN_GRAPH_SIZE (TNN_MAX_COMPUTE_TENSORS + TNN_MAX_PERSISTENT_TENSORS)
 #define TNN_MAX_INDEX_INPUTS 4096
 #define TNN_MAX_GRAPH_EXTRAS 4096 /* tnn_add_to_graph calls per graph */
+/* Free blocks in compute memory (see avoid_fragmentation); ggml aborts past 256. */
+#define TNN_MAX_FREE_BLOCKS 224
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -1305,6 +1308,29 @@ static void place_inputs_on_device(tnn_session *sess) {
     }
 }
 
+/* ggml's graph allocator aborts past 256 free blocks in a buffer, which a
+ * graph keeping many results alive between freed ones reaches (about 300
+ * outputs). Where the bound allows that many (with room to spare: on CUDA,
+ * ops that fall back to the CPU bring copies of their sources, each counted
+ * as a block), no result of the graph is freed: nothing fragments, at the
+ * cost of compute memory, whose lack is a clean error. */
+static int avoid_fragmentation(tnn_session *sess) {
+    int blocks = tnn_free_blocks_bound(sess->graph);
+    if (blocks < 0) return fail(TNN_ENOMEM, "tnn_realize", "out of memory checking the graph");
+    int n_nodes = ggml_graph_n_nodes(sess->graph);
+    if (sess->is_cuda) {
+        for (int i = 0; i < n_nodes; i++) {
+            struct ggml_tensor *node = ggml_graph_node(sess->graph, i);
+            if (ggml_backend_supports_op(sess->backend, node)) continue;
+            for (int j = 0; j < GGML_MAX_SRC; j++) blocks += node->src[j] != NULL;
+        }
+    }
+    if (blocks > TNN_MAX_FREE_BLOCKS) {
+        for (int i = 0; i < n_nodes; i++) ggml_set_output(ggml_graph_node(sess->graph, i));
+    }
+    return TNN_OK;
+}
+
 int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     CHECK_SESS(sess, TNN_EINVAL);
     CHECK_T(result, TNN_EINVAL);
@@ -1318,6 +1344,8 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (ggml_graph_n_nodes(sess->graph) == 0) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
     }
+    int rc = avoid_fragmentation(sess);
+    if (rc != TNN_OK) return rc;
     if (!sess->sched && !(sess->sched = new_sched(sess))) {
         return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
     }

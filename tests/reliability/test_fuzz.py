@@ -21,6 +21,7 @@ API = (150, 6_000)
 GGUF = (200, 3_000)
 HF = (150, 1_500)
 ENGINES = (40, 1_000)
+GRAPHS = (100, 2_000)
 TIMEOUT = 1800 if LONG else 120
 # the engines hold ~10 sessions; each reserves ~950 MB of address space (ggml scheduler)
 ENGINES_MEM = 48 << 30
@@ -75,4 +76,18 @@ def test_fuzz_engines(seed, tmp_path, tiny_model):
         mem=ENGINES_MEM,
     )  # fmt: skip
     assert s["examples"] > 0 and s["nan_files"] > 0
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_graphs(seed, tmp_path):
+    """Graphs that fragment ggml's compute allocator (it aborted past 256 free blocks)."""
+    s = run_family(
+        "fuzz_graphs",
+        ["--examples", str(examples(*GRAPHS)), "--seed", str(seed)],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )
+    assert s["examples"] > 0 and s["results"] > 100 * s["examples"]
     _report(s)
