@@ -195,13 +195,11 @@ def _forward_log(level: int, text: bytes, _user_data: object) -> None:
 
 
 def candidate_paths() -> list[Path]:
-    """Where the library is looked for, in order."""
-    paths = []
+    """Where the library is looked for, in order: TINYNN_LIB alone when set
+    (a library asked for by name is that one or an error, never another)."""
     if os.environ.get("TINYNN_LIB"):
-        paths.append(Path(os.environ["TINYNN_LIB"]))
-    paths.append(PACKAGE_DIR / LIB_NAME)
-    paths.append(BUILD_DIR / LIB_NAME)
-    return paths
+        return [Path(os.environ["TINYNN_LIB"])]
+    return [PACKAGE_DIR / LIB_NAME, BUILD_DIR / LIB_NAME]
 
 
 def _errcheck_for(kind: str, name: str):

@@ -139,3 +139,20 @@ def test_session_lives_on_after_errors():
         x.upload(np.ones((2, 3), np.float32))
         s.compute()
         assert (y.download() == 2.0).all()
+
+
+def test_tinynn_lib_is_the_only_library_tried(tmp_path):
+    """A library named by TINYNN_LIB is loaded or reported, never replaced by
+    another one silently (the ASan run depends on it)."""
+    missing = tmp_path / "libtinynn_missing.so"
+    env = dict(os.environ, TINYNN_LIB=str(missing), PYTHONPATH=str(ROOT))
+    run = subprocess.run(
+        [sys.executable, "-c", "import tinynn; tinynn.Session()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert f"{missing} (missing)" in run.stderr
+    assert "Tried:\n  " + f"{missing} (missing)\nBuild" in run.stderr
