@@ -3,6 +3,12 @@ forks, thread count, memory queries and large transfers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -153,6 +159,42 @@ def test_compute_io_checks_before_copying(device):
             s.compute_io(None, np.array([0, 3], np.int32))
         np.testing.assert_array_equal(idx.download(), [1, 2])
         assert_close(s.compute_io(out=y), [[2, 3], [4, 5]], 0.0, f"{device} after errors")
+
+
+# 300 results kept (outputs) between 300 freed ones: ggml's allocator aborted
+# needing a 257th free block; the shim keeps every result of such a graph.
+FRAGMENTING = """
+import numpy as np, tinynn
+with tinynn.Session({device!r}) as s:
+    x = s.input_2d_f32(1, 64)
+    kept, freed = [], []
+    for i in range(300):
+        freed.append(s.scale(x, float(i)))
+        s.add_to_graph(freed[-1])
+        kept.append(s.set_output(s.scale(x, 2.0)))
+        s.add_to_graph(kept[-1])
+    total = freed[0]
+    for t in freed[1:]:
+        total = s.add(total, t)
+    s.realize(total)
+    x.upload(np.ones((1, 64), np.float32))
+    s.compute()
+    assert np.allclose(total.download(), 299 * 300 / 2)
+    assert np.allclose(kept[123].download(), 2.0)
+    print("ok")
+"""
+
+
+def test_graph_that_fragments_compute_memory(device):
+    """Runs in a child process: the failure this guards against is an abort."""
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FRAGMENTING.format(device=device))],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_ops_on_inputs_alone_run_on_the_session_device(device):
