@@ -177,6 +177,37 @@ def cuda_huge(n: int) -> None:
     summary(probe="cuda-huge", n=n, message=messages[0], residue=residue, still_works=ok)
 
 
+def cuda_huge_graph(n: int) -> None:
+    """A graph whose compute memory is larger than the GPU (a 160 GB product; CUDA
+    sessions allocate it without reserving first): a clean TinyNNError from realize,
+    nothing left allocated, and the same session realizes a small graph afterwards."""
+    from tinynn import Session, TinyNNError
+
+    meter = Session("cuda")
+    base = meter.device_memory()[0]
+    messages = []
+    with Session("cuda") as s:
+        for _ in range(n):
+            a = s.input_2d_f32(200_000, 8)
+            b = s.input_2d_f32(200_000, 8)
+            try:
+                s.realize(s.set_output(s.matmul(a, b)))  # [200000, 200000] f32
+            except TinyNNError as e:
+                messages.append(str(e))
+            else:
+                raise AssertionError("a 160 GB compute graph was allocated on the GPU")
+            s.reset_for_rebuild()
+        residue = base - meter.device_memory()[0]
+        x = s.input_2d_f32(2, 8)
+        y = s.set_output(s.scale(x, 2.0))
+        s.realize(y)
+        x.upload(np.ones((2, 8), np.float32))
+        s.compute()
+        ok = bool(np.array_equal(y.download().reshape(2, 8), np.full((2, 8), 2, np.float32)))
+    meter.close()
+    summary(probe="cuda-huge-graph", n=n, message=messages[0], residue=residue, still_works=ok)
+
+
 def shared_session(n_threads: int, rounds: int) -> None:
     """One session shared by threads that take a lock around each compute+download:
     the documented way to share (the shim itself is not thread-safe)."""
@@ -220,6 +251,8 @@ if __name__ == "__main__":
         cuda_memory(int(sys.argv[2]))
     elif what == "cuda-huge":
         cuda_huge(int(sys.argv[2]))
+    elif what == "cuda-huge-graph":
+        cuda_huge_graph(int(sys.argv[2]))
     elif what == "shared-session":
         shared_session(4, int(sys.argv[2]))
     else:

@@ -74,6 +74,14 @@ def test_cuda_model_larger_than_the_gpu_fails_cleanly():
     assert s["still_works"]
 
 
+def test_cuda_graph_larger_than_the_gpu_fails_cleanly():
+    use_device("cuda")
+    s = _probe("cuda-huge-graph", "3")
+    assert "tnn_realize" in s["message"] and "could not allocate" in s["message"], s
+    assert s["residue"] <= 2 * MiB, f"a failed realize left {s['residue']} bytes"
+    assert s["still_works"]
+
+
 def test_one_model_per_thread_matches_single_thread(tiny_model):
     prompts = [[1, 2, 3, 4], [7, 8, 9], [10, 11, 12, 13, 14, 15], [5]]
     with gpt2.load(tiny_model.hf_dir, device="cpu", n_threads=1) as m:
