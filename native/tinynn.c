@@ -1308,25 +1308,32 @@ static void place_inputs_on_device(tnn_session *sess) {
     }
 }
 
+/* Sources of the graph's ops that the session's backend cannot run (0 on the
+ * CPU): the scheduler runs those ops on the CPU and copies these sources. */
+static int cpu_fallback_sources(tnn_session *sess) {
+    int n = 0;
+    if (!sess->is_cuda) return 0;
+    for (int i = 0; i < ggml_graph_n_nodes(sess->graph); i++) {
+        struct ggml_tensor *node = ggml_graph_node(sess->graph, i);
+        if (ggml_backend_supports_op(sess->backend, node)) continue;
+        for (int j = 0; j < GGML_MAX_SRC; j++) n += node->src[j] != NULL;
+    }
+    return n;
+}
+
 /* ggml's graph allocator aborts past 256 free blocks in a buffer, which a
  * graph keeping many results alive between freed ones reaches (about 300
- * outputs). Where the bound allows that many (with room to spare: on CUDA,
- * ops that fall back to the CPU bring copies of their sources, each counted
- * as a block), no result of the graph is freed: nothing fragments, at the
- * cost of compute memory, whose lack is a clean error. */
-static int avoid_fragmentation(tnn_session *sess) {
+ * outputs). Where the bound allows that many (with room to spare, and each
+ * copy of a CPU fallback's source counted as a block), no result of the
+ * graph is freed: nothing fragments, at the cost of compute memory, whose
+ * lack is a clean error. */
+static int avoid_fragmentation(tnn_session *sess, int fallback_sources) {
     int blocks = tnn_free_blocks_bound(sess->graph);
     if (blocks < 0) return fail(TNN_ENOMEM, "tnn_realize", "out of memory checking the graph");
-    int n_nodes = ggml_graph_n_nodes(sess->graph);
-    if (sess->is_cuda) {
-        for (int i = 0; i < n_nodes; i++) {
-            struct ggml_tensor *node = ggml_graph_node(sess->graph, i);
-            if (ggml_backend_supports_op(sess->backend, node)) continue;
-            for (int j = 0; j < GGML_MAX_SRC; j++) blocks += node->src[j] != NULL;
+    if (blocks + fallback_sources > TNN_MAX_FREE_BLOCKS) {
+        for (int i = 0; i < ggml_graph_n_nodes(sess->graph); i++) {
+            ggml_set_output(ggml_graph_node(sess->graph, i));
         }
-    }
-    if (blocks > TNN_MAX_FREE_BLOCKS) {
-        for (int i = 0; i < n_nodes; i++) ggml_set_output(ggml_graph_node(sess->graph, i));
     }
     return TNN_OK;
 }
@@ -1344,21 +1351,27 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (ggml_graph_n_nodes(sess->graph) == 0) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
     }
-    int rc = avoid_fragmentation(sess);
+    int fallback_sources = cpu_fallback_sources(sess);
+    int rc = avoid_fragmentation(sess, fallback_sources);
     if (rc != TNN_OK) return rc;
     if (!sess->sched && !(sess->sched = new_sched(sess))) {
         return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
     }
     ggml_backend_sched_reset(sess->sched);
     if (sess->is_cuda) place_inputs_on_device(sess);
-    /* On the CPU, reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph
-     * ignores a failed re-reservation and then writes through the missing buffer
-     * (SIGSEGV) when the compute memory cannot be allocated. After a failed
-     * reserve the allocator keeps assignments without a buffer, so the scheduler
-     * is replaced by a fresh one. CUDA sessions allocate directly: with the
-     * reserve step every CUDA test crashed on the H200 (2026-11-29, cause not
-     * established), without it they ran (bench/h200_2026-11-29_run.log). */
-    bool reserved = sess->is_cuda || ggml_backend_sched_reserve(sess->sched, sess->graph);
+    /* Reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph ignores a
+     * failed re-reservation and then writes through the missing buffer
+     * (SIGSEGV) when the compute memory cannot be allocated (a CUDA graph
+     * larger than the GPU did, 2026-11-29). After a failed reserve the
+     * allocator keeps assignments without a buffer, so the scheduler is
+     * replaced by a fresh one. The reserve splits the graph once more, and a
+     * split rewrites the sources of ops that fall back to the CPU to copies it
+     * frees at the next split: with fallbacks the second split would read them
+     * (every CUDA test crashed so while inputs still lived on the CPU), so such
+     * graphs allocate directly. The reserve resets the inputs' placement. */
+    bool reserve = fallback_sources == 0;
+    bool reserved = !reserve || ggml_backend_sched_reserve(sess->sched, sess->graph);
+    if (reserve && reserved && sess->is_cuda) place_inputs_on_device(sess);
     if (!reserved || !ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
         ggml_backend_sched_free(sess->sched);
         sess->sched = new_sched(sess); /* NULL: made again by the next realize */
