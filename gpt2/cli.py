@@ -29,7 +29,6 @@ import numpy as np
 import gpt2
 from gpt2.api import DEVICES, GPT2Model, pick_device
 from gpt2.resolve import resolve_model
-from gpt2.tf32 import STRICT_F32_COLUMNS
 from gpt2.weights import GPT2Weights, load_model
 from tinynn import TinyNNError, cuda_available, cuda_unavailable_reason
 
@@ -215,11 +214,8 @@ def cmd_logits(args: argparse.Namespace) -> int:
         logits = GPT2Reference(loaded.weights).logits(ids)  # float64
     else:
         device = choose_device(args.device)
-        n_ctx = len(ids)
-        if args.engine == "fast":  # room to pad a short prompt off TF32 (gpt2.tf32)
-            n_ctx = min(max(n_ctx, STRICT_F32_COLUMNS), loaded.config.n_positions)
         engine = build_engine(
-            loaded.weights, args.engine, device, args.dtype, n_ctx, args.threads, args.gelu
+            loaded.weights, args.engine, device, args.dtype, len(ids), args.threads, args.gelu
         )
         try:
             logits = engine_logits(engine, ids)

@@ -19,9 +19,10 @@ What makes it fast (bench/NOTES.md has the measurements):
   new inputs, which lets ggml-cuda replay it as a CUDA graph.
 - Greedy picks happen on the device: a step downloads B int32 ids.
 
-Cache layout: per layer one K and one V tensor of ne = [n_embd, n_ctx * B]
-(row = one position of one sequence, heads side by side), read by attention
-through views ne = [d_head, n_kv, n_head, B].
+Cache layout: per layer one tensor of ne = [2 n_embd, n_rows * B] (row = K | V
+of one position of one sequence, heads side by side), read by attention
+through views ne = [d_head, n_kv, n_head, B]. n_rows is n_ctx, or 17 where
+n_ctx is shorter and a short prompt must be padded to 17 (pad_prefill).
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class FastGPT2:
         cuda_f32 = device == "cuda" and dtype == "f32"
         self.exact_attention = cuda_f32 if exact_attention is None else exact_attention
         self.pad_prefill = cuda_f32 if pad_prefill is None else pad_prefill
+        # cache (and position, mask) rows per sequence: room for a padded prefill
+        # even when n_ctx, the user's bound on positions, is shorter
+        padded = min(max(self.n_ctx, STRICT_F32_COLUMNS), c.n_positions)
+        self.n_rows = padded if self.pad_prefill else self.n_ctx
         # ggml-cuda's flash attention reads f16 K/V (it would convert f32 every
         # step); on the CPU an f32 model keeps an f32 cache, for parity, and so
         # does exact attention.
@@ -151,13 +156,13 @@ class FastGPT2:
 
     def _declare(self, dtype: str) -> None:
         c, s = self.config, self.root
-        d, rows = c.n_embd, self.n_ctx * self.max_batch
+        d, rows = c.n_embd, self.n_rows * self.max_batch
         self.wte = self._weight(dtype, d, c.vocab_size)  # [d, V] for get_rows
         self.lm_head = self._weight(dtype, d, c.vocab_size)  # [d, V], ln_f folded in
         self.lm_bias = s.input_typed_persistent("f32", (c.vocab_size,))
-        self.wpe = s.input_typed_persistent("f32", (d, self.n_ctx))  # [d, n_ctx]
+        self.wpe = s.input_typed_persistent("f32", (d, self.n_rows))  # [d, n_rows]
         # Row p: 0 for keys 0..p, -inf after (the causal mask of a query at p).
-        self.mask_table = s.input_typed_persistent("f32", (self.n_ctx, self.n_ctx))
+        self.mask_table = s.input_typed_persistent("f32", (self.n_rows, self.n_rows))
         self.layers = [
             _Layer(
                 w_qkv=self._weight(dtype, d, 3 * d),
@@ -181,7 +186,7 @@ class FastGPT2:
         )
         _put(self.lm_head, w_head.T)
         _put(self.lm_bias, b_head)
-        _put(self.wpe, weights["wpe"][: self.n_ctx])
+        _put(self.wpe, weights["wpe"][: self.n_rows])
         layers = progress(enumerate(self.layers), f"uploading to {self.device}", len(self.layers))
         for i, layer in layers:
             p = f"h.{i}."
@@ -197,7 +202,7 @@ class FastGPT2:
             _put(layer.b_proj, weights[p + "mlp.c_proj.bias"])
 
     def _mask_table_upload(self) -> None:
-        n = self.n_ctx
+        n = self.n_rows
         table = np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
         self.mask_table.upload(table)
 
@@ -216,14 +221,14 @@ class FastGPT2:
             positions = s.view_1d(ints, n, n * 4)
             rows = s.view_1d(ints, n, 2 * n * 4)
             x = s.add(s.get_rows(self.wte, tokens), s.get_rows(self.wpe, positions))  # [d, N]
-            mask = s.get_rows(self.mask_table, positions)  # [n_ctx, N]
-            mask = s.view_2d(mask, n_kv, n, self.n_ctx * F32, 0)  # [n_kv, N]
+            mask = s.get_rows(self.mask_table, positions)  # [n_rows, N]
+            mask = s.view_2d(mask, n_kv, n, self.n_rows * F32, 0)  # [n_kv, N]
             # soft_max_ext takes the f32 mask; flash attention wants f16
             mask = s.cont(mask) if self.exact_attention else s.cast(mask, "f16")
             mask = s.reshape(mask, n_kv, n_q, 1, n_seq)  # broadcast over heads
             scale = 1.0 / math.sqrt(dh)
             kv_size = F32 if self.kv_dtype == "f32" else F16
-            seq_stride = self.n_ctx * 2 * d * kv_size
+            seq_stride = self.n_rows * 2 * d * kv_size
             for layer in self.layers:
                 h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
                 qkv = s.add(s.matmul(layer.w_qkv, h), layer.b_qkv)  # [3d, N]
@@ -271,7 +276,7 @@ class FastGPT2:
         key = (n_seq, n_q, all_logits)
         g = self._prefill_graphs.pop(key, None)
         if g is None:
-            g = self._build(n_seq, n_q, _bucket(n_q, self.n_ctx), last_only=not all_logits)
+            g = self._build(n_seq, n_q, _bucket(n_q, self.n_rows), last_only=not all_logits)
             while len(self._prefill_graphs) >= MAX_PREFILL_GRAPHS:
                 self._prefill_graphs.popitem(last=False)[1].sess.close()
         self._prefill_graphs[key] = g
@@ -323,7 +328,7 @@ class FastGPT2:
         for i, seq in enumerate(ids):
             tokens[i, : len(seq)] = seq
         positions = np.tile(np.arange(n_q), n_seq)
-        rows = np.repeat(np.arange(n_seq) * self.n_ctx, n_q) + positions
+        rows = np.repeat(np.arange(n_seq) * self.n_rows, n_q) + positions
         ints = [tokens.reshape(-1), positions, rows]
         if not all_logits:
             ints.append(np.arange(n_seq) * n_q + lengths - 1)  # the real last tokens
@@ -334,10 +339,11 @@ class FastGPT2:
     def _prefill_length(self, n_seq: int, t: int) -> int:
         """Tokens per sequence that a prefill of n_seq prompts of t computes:
         t, or 17 where its products would have 4..16 columns (TF32_COLUMNS)
-        and pad_prefill is on. With n_ctx < 17 there is no room: t (TF32)."""
+        and pad_prefill is on. A model whose whole context is shorter than 17
+        has no room: t (TF32)."""
         padded = STRICT_F32_COLUMNS
         tf32 = t in TF32_COLUMNS or n_seq * t in TF32_COLUMNS  # attention, weights
-        return padded if self.pad_prefill and tf32 and padded <= self.n_ctx else t
+        return padded if self.pad_prefill and tf32 and padded <= self.n_rows else t
 
     def step(self, token_id: int) -> np.ndarray:
         return self._logit_rows(self._step_graph([token_id])[0])[0]
@@ -366,7 +372,7 @@ class FastGPT2:
         if int(pos.max()) >= self.n_ctx:
             raise ValueError(f"position {int(pos.max())} is past the context ({self.n_ctx})")
         g = self._decode_graph(n_seq, _bucket(int(pos.max()) + 1, self.n_ctx))
-        greedy = self._run(g, ids, pos, np.arange(n_seq) * self.n_ctx + pos)
+        greedy = self._run(g, ids, pos, np.arange(n_seq) * self.n_rows + pos)
         self._positions = [p + 1 for p in self._positions]
         return g, greedy
 

@@ -24,7 +24,7 @@ from gpt2.reference import GPT2Reference
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tests.devices import DEVICES, use_device
-from tests.tiny_models import check_close
+from tests.tiny_models import check_close, random_weights
 
 REF_TOL = 1e-3
 SAME_TOL = 1e-5
@@ -146,14 +146,34 @@ def test_padded_batch_prefill_matches_single(tiny_model, device):
         assert batch == singles, (n_seq, t)
 
 
-def test_no_padding_without_room(tiny_model):
-    """With n_ctx < 17 a short prefill cannot be padded; it runs as it is."""
+def test_padding_past_a_short_context(tiny_model, device):
+    """n_ctx (the bound on positions) below 17 still pads a short prefill: the
+    engine keeps 17 cache rows a sequence; decode then runs to n_ctx."""
     m = tiny_model
     ids = _prompt(m.config, 8, seed=8)
-    with FastGPT2(m.weights, n_ctx=12, exact_attention=True, pad_prefill=True) as fast:
+    want = GPT2Reference(m.weights)
+    with FastGPT2(m.weights, device, n_ctx=12, **_exact(device)) as fast:
+        assert fast._prefill_length(1, 8) == PADDED and fast.max_positions == 12
+        check_close(fast.logits(ids), want.logits(ids), REF_TOL, f"{device} n_ctx=12")
+        new = greedy_generate(fast, ids, 5)  # the prefill's pick, then positions 8..11
+        with pytest.raises(ValueError, match="past the context"):
+            fast.step_greedy(new[-1])  # position 12
+    seq = list(ids)
+    for _ in range(5):
+        seq.append(int(np.argmax(want.logits(seq)[-1])))
+    assert new == seq[8:]
+
+
+def test_no_padding_without_room(tiny_model):
+    """A model whose whole context is shorter than 17 cannot pad: a short
+    prefill runs as it is (on TF32 under CUDA)."""
+    config = replace(tiny_model.config, n_positions=12)
+    weights = random_weights(config, seed=8)
+    ids = _prompt(config, 8, seed=8)
+    with FastGPT2(weights, exact_attention=True, pad_prefill=True) as fast:
         assert fast._prefill_length(1, 8) == 8
         got = fast.logits(ids)
-    check_close(got, GPT2Reference(m.weights).logits(ids), REF_TOL, "n_ctx=12")
+    check_close(got, GPT2Reference(weights).logits(ids), REF_TOL, "n_positions=12")
 
 
 class _PaddedFullForwardCpu(GPT2FullForwardFFICache):
