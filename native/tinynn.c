@@ -245,7 +245,8 @@ struct tnn_session {
     bool is_cuda;
     ggml_backend_t backend;
     ggml_backend_t cpu_backend; /* the scheduler's fallback (== backend on CPU) */
-    ggml_backend_sched_t sched;
+    ggml_backend_sched_t sched; /* made by tnn_realize, sized to the graph */
+    int sched_graph_size;
     int n_threads;
 
     struct ggml_context *ctx_w; /* persistent tensors (root only) */
@@ -428,20 +429,43 @@ static void apply_threads(ggml_backend_t cpu, int n) {
     if (set) set(cpu, n);
 }
 
-/* A scheduler, or NULL. ggml_backend_sched_new mallocs a context buffer of about
- * TNN_GRAPH_SIZE * 60 tensor headers (~950 MB of address space, touched lazily)
- * and does not check it: a NULL buffer aborts later in ggml_init. So the
- * allocation is probed first: an address-space limit or exhausted memory gives
- * NULL here instead. */
-static ggml_backend_sched_t new_sched(tnn_session *s) {
-    size_t need = (size_t)TNN_GRAPH_SIZE * 30 * 2 * sizeof(struct ggml_tensor) +
-                  ggml_graph_overhead_custom(TNN_GRAPH_SIZE, false);
+/* A scheduler for graphs of up to graph_size tensors, or NULL.
+ * ggml_backend_sched_new mallocs a context buffer of graph_size * 60 tensor
+ * headers (~20 kB a tensor: 950 MB of address space at TNN_GRAPH_SIZE, which is
+ * why it is sized to the graph) and does not check it: a NULL buffer aborts
+ * later in ggml_init. So the allocation is probed first: an address-space
+ * limit or exhausted memory gives NULL here instead. */
+static ggml_backend_sched_t new_sched(tnn_session *s, int graph_size) {
+    size_t need = (size_t)graph_size * 30 * 2 * sizeof(struct ggml_tensor) +
+                  ggml_graph_overhead_custom((size_t)graph_size, false);
     void *probe = malloc(need);
     if (!probe) return NULL;
     free(probe);
     ggml_backend_t backends[2] = {s->backend, s->cpu_backend};
     int n_backends = s->is_cuda ? 2 : 1;
-    return ggml_backend_sched_new(backends, NULL, n_backends, TNN_GRAPH_SIZE, false, false);
+    ggml_backend_sched_t sched =
+        ggml_backend_sched_new(backends, NULL, n_backends, (size_t)graph_size, false, false);
+    s->sched_graph_size = sched ? graph_size : 0;
+    return sched;
+}
+
+/* Tensors the scheduler of the session's graph keeps track of, with room to
+ * spare: nodes, their sources without an op (each counted every time it is
+ * read), tnn_add_to_graph's tensors and the inputs that placement names. */
+static int sched_graph_size(tnn_session *sess) {
+    int64_t n = ggml_graph_n_nodes(sess->graph) + sess->n_graph_extras + 1;
+    for (int i = 0; i < ggml_graph_n_nodes(sess->graph); i++) {
+        struct ggml_tensor *node = ggml_graph_node(sess->graph, i);
+        for (int j = 0; j < GGML_MAX_SRC; j++) {
+            n += node->src[j] != NULL && node->src[j]->op == GGML_OP_NONE;
+        }
+    }
+    for (struct ggml_tensor *t = ggml_get_first_tensor(sess->ctx); t;
+         t = ggml_get_next_tensor(sess->ctx, t)) {
+        n += (t->flags & GGML_TENSOR_FLAG_INPUT) != 0;
+    }
+    n = 2 * n + 64;
+    return n < TNN_GRAPH_SIZE ? (int)n : TNN_GRAPH_SIZE;
 }
 
 static void session_destroy(tnn_session *s) {
@@ -479,10 +503,9 @@ static tnn_session *session_create(bool cuda, tnn_session *root, const char *fun
     }
     apply_threads(s->cpu_backend, s->n_threads);
 
-    s->sched = new_sched(s);
     s->ctx = new_compute_ctx();
-    if (!s->sched || !s->ctx || !new_graph(s)) {
-        fail(TNN_ENOMEM, func, "could not allocate the scheduler or compute context");
+    if (!s->ctx || !new_graph(s)) {
+        fail(TNN_ENOMEM, func, "could not allocate the compute context");
         session_destroy(s);
         return NULL;
     }
@@ -1354,7 +1377,12 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     int fallback_sources = cpu_fallback_sources(sess);
     int rc = avoid_fragmentation(sess, fallback_sources);
     if (rc != TNN_OK) return rc;
-    if (!sess->sched && !(sess->sched = new_sched(sess))) {
+    int graph_size = sched_graph_size(sess);
+    if (sess->sched && sess->sched_graph_size < graph_size) {
+        ggml_backend_sched_free(sess->sched); /* made for a smaller graph */
+        sess->sched = NULL;
+    }
+    if (!sess->sched && !(sess->sched = new_sched(sess, graph_size))) {
         return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
     }
     ggml_backend_sched_reset(sess->sched);
@@ -1374,7 +1402,7 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (reserve && reserved && sess->is_cuda) place_inputs_on_device(sess);
     if (!reserved || !ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
         ggml_backend_sched_free(sess->sched);
-        sess->sched = new_sched(sess); /* NULL: made again by the next realize */
+        sess->sched = NULL; /* made again by the next realize */
         return fail(TNN_ENOMEM, __func__, "could not allocate compute memory for %d nodes on %s",
                     ggml_graph_n_nodes(sess->graph), sess->is_cuda ? "CUDA" : "the CPU");
     }

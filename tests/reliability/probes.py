@@ -56,6 +56,29 @@ def sessions(n: int) -> None:
             seconds=round(time.perf_counter() - t0, 2))  # fmt: skip
 
 
+def address_space(n: int) -> None:
+    """Address space (VmSize) that n sessions, each holding a realized graph, map."""
+    from tinynn import Session
+
+    def vm_size() -> int:
+        with open("/proc/self/status") as fh:
+            line = next(ln for ln in fh if ln.startswith("VmSize:"))
+        return int(line.split()[1]) * 1024
+
+    one_session()  # backends loaded
+    before = vm_size()
+    held = []
+    for _ in range(n):
+        s = Session("cpu", n_threads=1)
+        x = s.input_2d_f32(2, 8)
+        s.realize(s.set_output(s.scale(x, 2.0)))
+        held.append(s)
+    per_session = (vm_size() - before) // n
+    for s in held:
+        s.close()
+    summary(probe="address-space", n=n, per_session=per_session)
+
+
 def models(n: int, path: str) -> None:
     import gpt2
 
@@ -243,6 +266,8 @@ if __name__ == "__main__":
     what = sys.argv[1]
     if what == "sessions":
         sessions(int(sys.argv[2]))
+    elif what == "address-space":
+        address_space(int(sys.argv[2]))
     elif what == "models":
         models(int(sys.argv[2]), sys.argv[3])
     elif what == "huge":
