@@ -11,6 +11,8 @@ with tinynn.Session("cpu") as s:
     x.upload(np.ones((2, 4), np.float32))
     s.compute()
     print(y.download())
+    # or, as one step (one wait for the device): upload, compute, download
+    print(s.compute_io(x, np.full((2, 4), 2, np.float32), y))
 """
 
 from ._lib import ABI_VERSION, library_path
