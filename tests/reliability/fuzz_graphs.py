@@ -1,4 +1,4 @@
-"""Fuzz family "graphs": graphs that fragment ggml's compute allocator realize or raise.
+"""Fuzz family "graphs": graphs that fragment ggml's compute allocator realize and compute.
 
 Run as a child (tests/reliability/test_fuzz.py does it):
 ``python -m tests.reliability.fuzz_graphs --repro FILE --examples N --seed S``.
