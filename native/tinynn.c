@@ -1344,38 +1344,16 @@ static int cpu_fallback_sources(tnn_session *sess) {
     return n;
 }
 
-/* The scheduler's split rewrites the sources of an op it runs on another
- * backend (a CUDA session's CPU fallback) to copies in its own context, which
- * the next split or the scheduler's end frees: a graph split twice, or
- * realized again after a failure, would read them. So they are saved first. */
-static struct ggml_tensor **save_sources(struct ggml_cgraph *graph) {
-    int n = ggml_graph_n_nodes(graph);
-    struct ggml_tensor **saved = malloc((size_t)n * GGML_MAX_SRC * sizeof *saved + 1);
-    if (!saved) return NULL;
-    for (int i = 0; i < n; i++) {
-        memcpy(&saved[(size_t)i * GGML_MAX_SRC], ggml_graph_node(graph, i)->src,
-               GGML_MAX_SRC * sizeof *saved);
-    }
-    return saved;
-}
-
-static void restore_sources(struct ggml_cgraph *graph, struct ggml_tensor **saved) {
-    for (int i = 0; i < ggml_graph_n_nodes(graph); i++) {
-        memcpy(ggml_graph_node(graph, i)->src, &saved[(size_t)i * GGML_MAX_SRC],
-               GGML_MAX_SRC * sizeof *saved);
-    }
-}
-
 /* ggml's graph allocator aborts past 256 free blocks in a buffer, which a
  * graph keeping many results alive between freed ones reaches (about 300
  * outputs). Where the bound allows that many (with room to spare, and each
  * copy of a CPU fallback's source counted as a block), no result of the
  * graph is freed: nothing fragments, at the cost of compute memory, whose
  * lack is a clean error. */
-static int avoid_fragmentation(tnn_session *sess) {
+static int avoid_fragmentation(tnn_session *sess, int fallback_sources) {
     int blocks = tnn_free_blocks_bound(sess->graph);
     if (blocks < 0) return fail(TNN_ENOMEM, "tnn_realize", "out of memory checking the graph");
-    if (blocks + cpu_fallback_sources(sess) > TNN_MAX_FREE_BLOCKS) {
+    if (blocks + fallback_sources > TNN_MAX_FREE_BLOCKS) {
         for (int i = 0; i < ggml_graph_n_nodes(sess->graph); i++) {
             ggml_set_output(ggml_graph_node(sess->graph, i));
         }
@@ -1396,7 +1374,8 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (ggml_graph_n_nodes(sess->graph) == 0) {
         return fail(TNN_ESHAPE, __func__, "the graph has no operation (result is an input?)");
     }
-    int rc = avoid_fragmentation(sess);
+    int fallback_sources = cpu_fallback_sources(sess);
+    int rc = avoid_fragmentation(sess, fallback_sources);
     if (rc != TNN_OK) return rc;
     int graph_size = sched_graph_size(sess);
     if (sess->sched && sess->sched_graph_size < graph_size) {
@@ -1406,8 +1385,6 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
     if (!sess->sched && !(sess->sched = new_sched(sess, graph_size))) {
         return fail(TNN_ENOMEM, __func__, "could not allocate a scheduler");
     }
-    struct ggml_tensor **sources = save_sources(sess->graph);
-    if (!sources) return fail(TNN_ENOMEM, __func__, "out of host memory");
     ggml_backend_sched_reset(sess->sched);
     if (sess->is_cuda) place_inputs_on_device(sess);
     /* Reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph ignores a
@@ -1415,24 +1392,20 @@ int tnn_realize(tnn_session *sess, tnn_tensor *result) {
      * (SIGSEGV) when the compute memory cannot be allocated (a CUDA graph
      * larger than the GPU did, 2026-11-29). After a failed reserve the
      * allocator keeps assignments without a buffer, so the scheduler is
-     * replaced by a fresh one. The reserve resets the inputs' placement, and
-     * its split rewrote sources (see save_sources): both are put back before
-     * the allocation splits the graph again. */
-    bool ok = ggml_backend_sched_reserve(sess->sched, sess->graph);
-    restore_sources(sess->graph, sources);
-    if (ok) {
-        if (sess->is_cuda) place_inputs_on_device(sess);
-        ok = ggml_backend_sched_alloc_graph(sess->sched, sess->graph);
-    }
-    if (!ok) {
-        restore_sources(sess->graph, sources); /* their copies go with the scheduler */
-        free(sources);
+     * replaced by a fresh one. The reserve splits the graph once more, and a
+     * split rewrites the sources of ops that fall back to the CPU to copies it
+     * frees at the next split: with fallbacks the second split would read them
+     * (every CUDA test crashed so while inputs still lived on the CPU), so such
+     * graphs allocate directly. The reserve resets the inputs' placement. */
+    bool reserve = fallback_sources == 0;
+    bool reserved = !reserve || ggml_backend_sched_reserve(sess->sched, sess->graph);
+    if (reserve && reserved && sess->is_cuda) place_inputs_on_device(sess);
+    if (!reserved || !ggml_backend_sched_alloc_graph(sess->sched, sess->graph)) {
         ggml_backend_sched_free(sess->sched);
         sess->sched = NULL; /* made again by the next realize */
         return fail(TNN_ENOMEM, __func__, "could not allocate compute memory for %d nodes on %s",
                     ggml_graph_n_nodes(sess->graph), sess->is_cuda ? "CUDA" : "the CPU");
     }
-    free(sources);
     sess->realized = true;
     zero_index_inputs(sess);
     return TNN_OK;
