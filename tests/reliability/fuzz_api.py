@@ -157,7 +157,8 @@ UNARY = ["tnn_scale", "tnn_gelu", "tnn_gelu_exact", "tnn_softmax", "tnn_cont", "
 
 def graph(w: World, choices: list[int]) -> None:
     """A well-formed graph on the current session (which may be in any state): input,
-    optional matmul with a recent tensor, a unary op, output, realize, upload, compute."""
+    optional matmul with a recent tensor, a unary op, output, realize, then upload and
+    compute, or both and the download as one tnn_compute_io."""
     if not w.live:
         return
     s = w.live[-1]
@@ -174,6 +175,11 @@ def graph(w: World, choices: list[int]) -> None:
     if y is None or raw(w, "tnn_set_output", s, y) is None or raw(w, "tnn_realize", s, y) is None:
         return
     data = np.linspace(-1, 1, rows * cols, dtype=np.float32)
+    if choices[6] % 2:  # the same step as one call
+        n_out = tensor_nbytes(s, y) or 0
+        out = np.empty(max(n_out, 1), np.uint8)
+        raw(w, "tnn_compute_io", s, x, data.ctypes.data, data.nbytes, y, out.ctypes.data, n_out)
+        return
     raw(w, "tnn_upload_f32", s, x, data.ctypes.data, data.nbytes, 0)
     raw(w, "tnn_compute", s)
 
@@ -205,6 +211,21 @@ def call(w: World, name: str, choices: list[int]) -> None:
         else:
             data, buf = None, None
         args = [sess, t, data, nbytes, offset]
+    elif name == "tnn_compute_io":
+        # (in, in_data, in_nbytes), (out, out_data, out_nbytes): data are real buffers
+        # of at least nbytes, or NULL, as for uploads and downloads; a tensor may be NULL
+        sess, keep = w.session(next(it)), []
+        args = [sess]
+        for _ in range(2):
+            c_t, c_n, c_d = next(it), next(it), next(it)
+            t = w.tensor(c_t) if c_t % 5 else None
+            exact = tensor_nbytes(sess, t) if t and c_n % 3 == 0 else None
+            nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
+            data = None
+            if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
+                keep.append(np.zeros(max(nbytes, 1), np.uint8))
+                data = keep[-1].ctypes.data
+            args += [t, data, nbytes]
     elif name == "tnn_tensor_info":
         bufs = [(ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)(), ctypes.c_int()]
         c = next(it)
@@ -399,7 +420,7 @@ def main() -> int:
             k[3:]: v
             for k, v in sorted(totals.items())
             if k.startswith("ok:tnn_")
-            and k[7:] in ("realize", "compute", "finalize_weights", "session_fork")
+            and k[7:] in ("realize", "compute", "compute_io", "finalize_weights", "session_fork")
         },
     )
     return 0
