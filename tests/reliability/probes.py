@@ -169,6 +169,16 @@ def cuda_memory(n: int) -> None:
             residue=after, weights_f16=2 * n_params)  # fmt: skip
 
 
+def doubles_a_small_input(s) -> bool:
+    """Whether session s (reset or fresh) still realizes and computes y = 2 x."""
+    x = s.input_2d_f32(2, 8)
+    y = s.set_output(s.scale(x, 2.0))
+    s.realize(y)
+    x.upload(np.ones((2, 8), np.float32))
+    s.compute()
+    return bool(np.array_equal(y.download().reshape(2, 8), np.full((2, 8), 2, np.float32)))
+
+
 def cuda_huge(n: int) -> None:
     """A GPT-2 larger than the GPU (206 GB of f32 weights): a clean TinyNNError, and the
     device memory is back where it was."""
@@ -190,20 +200,16 @@ def cuda_huge(n: int) -> None:
             raise AssertionError("a 206 GB model was allocated on the GPU")
     residue = base - meter.device_memory()[0]
     with Session("cuda") as s:  # the device still works
-        x = s.input_2d_f32(2, 8)
-        y = s.set_output(s.scale(x, 2.0))
-        s.realize(y)
-        x.upload(np.ones((2, 8), np.float32))
-        s.compute()
-        ok = bool(np.array_equal(y.download().reshape(2, 8), np.full((2, 8), 2, np.float32)))
+        ok = doubles_a_small_input(s)
     meter.close()
     summary(probe="cuda-huge", n=n, message=messages[0], residue=residue, still_works=ok)
 
 
 def cuda_huge_graph(n: int) -> None:
-    """A graph whose compute memory is larger than the GPU (a 160 GB product; CUDA
-    sessions allocate it without reserving first): a clean TinyNNError from realize,
-    nothing left allocated, and the same session realizes a small graph afterwards."""
+    """A graph whose compute memory is larger than the GPU (a 160 GB product; ggml
+    crashed allocating it before tnn_realize reserved first on CUDA too): a clean
+    TinyNNError from realize, nothing left allocated, and the same session realizes
+    a small graph afterwards."""
     from tinynn import Session, TinyNNError
 
     meter = Session("cuda")
@@ -221,12 +227,7 @@ def cuda_huge_graph(n: int) -> None:
                 raise AssertionError("a 160 GB compute graph was allocated on the GPU")
             s.reset_for_rebuild()
         residue = base - meter.device_memory()[0]
-        x = s.input_2d_f32(2, 8)
-        y = s.set_output(s.scale(x, 2.0))
-        s.realize(y)
-        x.upload(np.ones((2, 8), np.float32))
-        s.compute()
-        ok = bool(np.array_equal(y.download().reshape(2, 8), np.full((2, 8), 2, np.float32)))
+        ok = doubles_a_small_input(s)
     meter.close()
     summary(probe="cuda-huge-graph", n=n, message=messages[0], residue=residue, still_works=ok)
 
