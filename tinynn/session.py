@@ -98,31 +98,43 @@ class Tensor:
     def download(self) -> np.ndarray:
         """A copy of the tensor's data as a numpy array of ``shape``
         (uint8 bytes for q8_0)."""
-        lib = self._session._lib
-        nbytes = self.nbytes
-        if self.dtype == "q8_0":
-            out = np.empty(nbytes, dtype=np.uint8)
-            lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, nbytes, 0)
-            return out
-        out = np.empty(self.shape, dtype=DTYPES[self.dtype])
-        fn = f"tnn_download_{self.dtype}"
-        getattr(lib, fn)(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, 0)
+        out = self._host_array()
+        fn = "tnn_download_raw" if self.dtype == "q8_0" else f"tnn_download_{self.dtype}"
+        getattr(self._session._lib, fn)(
+            self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, 0
+        )
         return out
 
     def download_into(self, out: np.ndarray, offset: int = 0) -> np.ndarray:
         """Fills ``out`` (C-contiguous, the tensor's dtype) with ``out.nbytes``
         bytes of the tensor from byte ``offset``: no allocation per call."""
-        if not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError("out must be a writeable C-contiguous array")
-        if out.dtype != _np_dtype(self):
-            raise TypeError(f"out is {out.dtype}, tensor is {self.dtype}")
+        self._check_host_array(out, "out")
         lib = self._session._lib
         lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, offset)
         return out
 
+    def _host_array(self) -> np.ndarray:
+        """An uninitialised array for the tensor's data: ``shape`` of its
+        dtype, or its bytes (uint8) for q8_0."""
+        if self.dtype == "q8_0":
+            return np.empty(self.nbytes, dtype=np.uint8)
+        return np.empty(self.shape, dtype=DTYPES[self.dtype])
+
+    def _check_host_array(self, array: np.ndarray, name: str) -> None:
+        """array can receive the tensor's bytes: writeable, C-contiguous, its dtype."""
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
+        if array.dtype != _host_dtype(self.dtype):
+            raise TypeError(f"{name} is {array.dtype}, tensor is {self.dtype}")
+
+
+def _host_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of a tensor's bytes: uint8 for block-quantized types."""
+    return np.dtype(DTYPES.get(dtype, np.uint8))
+
 
 def _as_buffer(data, dtype: str) -> np.ndarray:
-    want = np.dtype(DTYPES.get(dtype, np.uint8))
+    want = _host_dtype(dtype)
     array = np.asarray(data)
     if array.dtype != want:
         # Lossless widening of Python ints/floats is fine; silent narrowing
@@ -135,11 +147,6 @@ def _as_buffer(data, dtype: str) -> np.ndarray:
 
 def _t(x: Tensor | None) -> int | None:
     return None if x is None else x.handle
-
-
-def _np_dtype(t: Tensor) -> np.dtype:
-    """The numpy dtype of t's bytes: uint8 for block-quantized types."""
-    return np.dtype(DTYPES.get(t.dtype, np.uint8))
 
 
 class Session:
@@ -389,11 +396,9 @@ class Session:
             self._lib.tnn_compute_io(self._ptr(), _t(inp), in_ptr, in_nbytes, None, None, 0)
             return None
         if into is None:
-            into = np.empty(out.nbytes if out.dtype == "q8_0" else out.shape, _np_dtype(out))
-        elif not into.flags.c_contiguous or not into.flags.writeable:
-            raise ValueError("into must be a writeable C-contiguous array")
-        elif into.dtype != _np_dtype(out):
-            raise TypeError(f"into is {into.dtype}, tensor is {out.dtype}")
+            into = out._host_array()
+        else:
+            out._check_host_array(into, "into")
         self._lib.tnn_compute_io(
             self._ptr(), _t(inp), in_ptr, in_nbytes, out.handle, into.ctypes.data, into.nbytes
         )
