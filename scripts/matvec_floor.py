@@ -16,24 +16,22 @@ import argparse
 import json
 import time
 
-SHAPES = {  # n_layer, n_embd, vocab
-    "gpt2": (12, 768, 50257),
-    "gpt2-xl": (48, 1600, 50257),
-}
+from gpt2.bench import SHAPES
+from gpt2.config import GPT2Config
 
 
-def token_products(n_layer: int, d: int, vocab: int) -> list[tuple[int, int]]:
+def token_products(c: GPT2Config) -> list[tuple[int, int]]:
     """(rows, cols) of each weight a token multiplies: QKV, O, FC, proj per
     layer, then the unembedding."""
-    per_layer = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
-    return per_layer * n_layer + [(vocab, d)]
+    d = c.n_embd
+    per_layer = [(3 * d, d), (d, d), (c.d_ff, d), (d, c.d_ff)]
+    return per_layer * c.n_layer + [(c.vocab_size, d)]
 
 
 def measure(shape: str, device: str, replays: int) -> dict:
     import torch
 
-    n_layer, d, vocab = SHAPES[shape]
-    dims = token_products(n_layer, d, vocab)
+    dims = token_products(SHAPES[shape])
     gen = torch.Generator(device="cpu").manual_seed(0)
     weights = [
         (torch.randn(r, c, generator=gen) * 0.02).to(device=device, dtype=torch.float16)
