@@ -267,10 +267,14 @@ class FastGPT2:
             raise
         return _Graph(s, ints, out_ids, logits)
 
-    def _run(self, g: _Graph, *ints: np.ndarray) -> np.ndarray:
+    def _run(self, g: _Graph, ints: list[np.ndarray], logits: bool) -> np.ndarray:
         """Uploads tokens, positions, cache rows (and last rows), computes, and
-        returns the greedy ids: one native call, one wait for the device."""
-        return g.sess.compute_io(g.ints, np.concatenate(ints).astype(np.int32), g.out_ids)
+        returns the greedy ids, or the logits rows [rows, vocab]: one native
+        call, one wait for the device."""
+        data = np.concatenate(ints).astype(np.int32)
+        if not logits:
+            return g.sess.compute_io(g.ints, data, g.out_ids)
+        return g.sess.compute_io(g.ints, data, g.logits).reshape(-1, self.config.vocab_size)
 
     def _prefill_graph(self, n_seq: int, n_q: int, all_logits: bool) -> _Graph:
         key = (n_seq, n_q, all_logits)
@@ -296,22 +300,22 @@ class FastGPT2:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits [T, vocab] of every position of one sequence from position 0."""
-        rows = self._logit_rows(self._prefill([token_ids], all_logits=True)[0])
+        rows = self._prefill([token_ids], all_logits=True, logits=True)
         return rows[: len(token_ids)]  # without the padding
 
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Prefill one sequence; logits [vocab] of its last token."""
-        return self._logit_rows(self._prefill([prompt_ids])[0])[0]
+        return self._prefill([prompt_ids], logits=True)[0]
 
     def start_greedy(self, prompt_ids: Sequence[int]) -> int:
-        return int(self._prefill([prompt_ids])[1][0])
+        return int(self._prefill([prompt_ids])[0])
 
     def _prefill(
-        self, prompts: Sequence[Sequence[int]], all_logits: bool = False
-    ) -> tuple[_Graph, np.ndarray]:
+        self, prompts: Sequence[Sequence[int]], all_logits: bool = False, logits: bool = False
+    ) -> np.ndarray:
         """Runs the prompts from position 0 in one graph, sequence i into cache
         slot i. Shorter prompts are padded to the longest (all_logits: one
-        prompt only). Returns the graph and its greedy ids."""
+        prompt only). Returns the greedy ids, or the logits rows (logits)."""
         if not 1 <= len(prompts) <= self.max_batch:
             raise ValueError(
                 f"{len(prompts)} sequences, this model holds 1..{self.max_batch} (max_batch)"
@@ -332,9 +336,9 @@ class FastGPT2:
         ints = [tokens.reshape(-1), positions, rows]
         if not all_logits:
             ints.append(np.arange(n_seq) * n_q + lengths - 1)  # the real last tokens
-        greedy = self._run(g, *ints)
+        out = self._run(g, ints, logits)
         self._positions = lengths.tolist()
-        return g, greedy
+        return out
 
     def _prefill_length(self, n_seq: int, t: int) -> int:
         """Tokens per sequence that a prefill of n_seq prompts of t computes:
@@ -346,22 +350,23 @@ class FastGPT2:
         return padded if self.pad_prefill and tf32 and padded <= self.n_rows else t
 
     def step(self, token_id: int) -> np.ndarray:
-        return self._logit_rows(self._step_graph([token_id])[0])[0]
+        return self._step([token_id], logits=True)[0]
 
     def step_greedy(self, token_id: int) -> int:
-        return int(self._step_graph([token_id])[1][0])
+        return int(self._step([token_id])[0])
 
     def start_batch(self, prompts: Sequence[Sequence[int]]) -> list[int]:
         """Prefills several sequences together (any lengths); their greedy next
         ids. Decode then runs them together, each at its own position."""
-        return [int(t) for t in self._prefill(prompts)[1]]
+        return [int(t) for t in self._prefill(prompts)]
 
     def step_batch_greedy(self, token_ids: Sequence[int]) -> list[int]:
         """One decode step of every sequence started by start_batch."""
-        return [int(t) for t in self._step_graph(token_ids)[1]]
+        return [int(t) for t in self._step(token_ids)]
 
-    def _step_graph(self, token_ids: Sequence[int]) -> tuple[_Graph, np.ndarray]:
-        """One decode step of every started sequence: the graph and its greedy ids."""
+    def _step(self, token_ids: Sequence[int], logits: bool = False) -> np.ndarray:
+        """One decode step of every started sequence: their greedy ids, or
+        their logits rows (logits)."""
         n_seq = len(self._positions)
         if n_seq == 0:
             raise ValueError("no sequence started: call start() first")
@@ -372,12 +377,9 @@ class FastGPT2:
         if int(pos.max()) >= self.n_ctx:
             raise ValueError(f"position {int(pos.max())} is past the context ({self.n_ctx})")
         g = self._decode_graph(n_seq, _bucket(int(pos.max()) + 1, self.n_ctx))
-        greedy = self._run(g, ids, pos, np.arange(n_seq) * self.n_rows + pos)
+        out = self._run(g, [ids, pos, np.arange(n_seq) * self.n_rows + pos], logits)
         self._positions = [p + 1 for p in self._positions]
-        return g, greedy
-
-    def _logit_rows(self, g: _Graph) -> np.ndarray:
-        return g.logits.download().reshape(-1, self.config.vocab_size)
+        return out
 
     def _check_prompt(self, token_ids: Sequence[int]) -> np.ndarray:
         ids = check_ids(token_ids, self.config.vocab_size)
