@@ -25,30 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from gpt2.config import GPT2Config
-from gpt2.engine import FastGPT2
-from gpt2.weights import GPT2Weights, expected_shapes
+from gpt2.engine import WEIGHT_DTYPES, FastGPT2
+from gpt2.random_weights import random_weights
 
 SHAPES = {
     "gpt2": GPT2Config(n_layer=12, n_embd=768, n_head=12),
     "gpt2-xl": GPT2Config(n_layer=48, n_embd=1600, n_head=25),
 }
 WORKLOADS = ("decode", "prefill", "batch", "cpu")
-
-
-def random_weights(config: GPT2Config, seed: int = 0) -> GPT2Weights:
-    """GPT-2-shaped weights: N(0, 0.02) matrices, unit LayerNorms, zero biases."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in expected_shapes(config).items():
-        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
-            tensors[name] = np.ones(shape, np.float32)
-        elif len(shape) == 1:
-            tensors[name] = np.zeros(shape, np.float32)
-        else:
-            a = rng.standard_normal(shape, dtype=np.float32)
-            a *= 0.02
-            tensors[name] = a
-    return GPT2Weights(config, tensors)
+WEIGHT_SCALE = 0.02  # timing only: GPT-2's initializer_range, as HF's side is initialised
 
 
 def _stats(ms: list[float]) -> dict:
@@ -367,9 +352,7 @@ def _cpu_name() -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2", "gpt2-xl"])
-    p.add_argument(
-        "--dtypes", nargs="+", choices=("f32", "f16", "q8_0"), default=["f32", "f16", "q8_0"]
-    )
+    p.add_argument("--dtypes", nargs="+", choices=WEIGHT_DTYPES, default=list(WEIGHT_DTYPES))
     p.add_argument(
         "--workloads", nargs="+", choices=WORKLOADS, default=["decode", "prefill", "batch"]
     )
@@ -405,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
 
     for shape in args.shapes:
         config = SHAPES[shape]
-        weights = random_weights(config)
+        weights = random_weights(config, scale=WEIGHT_SCALE)
         for dtype in args.dtypes:
             add = functools.partial(record, shape, dtype)
             wl = set(args.workloads)

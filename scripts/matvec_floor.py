@@ -47,7 +47,7 @@ def measure(shape: str, device: str, replays: int) -> dict:
         for w, out in zip(weights, outs, strict=True):
             torch.mv(w, inputs[w.shape[1]], out=out)
 
-    nbytes = sum(w.numel() * 2 for w in weights)
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
     if device != "cuda":
         t0 = time.perf_counter()
         token()

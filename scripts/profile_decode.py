@@ -23,8 +23,9 @@ from collections import Counter
 
 import numpy as np
 
-from gpt2.bench import SHAPES, random_weights
+from gpt2.bench import SHAPES, WEIGHT_SCALE
 from gpt2.engine import FastGPT2
+from gpt2.random_weights import random_weights
 
 PROMPT = 16
 
@@ -139,7 +140,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for shape in args.shapes:
-        weights = random_weights(SHAPES[shape])
+        weights = random_weights(SHAPES[shape], scale=WEIGHT_SCALE)
         for dtype in args.dtypes:
             with FastGPT2(weights, args.device, dtype) as engine:
                 ints = None

@@ -1,7 +1,6 @@
 """Tiny random GPT-2 models written to disk with no network: HF folder + GGUF (both layouts).
 
-Weights are drawn like the Ruby project's fixtures: embeddings N(0, 0.1), linear weights
-N(0, 0.08), LayerNorm gammas N(1, 0.1), betas and biases N(0, 0.1), stored as float32.
+Weights come from `gpt2.random_weights` (drawn like the Ruby project's fixtures).
 The tokenizer is a byte-level BPE trained on fixed English text to exactly the model's
 vocabulary size, with <|endoftext|> as a special token.
 """
@@ -19,8 +18,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt2.config import GPT2Config
 from gpt2.convert import convert_hf_to_gguf, write_gguf_ruby_layout
+from gpt2.random_weights import random_weights
 from gpt2.tokenizer import EOS_TOKEN, Tokenizer
-from gpt2.weights import GPT2Weights, expected_shapes
+from gpt2.weights import GPT2Weights
 
 CORPUS = [
     (
@@ -97,21 +97,6 @@ class TinyModel:
     gguf_ruby: Path
     gguf_llama: Path
     tokenizer: Tokenizer
-
-
-def random_weights(config: GPT2Config, seed: int) -> GPT2Weights:
-    """Random GPT-2 weights in canonical form, drawn in `expected_shapes` order."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in expected_shapes(config).items():
-        if name in ("wte", "wpe") or name.endswith(".bias"):
-            x = rng.normal(0.0, 0.1, shape)
-        elif ".ln_" in name or name.startswith("ln_"):
-            x = rng.normal(1.0, 0.1, shape)  # LayerNorm gamma
-        else:
-            x = rng.normal(0.0, 0.08, shape)  # linear weight
-        tensors[name] = np.ascontiguousarray(x, dtype=np.float32)
-    return GPT2Weights(config, tensors)
 
 
 def train_tokenizer(vocab_size: int) -> HFTokenizer:

@@ -37,13 +37,6 @@ def test_hf_workloads_and_table(tiny_model):
     assert "| tiny | f32 | decode b1 | ours |" in table and "x |" in table
 
 
-def test_random_weights_have_the_shapes():
-    config = bench.SHAPES["gpt2"]
-    small = bench.random_weights(type(config)(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    assert small["wte"].shape == (50, 32)
-    assert small["h.0.ln_1.weight"].min() == 1.0
-
-
 def test_hf_compiled_decode_reports_times(tiny_model):
     pytest.importorskip("transformers")
     model = bench.hf_model(tiny_model.config, "cpu", "f32")
