@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 
 from gpt2.config import GPT2Config
+from gpt2.names import GGUF_ARCH, LAYOUT_GGUF_LLAMA, LAYOUT_GGUF_RUBY, from_canonical, to_layout
 from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 from gpt2.weights import GPT2Weights, load_hf_folder, validate
@@ -28,7 +29,7 @@ _FILE_TYPES = {
 }
 _Q = gguf.GGMLQuantizationType
 # 2-D tensors llama.cpp keeps in F32 whatever the target type
-_KEEP_F32 = {"position_embd.weight"}
+_KEEP_F32 = set(from_canonical("wpe", LAYOUT_GGUF_LLAMA))
 
 
 def convert_hf_to_gguf(
@@ -56,32 +57,10 @@ def write_gguf_llama_layout(
             f"wte has {cfg.vocab_size} rows"
         )
 
-    def t(x: np.ndarray) -> np.ndarray:  # Conv1D [in, out] -> llama.cpp [out, in]
-        return np.ascontiguousarray(x.T)
-
     # No output.weight: the head is tied, and llama.cpp reuses token_embd when it is absent.
-    tensors = {
-        "token_embd.weight": w["wte"],
-        "position_embd.weight": w["wpe"],
-        "output_norm.weight": w["ln_f.weight"],
-        "output_norm.bias": w["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        b, h = f"blk.{i}.", f"h.{i}."
-        tensors[b + "attn_norm.weight"] = w[h + "ln_1.weight"]
-        tensors[b + "attn_norm.bias"] = w[h + "ln_1.bias"]
-        tensors[b + "attn_qkv.weight"] = t(w[h + "attn.c_attn.weight"])  # [3d, d]
-        tensors[b + "attn_qkv.bias"] = w[h + "attn.c_attn.bias"]
-        tensors[b + "attn_output.weight"] = t(w[h + "attn.c_proj.weight"])  # [d, d]
-        tensors[b + "attn_output.bias"] = w[h + "attn.c_proj.bias"]
-        tensors[b + "ffn_norm.weight"] = w[h + "ln_2.weight"]
-        tensors[b + "ffn_norm.bias"] = w[h + "ln_2.bias"]
-        tensors[b + "ffn_up.weight"] = t(w[h + "mlp.c_fc.weight"])  # [d_ff, d]
-        tensors[b + "ffn_up.bias"] = w[h + "mlp.c_fc.bias"]
-        tensors[b + "ffn_down.weight"] = t(w[h + "mlp.c_proj.weight"])  # [d, d_ff]
-        tensors[b + "ffn_down.bias"] = w[h + "mlp.c_proj.bias"]
+    tensors = to_layout(w, cfg, LAYOUT_GGUF_LLAMA)
 
-    writer = gguf.GGUFWriter(str(out_path), "gpt2")
+    writer = gguf.GGUFWriter(str(out_path), GGUF_ARCH)
     _write_hparams(writer, cfg)
     writer.add_file_type(int(_FILE_TYPES[dtype]))
     if dtype == "q8_0":
@@ -129,36 +108,16 @@ def write_gguf_ruby_layout(
     Used by tests to produce files like the Ruby project's; tensor order matches its converter.
     """
     validate(weights, "weights to write")
-    cfg, w = weights.config, weights.tensors
-    d = cfg.n_embd
-    writer = gguf.GGUFWriter(str(out_path), "gpt2")
+    cfg = weights.config
+    writer = gguf.GGUFWriter(str(out_path), GGUF_ARCH)
     _write_hparams(writer, cfg)
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-    writer.add_uint32("gpt2.vocab_size", cfg.vocab_size)
+    writer.add_uint32(f"{GGUF_ARCH}.vocab_size", cfg.vocab_size)
     if tokenizer is not None:
         tokenizer.gguf_fields().write(writer)
 
-    writer.add_tensor("token_embd.weight", w["wte"])
-    writer.add_tensor("position_embd.weight", w["wpe"])
-    writer.add_tensor("output_norm.weight", w["ln_f.weight"])
-    writer.add_tensor("output_norm.bias", w["ln_f.bias"])
-    for i in range(cfg.n_layer):
-        b, h = f"blk.{i}.", f"h.{i}."
-        writer.add_tensor(b + "attn_norm.weight", w[h + "ln_1.weight"])
-        writer.add_tensor(b + "attn_norm.bias", w[h + "ln_1.bias"])
-        writer.add_tensor(b + "ffn_norm.weight", w[h + "ln_2.weight"])
-        writer.add_tensor(b + "ffn_norm.bias", w[h + "ln_2.bias"])
-        c_attn_w, c_attn_b = w[h + "attn.c_attn.weight"], w[h + "attn.c_attn.bias"]
-        for j, n in enumerate(("attn_q", "attn_k", "attn_v")):
-            cols = slice(j * d, (j + 1) * d)
-            writer.add_tensor(f"{b}{n}.weight", np.ascontiguousarray(c_attn_w[:, cols]))
-            writer.add_tensor(f"{b}{n}.bias", np.ascontiguousarray(c_attn_b[cols]))
-        writer.add_tensor(b + "attn_output.weight", w[h + "attn.c_proj.weight"])
-        writer.add_tensor(b + "attn_output.bias", w[h + "attn.c_proj.bias"])
-        writer.add_tensor(b + "ffn_up.weight", w[h + "mlp.c_fc.weight"])
-        writer.add_tensor(b + "ffn_up.bias", w[h + "mlp.c_fc.bias"])
-        writer.add_tensor(b + "ffn_down.weight", w[h + "mlp.c_proj.weight"])
-        writer.add_tensor(b + "ffn_down.bias", w[h + "mlp.c_proj.bias"])
+    for name, x in to_layout(weights.tensors, cfg, LAYOUT_GGUF_RUBY).items():
+        writer.add_tensor(name, x)
     _finish(writer)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import gguf
 
 from gpt2.config import GPT2Config
+from gpt2.names import GGUF_LAYOUTS, HF_PREFIX, LAYOUT_HF, canonical_shapes, detect_layout
 from gpt2.tokenizer import Tokenizer
-from gpt2.weights import LAYOUT_GGUF_LLAMA, LAYOUT_GGUF_RUBY, LAYOUT_HF, expected_shapes
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
 
@@ -57,7 +57,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "layer_norm_epsilon": config.layer_norm_epsilon,
         },
         # the canonical parameters (tied head counted once), whatever the file stores
-        "parameters": sum(math.prod(s) for s in expected_shapes(config).values()),
+        "parameters": sum(math.prod(s) for s in canonical_shapes(config).values()),
         "tensors": {
             "count": len(tensors),
             "bytes": sum(b for _, b in tensors),
@@ -114,13 +114,10 @@ def _describe_gguf(path: Path):
     except Exception as e:  # noqa: BLE001 - gguf raises several types on bad bytes
         raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
     config = GPT2Config.from_gguf(reader, path)
-    names = [t.name for t in reader.tensors]
-    if any(n.endswith(".attn_qkv.weight") for n in names):
-        layout = LAYOUT_GGUF_LLAMA
-    elif any(n.endswith(".attn_q.weight") for n in names):
-        layout = LAYOUT_GGUF_RUBY
-    else:
-        layout = "unknown"
+    try:
+        layout = detect_layout((t.name for t in reader.tensors), path, among=GGUF_LAYOUTS)
+    except ValueError:
+        layout = "unknown"  # described all the same; load_model says what is wrong
     tensors = [(t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors]
     tokenizer = Tokenizer.from_gguf(reader, path)
     extra: dict[str, Any] = {}
@@ -153,7 +150,7 @@ def _describe_hf(folder: Path):
     tokenizer = None
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         tokenizer = Tokenizer.from_folder(folder)
-    prefix = "transformer." if any(n.startswith("transformer.") for n in names) else ""
+    prefix = HF_PREFIX if any(n.startswith(HF_PREFIX) for n in names) else ""
     return config, LAYOUT_HF, tensors, tokenizer, {"tensor_prefix": prefix}
 
 

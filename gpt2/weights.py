@@ -3,7 +3,7 @@
 Canonical form: HF GPT-2 names without the `transformer.` prefix, HF Conv1D orientation
 (weights [in, out], so `y = x @ W + b`), float32, C-contiguous.
 
-Readers:
+Readers (the names and orientation of each layout are in `gpt2.names`):
 - GGUF, the Ruby converter's layout: split attn_q/k/v, weights stored [in, out].
 - GGUF, llama.cpp's GPT-2 layout: fused attn_qkv, weights stored [out, in].
 - HF snapshot folder: config.json + model.safetensors (+ tokenizer files).
@@ -12,7 +12,6 @@ Readers:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +20,22 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from gpt2.config import GPT2Config
+from gpt2.names import (
+    GGUF_LAYOUTS,
+    HF_PREFIX,
+    LAYOUT_HF,
+    TIED_HEAD,
+    canonical_shapes,
+    detect_layout,
+    from_layout,
+    is_hf_buffer,
+    is_tied_head,
+    layout_shapes,
+    to_canonical,
+)
 from gpt2.private_copy import private_copy
 from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
-
-LAYOUT_GGUF_RUBY = "gguf-ruby"
-LAYOUT_GGUF_LLAMA = "gguf-llama"
-LAYOUT_HF = "hf"
 
 # GGUF tensor types we can turn into float32.
 _GGUF_TYPES = {
@@ -61,31 +69,13 @@ class LoadedModel:
     config: GPT2Config
     weights: GPT2Weights
     tokenizer: Tokenizer | None
-    layout: str  # LAYOUT_GGUF_RUBY, LAYOUT_GGUF_LLAMA or LAYOUT_HF
+    layout: str  # one of gpt2.names.LAYOUTS
     path: Path
 
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """The canonical tensor table: every name and its shape, in checkpoint order."""
-    d, f, v, n_ctx = config.n_embd, config.d_ff, config.vocab_size, config.n_positions
-    shapes: dict[str, tuple[int, ...]] = {"wte": (v, d), "wpe": (n_ctx, d)}
-    for i in range(config.n_layer):
-        p = f"h.{i}."
-        shapes[p + "ln_1.weight"] = (d,)
-        shapes[p + "ln_1.bias"] = (d,)
-        shapes[p + "attn.c_attn.weight"] = (d, 3 * d)  # [in, out]: q | k | v columns
-        shapes[p + "attn.c_attn.bias"] = (3 * d,)
-        shapes[p + "attn.c_proj.weight"] = (d, d)
-        shapes[p + "attn.c_proj.bias"] = (d,)
-        shapes[p + "ln_2.weight"] = (d,)
-        shapes[p + "ln_2.bias"] = (d,)
-        shapes[p + "mlp.c_fc.weight"] = (d, f)
-        shapes[p + "mlp.c_fc.bias"] = (f,)
-        shapes[p + "mlp.c_proj.weight"] = (f, d)
-        shapes[p + "mlp.c_proj.bias"] = (d,)
-    shapes["ln_f.weight"] = (d,)
-    shapes["ln_f.bias"] = (d,)
-    return shapes
+    return canonical_shapes(config)
 
 
 def validate(weights: GPT2Weights, source: str | Path) -> None:
@@ -112,54 +102,6 @@ def load_model(path: str | Path) -> LoadedModel:
 
 # ---------------------------------------------------------------------------------------
 # GGUF
-
-
-def ruby_gguf_names(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Ruby converter layout: GGUF name -> numpy shape (Conv1D [in, out] kept)."""
-    d, f = config.n_embd, config.d_ff
-    names = _gguf_common(config)
-    for i in range(config.n_layer):
-        b = f"blk.{i}."
-        for qkv in ("attn_q", "attn_k", "attn_v"):
-            names[b + qkv + ".weight"] = (d, d)
-            names[b + qkv + ".bias"] = (d,)
-        names[b + "attn_output.weight"] = (d, d)
-        names[b + "ffn_up.weight"] = (d, f)
-        names[b + "ffn_down.weight"] = (f, d)
-    return names
-
-
-def llama_gguf_names(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """llama.cpp GPT-2 layout: GGUF name -> numpy shape (weights [out, in])."""
-    d, f = config.n_embd, config.d_ff
-    names = _gguf_common(config)
-    for i in range(config.n_layer):
-        b = f"blk.{i}."
-        names[b + "attn_qkv.weight"] = (3 * d, d)
-        names[b + "attn_qkv.bias"] = (3 * d,)
-        names[b + "attn_output.weight"] = (d, d)
-        names[b + "ffn_up.weight"] = (f, d)
-        names[b + "ffn_down.weight"] = (d, f)
-    return names
-
-
-def _gguf_common(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    d, f = config.n_embd, config.d_ff
-    names: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (config.vocab_size, d),
-        "position_embd.weight": (config.n_positions, d),
-        "output_norm.weight": (d,),
-        "output_norm.bias": (d,),
-    }
-    for i in range(config.n_layer):
-        b = f"blk.{i}."
-        for norm in ("attn_norm", "ffn_norm"):
-            names[b + norm + ".weight"] = (d,)
-            names[b + norm + ".bias"] = (d,)
-        names[b + "attn_output.bias"] = (d,)
-        names[b + "ffn_up.bias"] = (f,)
-        names[b + "ffn_down.bias"] = (d,)
-    return names
 
 
 def load_gguf(path: str | Path) -> LoadedModel:
@@ -190,11 +132,11 @@ def load_gguf(path: str | Path) -> LoadedModel:
 
     config = GPT2Config.from_gguf(reader, path)
     _check_layer_count(config, len(raw), path)
-    layout = _detect_layout(raw, path)
-    table = ruby_gguf_names(config) if layout == LAYOUT_GGUF_RUBY else llama_gguf_names(config)
+    layout = detect_layout(raw, path, among=GGUF_LAYOUTS)
+    table = layout_shapes(config, layout)
+    head = TIED_HEAD[layout]  # optional (llama.cpp writes a copy of token_embd); checked below
     shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
-    # output.weight is optional (llama.cpp writes a copy of token_embd); checked below
-    extra = sorted(set(raw) - set(table) - {"output.weight"})
+    extra = sorted(set(raw) - set(table) - {head})
     if extra:
         raise ValueError(f"{path}: unexpected tensor(s) {extra} in {layout} layout")
     _check_names_shapes({n: s for n, s in shapes.items() if n in table}, table, path)
@@ -214,68 +156,19 @@ def load_gguf(path: str | Path) -> LoadedModel:
         except Exception as e:  # noqa: BLE001 - any failure here means bad data
             raise ValueError(f"{path}: cannot read tensor {name}: {e}") from None
 
-    tensors = {
-        "wte": f32("token_embd.weight"),
-        "wpe": f32("position_embd.weight"),
-        "ln_f.weight": f32("output_norm.weight"),
-        "ln_f.bias": f32("output_norm.bias"),
-    }
-    for i in progress(range(config.n_layer), f"reading {path.name}"):
-        b, h = f"blk.{i}.", f"h.{i}."
-        tensors[h + "ln_1.weight"] = f32(b + "attn_norm.weight")
-        tensors[h + "ln_1.bias"] = f32(b + "attn_norm.bias")
-        tensors[h + "ln_2.weight"] = f32(b + "ffn_norm.weight")
-        tensors[h + "ln_2.bias"] = f32(b + "ffn_norm.bias")
-        tensors[h + "attn.c_proj.bias"] = f32(b + "attn_output.bias")
-        tensors[h + "mlp.c_fc.bias"] = f32(b + "ffn_up.bias")
-        tensors[h + "mlp.c_proj.bias"] = f32(b + "ffn_down.bias")
-        if layout == LAYOUT_GGUF_RUBY:
-            qkv = ("attn_q", "attn_k", "attn_v")
-            w = np.concatenate([f32(f"{b}{n}.weight") for n in qkv], axis=1)  # [d, 3d]
-            tensors[h + "attn.c_attn.weight"] = w
-            tensors[h + "attn.c_attn.bias"] = np.concatenate([f32(f"{b}{n}.bias") for n in qkv])
-            tensors[h + "attn.c_proj.weight"] = f32(b + "attn_output.weight")
-            tensors[h + "mlp.c_fc.weight"] = f32(b + "ffn_up.weight")
-            tensors[h + "mlp.c_proj.weight"] = f32(b + "ffn_down.weight")
-        else:  # llama.cpp stores [out, in]; transpose back to Conv1D [in, out]
-            tensors[h + "attn.c_attn.weight"] = _t(f32(b + "attn_qkv.weight"))
-            tensors[h + "attn.c_attn.bias"] = f32(b + "attn_qkv.bias")
-            tensors[h + "attn.c_proj.weight"] = _t(f32(b + "attn_output.weight"))
-            tensors[h + "mlp.c_fc.weight"] = _t(f32(b + "ffn_up.weight"))
-            tensors[h + "mlp.c_proj.weight"] = _t(f32(b + "ffn_down.weight"))
-    if "output.weight" in raw:
-        want = (config.vocab_size, config.n_embd)
-        if shapes["output.weight"] != want:
-            raise ValueError(
-                f"{path}: tensor output.weight: expected shape {want}, "
-                f"found {shapes['output.weight']}"
-            )
-        _check_tied(f32("output.weight"), tensors["wte"], "output.weight", path)
+    layers = progress(range(config.n_layer), f"reading {path.name}")
+    tensors = from_layout(f32, config, layout, layers)
+    if head in raw:
+        want = canonical_shapes(config)["wte"]
+        if shapes[head] != want:
+            raise ValueError(f"{path}: tensor {head}: expected shape {want}, found {shapes[head]}")
+        _check_tied(f32(head), tensors["wte"], head, path)
 
     weights = GPT2Weights(config, tensors)
     validate(weights, path)
     tokenizer = Tokenizer.from_gguf(reader, path)
     _check_vocab(tokenizer, config, path)
     return LoadedModel(config, weights, tokenizer, layout, path)
-
-
-def _detect_layout(raw: dict, path: Path) -> str:
-    fused = any(re.fullmatch(r"blk\.\d+\.attn_qkv\.(weight|bias)", n) for n in raw)
-    split = any(re.fullmatch(r"blk\.\d+\.attn_[qkv]\.(weight|bias)", n) for n in raw)
-    if fused and split:
-        raise ValueError(f"{path}: has both fused attn_qkv and split attn_q/k/v tensors")
-    if fused:
-        return LAYOUT_GGUF_LLAMA
-    if split:
-        return LAYOUT_GGUF_RUBY
-    raise ValueError(
-        f"{path}: no attention tensors (blk.N.attn_qkv or blk.N.attn_q/k/v): "
-        "not a GPT-2 GGUF this loader knows"
-    )
-
-
-def _t(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,14 +186,15 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
     tensors: dict[str, np.ndarray] = {}
     lm_head = None
     for key, arr in state.items():
-        name = key.removeprefix("transformer.")
-        if re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", name):
+        if is_hf_buffer(key):
             continue  # causal-mask buffers saved by old transformers; not parameters
-        if name == "lm_head.weight":
+        if is_tied_head(key, LAYOUT_HF):
             lm_head = arr
             continue
-        if name.endswith(".weight") and name.removesuffix(".weight") in ("wte", "wpe"):
-            name = name.removesuffix(".weight")
+        try:
+            name = to_canonical(key, LAYOUT_HF)
+        except ValueError:
+            name = key.removeprefix(HF_PREFIX)  # no GPT-2 name: reported as unexpected below
         if name in tensors:
             raise ValueError(f"{source}: tensor {name} present with and without prefix")
         if arr.dtype not in _HF_DTYPES:
@@ -312,7 +206,8 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
     _check_names_shapes(tensors, expected_shapes(config), source)
     tensors = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in tensors.items()}
     if lm_head is not None:
-        _check_tied(np.asarray(lm_head, np.float32), tensors["wte"], "lm_head.weight", source)
+        head = TIED_HEAD[LAYOUT_HF]
+        _check_tied(np.asarray(lm_head, np.float32), tensors["wte"], head, source)
 
     weights = GPT2Weights(config, tensors)
     validate(weights, source)

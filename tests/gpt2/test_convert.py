@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from gpt2.convert import convert_hf_to_gguf, write_gguf_ruby_layout
+from gpt2.names import LAYOUT_GGUF_LLAMA, layout_shapes
 from gpt2.reference import GPT2Reference
-from gpt2.weights import llama_gguf_names, load_model
+from gpt2.weights import load_model
 from tests.tiny_models import check_close
 
 PROMPTS = [
@@ -71,7 +72,8 @@ def test_llama_layout_metadata(tiny_model):
     assert field(reader, "tokenizer.ggml.eos_token_id") == eos
     assert field(reader, "tokenizer.ggml.bos_token_id") == eos
     names = {t.name: tuple(int(x) for x in reversed(t.shape)) for t in reader.tensors}
-    assert names == llama_gguf_names(cfg)
+    assert names == layout_shapes(cfg, LAYOUT_GGUF_LLAMA)
+    assert [t.name for t in reader.tensors] == list(names)  # in the table's file order
 
 
 def test_no_tokenizer_means_no_tokenizer_keys(ruby_outputs, tmp_path):

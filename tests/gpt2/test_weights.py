@@ -12,15 +12,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from gpt2.config import GPT2Config
-from gpt2.weights import (
-    LAYOUT_GGUF_LLAMA,
-    LAYOUT_GGUF_RUBY,
-    LAYOUT_HF,
-    GPT2Weights,
-    expected_shapes,
-    load_model,
-    validate,
-)
+from gpt2.names import LAYOUT_GGUF_LLAMA, LAYOUT_GGUF_RUBY, LAYOUT_HF
+from gpt2.weights import GPT2Weights, expected_shapes, load_model, validate
 
 
 def gguf_tensors(path: Path) -> dict[str, np.ndarray]:
