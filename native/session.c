@@ -1,0 +1,194 @@
+/* session.c - sessions: the registry of live ones, new / fork / free, CPU
+ * threads and device memory. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "tinynn_internal.h"
+
+/* ---- the registry: a freed or foreign pointer is refused, not dereferenced - */
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static tnn_session **registry = NULL;
+static size_t registry_len = 0, registry_cap = 0;
+
+static bool registry_add(tnn_session *s) {
+    pthread_mutex_lock(&registry_lock);
+    if (registry_len == registry_cap) {
+        size_t cap = registry_cap ? registry_cap * 2 : 16;
+        tnn_session **grown = realloc(registry, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&registry_lock);
+            return false;
+        }
+        registry = grown;
+        registry_cap = cap;
+    }
+    registry[registry_len++] = s;
+    pthread_mutex_unlock(&registry_lock);
+    return true;
+}
+
+static void registry_remove(tnn_session *s) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < registry_len; i++) {
+        if (registry[i] == s) {
+            registry[i] = registry[--registry_len];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+bool registry_has(const tnn_session *s) {
+    bool found = false;
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < registry_len && !found; i++) found = registry[i] == s;
+    pthread_mutex_unlock(&registry_lock);
+    return found;
+}
+
+/* ---- threads ------------------------------------------------------------------ */
+
+static int default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    return n > 8 ? 8 : (int)n;
+}
+
+/* The CPU backend is a module: its thread setter is found through the registry. */
+static void apply_threads(ggml_backend_t cpu, int n) {
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(cpu));
+    ggml_backend_set_n_threads_t set =
+        (ggml_backend_set_n_threads_t)ggml_backend_reg_get_proc_address(reg,
+                                                                        "ggml_backend_set_n_threads");
+    if (set) set(cpu, n);
+}
+
+/* ---- life and death ----------------------------------------------------------- */
+
+static struct ggml_context *new_compute_ctx(void) {
+    struct ggml_init_params p = {TNN_MAX_COMPUTE_TENSORS * ggml_tensor_overhead(), NULL, true};
+    return ggml_init(p);
+}
+
+static void session_destroy(tnn_session *s) {
+    if (s->staging) ggml_backend_buffer_free(s->staging);
+    if (s->sched) ggml_backend_sched_free(s->sched);
+    if (s->ctx) ggml_free(s->ctx);
+    if (s->ctx_graph) ggml_free(s->ctx_graph);
+    if (s->cpu_backend && s->cpu_backend != s->backend) ggml_backend_free(s->cpu_backend);
+    if (s->backend) ggml_backend_free(s->backend);
+    if (s->root == s) {
+        if (s->weights_buf) ggml_backend_buffer_free(s->weights_buf);
+        if (s->ctx_w) ggml_free(s->ctx_w);
+    }
+    free(s);
+}
+
+/* Backends, compute context and graph of a new session (the scheduler is
+ * made by tnn_realize, for the graph at hand). */
+static tnn_session *session_create(bool cuda, tnn_session *root, const char *func) {
+    ggml_backend_dev_t gpu = NULL;
+    if (!ensure_cpu_backend(func)) return NULL;
+    if (cuda && !(gpu = ensure_cuda_backend(func))) return NULL;
+    measure_tensor_layout();
+
+    tnn_session *s = calloc(1, sizeof *s);
+    if (!s) return (tnn_session *)FAIL_NULL("out of host memory");
+    s->root = root ? root : s;
+    s->is_cuda = cuda;
+    s->n_threads = root ? root->n_threads : default_threads();
+    s->cpu_backend = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, NULL);
+    s->backend = cuda ? ggml_backend_dev_init(gpu, NULL) : s->cpu_backend;
+    if (!s->cpu_backend || !s->backend) {
+        fail(TNN_EBACKEND, func, "could not initialise the %s backend", cuda ? "CUDA" : "CPU");
+        session_destroy(s);
+        return NULL;
+    }
+    apply_threads(s->cpu_backend, s->n_threads);
+
+    s->ctx = new_compute_ctx();
+    if (!s->ctx || !new_graph(s)) {
+        fail(TNN_ENOMEM, func, "could not allocate the compute context");
+        session_destroy(s);
+        return NULL;
+    }
+    if (!root) {
+        struct ggml_init_params p = {TNN_MAX_PERSISTENT_TENSORS * ggml_tensor_overhead(), NULL,
+                                     true};
+        s->ctx_w = ggml_init(p);
+        if (!s->ctx_w) {
+            fail(TNN_ENOMEM, func, "could not allocate the persistent context");
+            session_destroy(s);
+            return NULL;
+        }
+    }
+    if (!registry_add(s)) {
+        fail(TNN_ENOMEM, func, "out of host memory");
+        session_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+tnn_session *tnn_session_new(int prefer_cuda) {
+    return session_create(prefer_cuda != 0, NULL, __func__);
+}
+
+tnn_session *tnn_session_fork(tnn_session *parent) {
+    CHECK_SESS(parent, NULL);
+    tnn_session *root = parent->root;
+    if (!root->finalized) {
+        return (tnn_session *)FAIL_NULL("the parent's weights are not finalized");
+    }
+    tnn_session *s = session_create(parent->is_cuda, root, __func__);
+    if (s) root->n_forks++;
+    return s;
+}
+
+void tnn_session_free(tnn_session *sess) {
+    if (!sess || !registry_has(sess)) return;
+    registry_remove(sess);
+    tnn_session *root = sess->root;
+    if (root != sess) {
+        session_destroy(sess);
+        root->n_forks--;
+        if (root->free_requested && root->n_forks == 0) session_destroy(root);
+    } else if (root->n_forks > 0) {
+        root->free_requested = true; /* its forks still read its weights */
+    } else {
+        session_destroy(root);
+    }
+}
+
+/* ---- what a session runs on ----------------------------------------------------- */
+
+const char *tnn_backend_name(tnn_session *sess) {
+    CHECK_SESS(sess, NULL);
+    return sess->is_cuda ? "cuda" : "cpu";
+}
+
+int tnn_set_n_threads(tnn_session *sess, int n_threads) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    if (n_threads < 1 || n_threads > 512) {
+        return fail(TNN_EINVAL, __func__, "n_threads=%d, expected 1..512", n_threads);
+    }
+    sess->n_threads = n_threads;
+    apply_threads(sess->cpu_backend, n_threads);
+    return TNN_OK;
+}
+
+int tnn_get_n_threads(tnn_session *sess) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    return sess->n_threads;
+}
+
+int tnn_device_memory(tnn_session *sess, int64_t *free_bytes, int64_t *total_bytes) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    size_t f = 0, t = 0;
+    ggml_backend_dev_memory(ggml_backend_get_device(sess->backend), &f, &t);
+    if (free_bytes) *free_bytes = (int64_t)f;
+    if (total_bytes) *total_bytes = (int64_t)t;
+    return TNN_OK;
+}

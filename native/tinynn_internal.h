@@ -1,0 +1,194 @@
+/*
+ * tinynn_internal.h - what the shim's .c files share; not installed, not ABI.
+ *
+ * The rule that shapes the shim: ggml answers bad input with GGML_ASSERT,
+ * which calls abort() and takes the Python process with it. So every public
+ * function checks its handles, shapes, types, offsets, states and capacities
+ * before it calls ggml, and reports a failure through tnn_last_error().
+ *
+ * Where things live:
+ *   errors.c          last-error string, log routing, ABI version
+ *   backends.c        loading ggml's backend modules, CUDA availability
+ *   session.c         the session registry, new / fork / free, threads
+ *   tensors.c         tensor ownership, shape and type checks, constructors
+ *   ops.c             the op builders
+ *   index_bounds.c    index tensors: registration and the one bound check
+ *   graph.c           graph building, scheduler, realize, compute
+ *   transfers.c       upload, download, tnn_compute_io
+ *   cuda_specifics.c  what a CUDA session does differently, and why
+ *   free_blocks.c     a bound on ggml's allocator fragmentation
+ * Every function here is hidden (C_VISIBILITY_PRESET hidden); only tinynn.h's
+ * TNN_API functions leave the library.
+ */
+#ifndef TINYNN_INTERNAL_H
+#define TINYNN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "tinynn.h"
+
+/* Capacities. A graph can never hold more tensors than both contexts, so a
+ * graph sized to their sum never overflows (ggml asserts on overflow). */
+#define TNN_MAX_COMPUTE_TENSORS 32768
+#define TNN_MAX_PERSISTENT_TENSORS 16384
+#define TNN_GRAPH_SIZE (TNN_MAX_COMPUTE_TENSORS + TNN_MAX_PERSISTENT_TENSORS)
+#define TNN_MAX_INDEX_INPUTS 4096
+#define TNN_MAX_GRAPH_EXTRAS 4096 /* tnn_add_to_graph calls per graph */
+/* Free blocks in compute memory (see avoid_fragmentation); ggml aborts past 256. */
+#define TNN_MAX_FREE_BLOCKS 224
+
+/* ---- the session ----------------------------------------------------------- */
+
+/* An i32 tensor (or part of one) whose values index rows: index_bounds.c
+ * checks every value that reaches it against bound. */
+struct tnn_index_input {
+    struct ggml_tensor *base; /* the input (or persistent) tensor that holds the indices */
+    int64_t first, count;     /* which int32 elements of base are indices */
+    int64_t bound;            /* their values must lie in [0, bound) */
+};
+
+struct tnn_session {
+    struct tnn_session *root; /* owner of the persistent tensors (self or parent) */
+    int n_forks;              /* live forks of this root */
+    bool free_requested;      /* freed by the caller; memory kept for forks */
+    bool is_cuda;
+    ggml_backend_t backend;
+    ggml_backend_t cpu_backend; /* the scheduler's fallback (== backend on CPU) */
+    ggml_backend_sched_t sched; /* made by tnn_realize, sized to the graph */
+    int sched_graph_size;
+    int n_threads;
+
+    struct ggml_context *ctx_w; /* persistent tensors (root only) */
+    ggml_backend_buffer_t weights_buf;
+    bool finalized;
+
+    struct ggml_context *ctx;       /* compute tensors */
+    struct ggml_context *ctx_graph; /* the cgraph object */
+    struct ggml_cgraph *graph;
+    bool realized;
+
+    struct tnn_index_input index_inputs[TNN_MAX_INDEX_INPUTS];
+    /* Tensors given to tnn_add_to_graph, expanded into a fresh graph by each
+     * tnn_realize attempt, so a failed attempt leaves no nodes behind. */
+    struct ggml_tensor *graph_extras[TNN_MAX_GRAPH_EXTRAS];
+    int n_graph_extras;
+    int n_index_inputs;
+
+    /* Page-locked host memory for tnn_compute_io's copies (CUDA only, made
+     * on first use): copies from pageable memory make the driver wait. */
+    ggml_backend_buffer_t staging;
+};
+
+/* ---- errors.c -------------------------------------------------------------- */
+
+/* Sets this thread's last error to "func: <fmt ...>" and returns code. */
+int fail(int code, const char *func, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#define FAIL_NULL(...) (fail(0, __func__, __VA_ARGS__), (tnn_tensor *)NULL)
+
+/* Routes ggml's log through the shim (stderr from warnings up) unless a
+ * callback was already set. */
+void route_ggml_log(void);
+
+/* ---- backends.c ------------------------------------------------------------ */
+
+/* Load the backend modules once; false / NULL with the reason in
+ * tnn_last_error() (under func's name). */
+bool ensure_cpu_backend(const char *func);
+ggml_backend_dev_t ensure_cuda_backend(const char *func);
+
+/* ---- session.c ------------------------------------------------------------- */
+
+/* Whether s is a live session (freed or foreign pointers are not). */
+bool registry_has(const tnn_session *s);
+
+#define CHECK_SESS(sess, ret)                                                                  \
+    do {                                                                                       \
+        if (!(sess)) return (fail(TNN_EINVAL, __func__, "session is NULL"), ret);              \
+        if (!registry_has(sess))                                                               \
+            return (fail(TNN_EINVAL, __func__, "session %p is not live (freed or foreign)",    \
+                         (void *)(sess)),                                                      \
+                    ret);                                                                      \
+    } while (0)
+
+/* ---- tensors.c: ownership and the checks every op makes -------------------- */
+
+/* Measures where a context keeps its tensor objects (once, before the first
+ * session), so ctx_owns can tell a tensor of ours from any other pointer. */
+void measure_tensor_layout(void);
+bool is_persistent(const tnn_session *s, const struct ggml_tensor *t);
+
+/* The tensor that owns t's memory: t itself, or what t is a view of. */
+static inline struct ggml_tensor *storage_of(const struct ggml_tensor *t) {
+    return t->view_src ? t->view_src : (struct ggml_tensor *)t;
+}
+
+/* Each check sets the error (under func's name) and returns false. */
+bool check_tensor(const tnn_session *s, const struct ggml_tensor *t, const char *func,
+                  const char *what);
+bool room_for(tnn_session *s, int n_tensors, const char *func);
+bool not_realized(tnn_session *s, const char *func);
+bool check_new_shape(int type, const int64_t ne[4], const char *func);
+/* Bytes of a dense tensor of this type and shape, exactly; false when that
+ * overflows int64 (size_t products inside ggml would wrap silently). */
+bool dense_bytes(int type, const int64_t ne[4], int64_t *bytes);
+bool want_type(const struct ggml_tensor *t, enum ggml_type type, const char *func,
+               const char *what);
+bool want_float(const struct ggml_tensor *t, const char *func, const char *what);
+bool want_dense_rows(const struct ggml_tensor *t, const char *func, const char *what);
+bool want_contiguous(const struct ggml_tensor *t, const char *func, const char *what);
+bool want_contiguous_f32(const struct ggml_tensor *t, const char *func, const char *what);
+
+/* "f32 [ne0, ne1, ne2, ne3]" into buf; SHAPE(t) gives each use its own buffer. */
+const char *shape_str(const struct ggml_tensor *t, char *buf, size_t size);
+#define SHAPE(t) shape_str((t), (char[96]){0}, 96)
+
+#define CHECK_T(t, ret)                                         \
+    do {                                                        \
+        if (!check_tensor(sess, (t), __func__, #t)) return ret; \
+    } while (0)
+
+/* Shared preamble of every op builder. */
+#define OP_PREAMBLE(n_new)                                                   \
+    CHECK_SESS(sess, NULL);                                                  \
+    if (!not_realized(sess, __func__) || !room_for(sess, (n_new), __func__)) \
+    return NULL
+
+/* ---- index_bounds.c -------------------------------------------------------- */
+
+/* Registers idx (an i32 tensor or contiguous view of one) as indexing rows
+ * of something of size bound; false with the error set if its values cannot
+ * be checked. */
+bool note_index_input(tnn_session *s, struct ggml_tensor *idx, int64_t bound, const char *func);
+/* Zeros the index inputs' memory after realize (persistent ones excepted). */
+void zero_index_inputs(tnn_session *s);
+/* TNN_OK, or TNN_ESHAPE if the nbytes at data, about to be written into t at
+ * byte offset, hold an index outside its bound. */
+int check_index_upload(tnn_session *s, const struct ggml_tensor *t, const void *data,
+                       int64_t nbytes, int64_t offset, const char *func);
+/* TNN_OK, or TNN_ESHAPE if a persistent index tensor now holds a bad index. */
+int check_persistent_indices(tnn_session *s, const char *func);
+
+/* ---- graph.c --------------------------------------------------------------- */
+
+/* A fresh, empty graph object in s->ctx_graph; false when out of memory. */
+bool new_graph(tnn_session *s);
+/* TNN_OK, or TNN_ESTATE (error set) when the session has no realized graph. */
+int check_realized(tnn_session *s, const char *func);
+/* The error for a failed compute: TNN_EBACKEND. */
+int compute_failed(enum ggml_status status, const char *func);
+
+/* ---- cuda_specifics.c ------------------------------------------------------ */
+
+void prefer_strict_f32_gemm(void);
+bool native_gelu_is_f32(const tnn_session *s);
+int sched_backends(tnn_session *s, ggml_backend_t backends[2]);
+void place_inputs_on_device(tnn_session *s);
+int cpu_fallback_sources(tnn_session *s);
+
+#endif /* TINYNN_INTERNAL_H */
