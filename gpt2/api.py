@@ -18,10 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from gpt2.engine import FastGPT2
-from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
-from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
 from gpt2.generate import generate_ids, greedy_generate_batch, stream_text
+from gpt2.port import (
+    GPT2FullForwardFFICache,
+    GPT2FullForwardFFICacheCuda,
+    GPT2KVFFICache,
+    GPT2KVFFICacheCuda,
+)
+from gpt2.protocol import Engine
 from gpt2.resolve import resolve_model
+from gpt2.slots import DEFAULT_SLOTS
 from gpt2.weights import GPT2Weights, LoadedModel, load_model
 from tinynn import cuda_available, cuda_unavailable_reason
 
@@ -45,9 +51,13 @@ def pick_device(device: str) -> str:
 
 
 class GPT2Model:
-    """A loaded model on one engine. Text in gives text out; ids in, ids out."""
+    """A loaded model on one engine. Text in gives text out; ids in, ids out.
 
-    def __init__(self, loaded: LoadedModel, engine, device: str, engine_name: str):
+    Safe to share between threads: each call runs its own sequence (cache
+    slot and position) and the engine serializes device work (gpt2.slots).
+    """
+
+    def __init__(self, loaded: LoadedModel, engine: Engine, device: str, engine_name: str):
         self.loaded = loaded
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -57,12 +67,7 @@ class GPT2Model:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [T, vocab] (float32) of every position."""
-        e = self.engine
-        if isinstance(e, FastGPT2):
-            return e.logits(ids)
-        if isinstance(e, GPT2FullForwardFFICache):
-            return e.forward(ids)
-        return e.logits_for(ids)
+        return self.engine.logits(ids)
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int = 50, **kw
@@ -82,17 +87,9 @@ class GPT2Model:
     ) -> list[str] | list[list[int]]:
         """Greedy continuations of several prompts decoded together, for
         throughput: texts for text prompts, new ids for id lists. Each equals
-        generate() of that prompt alone. Needs the fast engine loaded with
-        max_batch >= len(prompts)."""
-        if not isinstance(self.engine, FastGPT2):
-            raise ValueError(
-                f"generate_batch needs engine='fast', this model runs {self.engine_name!r}"
-            )
-        if len(prompts) > self.engine.max_batch:
-            raise ValueError(
-                f"{len(prompts)} prompts, the model was loaded with max_batch="
-                f"{self.engine.max_batch}: gpt2.load(..., max_batch={len(prompts)})"
-            )
+        generate() of that prompt alone. Needs len(prompts) <= n_slots."""
+        if isinstance(prompts, str):
+            raise ValueError("generate_batch takes a list of prompts; for one, use generate()")
         texts = [isinstance(p, str) for p in prompts]
         if any(texts) and not all(texts):
             raise ValueError("give all prompts as text or all as token ids, not a mix")
@@ -107,12 +104,15 @@ class GPT2Model:
         return [self.tokenizer.decode([t for t in out if t != eos]) for out in outs]
 
     def stream(self, prompt: str, max_new_tokens: int = 50, **kw) -> Iterator[str]:
-        """Yields pieces of the continuation's text as they are produced."""
+        """Yields pieces of the continuation's text as they are produced. The
+        stream holds a sequence slot until it ends or is closed."""
         if self.tokenizer is None:
             raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
         return stream_text(self.engine, self.tokenizer, prompt, max_new_tokens, **kw)
 
     def close(self) -> None:
+        """Frees the model; waits for a step another thread is running, whose
+        next call then raises ValueError."""
         self.engine.close()
 
     def __enter__(self) -> GPT2Model:
@@ -129,15 +129,21 @@ def load(
     *,
     engine: str = "fast",
     n_ctx: int | None = None,
-    max_batch: int = 1,
+    n_slots: int | None = None,
     n_threads: int | None = None,
+    max_batch: int | None = None,
 ) -> GPT2Model:
     """Loads a GGUF file, an HF snapshot folder or an HF hub id (None: the
     embedded default model) onto "cpu", "cuda" or "auto".
 
     engine "fast" (default) is gpt2.engine.FastGPT2 with f32, f16 or q8_0
     weights; "full" and "kv" are the close ports of the Ruby engine (f32).
+    n_slots: how many sequences (generations, streams, batch members) may be
+    alive at once (default gpt2.slots.DEFAULT_SLOTS); each holds a KV cache
+    of n_ctx positions. max_batch is its older name: n_slots at least that.
     """
+    if max_batch is not None:
+        n_slots = max(n_slots or DEFAULT_SLOTS, max_batch)
     loaded = load_model(resolve_model(path))
     device = pick_device(device)
     impl = make_engine(
@@ -146,7 +152,7 @@ def load(
         device,
         dtype,
         n_ctx=n_ctx,
-        max_batch=max_batch,
+        n_slots=n_slots,
         n_threads=n_threads,
     )
     return GPT2Model(loaded, impl, device, engine)
@@ -159,10 +165,10 @@ def make_engine(
     dtype: str = "f32",
     *,
     n_ctx: int | None = None,
-    max_batch: int = 1,
+    n_slots: int | None = None,
     n_threads: int | None = None,
     gelu: str = "exact",
-):
+) -> Engine:
     """One engine over canonical weights on "cpu" or "cuda". n_ctx bounds the
     positions (T_SEQ of the full-forward port, max_T of the KV port); gelu
     "ggml" builds the ports exactly as the Ruby engine did."""
@@ -171,9 +177,7 @@ def make_engine(
     if engine == "fast":
         if gelu != "exact":
             raise ValueError("the fast engine always uses the exact GELU")
-        return FastGPT2(
-            weights, device, dtype, n_ctx=n_ctx, max_batch=max_batch, n_threads=n_threads
-        )
+        return FastGPT2(weights, device, dtype, n_ctx=n_ctx, n_slots=n_slots, n_threads=n_threads)
     if dtype != "f32":
         raise ValueError(f"the {engine} engine computes in f32 only (got dtype={dtype!r})")
     cuda = device == "cuda"
@@ -181,4 +185,4 @@ def make_engine(
         cls = GPT2FullForwardFFICacheCuda if cuda else GPT2FullForwardFFICache
     else:
         cls = GPT2KVFFICacheCuda if cuda else GPT2KVFFICache
-    return cls.from_weights(weights, n_ctx, n_threads=n_threads, gelu=gelu)
+    return cls.from_weights(weights, n_ctx, n_threads=n_threads, gelu=gelu, n_slots=n_slots)

@@ -64,17 +64,19 @@ def ours_decode(engine: FastGPT2, prompt_len: int, new_tokens: int, warmup: int 
     prompt = list(range(1, prompt_len + 1))
 
     def generate() -> None:  # builds and warms the decode graph
-        token = engine.start_greedy(prompt)
-        for _ in range(max(warmup, new_tokens)):
-            token = engine.step_greedy(token)
+        with engine.sequence() as seq:
+            token = seq.start_greedy(prompt)
+            for _ in range(max(warmup, new_tokens)):
+                token = seq.step_greedy(token)
 
     _warm_up(generate, 1)
-    token = engine.start_greedy(prompt)
     times = []
-    for _ in range(new_tokens):
-        t0 = time.perf_counter()
-        token = engine.step_greedy(token)
-        times.append((time.perf_counter() - t0) * 1e3)
+    with engine.sequence() as seq:
+        token = seq.start_greedy(prompt)
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            token = seq.step_greedy(token)
+            times.append((time.perf_counter() - t0) * 1e3)
     s = _stats(times)
     s["tok_s"] = 1e3 / s["ms_mean"]
     s["decode_graph_builds"] = engine.decode_graph_builds
@@ -83,15 +85,16 @@ def ours_decode(engine: FastGPT2, prompt_len: int, new_tokens: int, warmup: int 
 
 def ours_prefill(engine: FastGPT2, n_tokens: int, repeats: int = 10) -> dict:
     prompt = [(i * 7) % engine.config.vocab_size for i in range(n_tokens)]
-    t0 = time.perf_counter()
-    engine.start_greedy(prompt)  # builds the graph
-    build_ms = (time.perf_counter() - t0) * 1e3
-    _warm_up(lambda: engine.start_greedy(prompt), 2)
-    times = []
-    for _ in range(repeats):
+    with engine.sequence() as seq:
         t0 = time.perf_counter()
-        engine.start_greedy(prompt)
-        times.append((time.perf_counter() - t0) * 1e3)
+        seq.start_greedy(prompt)  # builds the graph
+        build_ms = (time.perf_counter() - t0) * 1e3
+        _warm_up(lambda: seq.start_greedy(prompt), 2)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            seq.start_greedy(prompt)
+            times.append((time.perf_counter() - t0) * 1e3)
     s = _stats(times)
     s["first_call_ms"] = build_ms
     return s
@@ -101,17 +104,19 @@ def ours_batch(engine: FastGPT2, n_seq: int, prompt_len: int, new_tokens: int) -
     prompts = [[(b + i) % 1000 + 1 for i in range(prompt_len)] for b in range(n_seq)]
 
     def generate() -> None:
-        tokens = engine.start_batch(prompts)
-        for _ in range(new_tokens):
-            tokens = engine.step_batch_greedy(tokens)
+        with engine.batch(n_seq) as batch:
+            tokens = batch.start_greedy(prompts)
+            for _ in range(new_tokens):
+                tokens = batch.step_greedy(tokens)
 
     _warm_up(generate, 1)
-    tokens = engine.start_batch(prompts)
     times = []
-    for _ in range(new_tokens):
-        t0 = time.perf_counter()
-        tokens = engine.step_batch_greedy(tokens)
-        times.append((time.perf_counter() - t0) * 1e3)
+    with engine.batch(n_seq) as batch:
+        tokens = batch.start_greedy(prompts)
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            tokens = batch.step_greedy(tokens)
+            times.append((time.perf_counter() - t0) * 1e3)
     s = _stats(times)
     s["tok_s"] = n_seq * 1e3 / s["ms_mean"]
     return s
@@ -401,13 +406,13 @@ def run(args: argparse.Namespace) -> int:
             )
 
             if decode or "prefill" in wl:
-                with engine(max_batch=1) as one:
+                with engine(n_slots=1) as one:
                     if decode:
                         add("ours", "decode b1", ours_decode(one, args.prompt_len, decode_tokens))
                     for n in args.prefill if "prefill" in wl else ():
                         add("ours", f"prefill {n}", ours_prefill(one, n))
             if "batch" in wl:
-                with engine(max_batch=batch) as many:
+                with engine(n_slots=batch) as many:
                     stats = ours_batch(many, batch, args.prompt_len, batch_tokens)
                     add("ours", f"decode b{batch}", stats)
             if args.no_hf or dtype == "q8_0":

@@ -27,17 +27,16 @@ from pathlib import Path
 import numpy as np
 
 import gpt2
-from gpt2.api import DEVICES, GPT2Model, pick_device
+from gpt2.api import DEVICES, ENGINES, GPT2Model, pick_device
+from gpt2.engine import WEIGHT_DTYPES
+from gpt2.generate import StepTimings
+from gpt2.protocol import Engine
 from gpt2.resolve import resolve_model
 from gpt2.weights import GPT2Weights, load_model
 from tinynn import TinyNNError, cuda_available, cuda_unavailable_reason
 
 log = logging.getLogger("gpt2")
 
-ENGINES = ("fast", "full", "kv")
-DTYPES = ("f32", "f16", "q8_0")
-KV_LONG_PROMPT = 32  # parity hf: above this many tokens, the kv engine runs only ...
-KV_SHORT_POSITIONS = 8  # ... the first 8 positions (it rebuilds its graph every token)
 _Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 
@@ -62,39 +61,6 @@ def _positive_int(text: str) -> int:
 # generate
 
 
-class _TimedEngine:
-    """Wraps an engine's step protocol and times each call (what --timing prints).
-
-    Attribute access is forwarded, so `hasattr(engine, "start_greedy")` stays true only
-    for engines that really have it."""
-
-    def __init__(self, engine) -> None:
-        self._engine = engine
-        self.prefill_s: float | None = None
-        self.step_s: list[float] = []
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._engine, name)
-        if name in ("start", "start_greedy"):
-            return self._timed(attr, prefill=True)
-        if name in ("step", "step_greedy"):
-            return self._timed(attr, prefill=False)
-        return attr
-
-    def _timed(self, fn, prefill: bool):
-        def call(*args, **kw):
-            t0 = time.perf_counter()
-            out = fn(*args, **kw)
-            dt = time.perf_counter() - t0
-            if prefill:
-                self.prefill_s = dt
-            else:
-                self.step_s.append(dt)
-            return out
-
-        return call
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise ValueError("the prompt is empty: give some text to continue")
@@ -105,8 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = gpt2.load(args.model, device, args.dtype, engine=args.engine, n_threads=args.threads)
     load_s = time.perf_counter() - t0
     with model:
-        timed = _TimedEngine(model.engine)
-        model.engine = timed
+        timed = StepTimings()
         pieces = model.stream(
             args.prompt,
             args.max_new_tokens,
@@ -115,6 +80,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
             stop=args.stop or (),
+            timings=timed,
         )
         out = sys.stdout
         if args.stream:
@@ -136,7 +102,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _timing_line(load_s: float, timed: _TimedEngine, n_prompt: int, model: GPT2Model) -> str:
+def _timing_line(load_s: float, timed: StepTimings, n_prompt: int, model: GPT2Model) -> str:
     parts = [f"device {model.device}, engine {model.engine_name}", f"load {load_s * 1e3:.1f} ms"]
     if timed.prefill_s is not None:
         parts.append(f"prefill {timed.prefill_s * 1e3:.2f} ms ({n_prompt} tokens)")
@@ -168,12 +134,8 @@ def build_engine(
     return make_engine(weights, engine, device, dtype, n_ctx=n_ctx, n_threads=n_threads, gelu=gelu)
 
 
-def engine_logits(engine, ids: Sequence[int]) -> np.ndarray:
-    """Logits [T, vocab] of every position, whatever the engine."""
-    if hasattr(engine, "forward"):  # the full-forward port
-        return engine.forward(ids)
-    if hasattr(engine, "logits_for"):  # the KV port
-        return engine.logits_for(ids)
+def engine_logits(engine: Engine, ids: Sequence[int]) -> np.ndarray:
+    """Logits [T, vocab] of every position (the engine protocol's logits)."""
     return engine.logits(ids)
 
 
@@ -263,130 +225,22 @@ def cmd_parity_compare(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _hf_logits(folder: Path, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """HF transformers' GPT2LMHeadModel on the CPU: logits [N*T, vocab] in f32 and f64."""
-    try:
-        import torch
-        from transformers import GPT2LMHeadModel
-        from transformers.utils import logging as hf_logging
-    except ImportError as e:
-        raise ValueError(
-            f"parity hf needs torch and transformers ({e}); install them with "
-            "`pip install 'tinynn-gpt2[test]'`"
-        ) from None
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    model = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager")
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for dtype in (torch.float32, torch.float64):
-            model.to(dtype)
-            rows = [model(torch.tensor([p])).logits[0].numpy().astype(np.float64) for p in prompts]
-            out.append(np.concatenate(rows))
-    return out[0], out[1]
-
-
-def _parity_row(name: str, device: str, ours: np.ndarray, ref: np.ndarray, max_abs: float) -> dict:
-    from gpt2.parity import compare
-
-    rp = compare(ours, ref, max_abs=max_abs, top_k=5)
-    equal = int((ours.argmax(axis=1) == ref.argmax(axis=1)).sum())
-    return {
-        "engine": name,
-        "device": device,
-        "vs": "hf_f64",
-        "positions": int(ours.shape[0]),
-        "max_abs": rp.max_abs,
-        "mean_abs": rp.mean_abs,
-        "argmax_equal": equal,
-        "top5_overlap_min": rp.overlap,
-        "passed": rp.passed,
-    }
-
-
-def format_parity_table(rows: list[dict], threshold: float) -> str:
-    head = ("engine", "device", "vs", "max-abs", "mean-abs", "argmax", "top-5 min", "result")
-    body = [
-        (
-            r["engine"],
-            r["device"],
-            r["vs"],
-            f"{r['max_abs']:.3e}",
-            f"{r['mean_abs']:.3e}",
-            f"{r['argmax_equal']}/{r['positions']}",
-            f"{r['top5_overlap_min']}/5",
-            "PASS" if r["passed"] else "FAIL",
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(x, widths, strict=True)).rstrip()
-        for x in [head, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"pass: max-abs <= {threshold:g}, argmax equal and top-5 5/5 at every position")
-    return "\n".join(lines)
-
-
 def cmd_parity_hf(args: argparse.Namespace) -> int:
-    folder = resolve_model(args.model)
-    if not folder.is_dir():
-        raise ValueError(
-            f"parity hf needs an HF folder (config.json + model.safetensors): {folder}"
-        )
-    loaded = load_model(folder)
-    cfg = loaded.config
-    if not 1 <= args.length <= cfg.n_positions:
-        raise ValueError(
-            f"--length must be in 1..{cfg.n_positions} (the context), got {args.length}"
-        )
+    from gpt2.parity import format_hf_parity, hf_parity
+
     device = choose_device(args.device)
-    rng = np.random.default_rng(1234)  # fixed: every run compares the same prompts
-    prompts = [rng.integers(0, cfg.vocab_size, args.length).tolist() for _ in range(args.prompts)]
-
-    # Our engines run before torch is imported: torch's OpenMP threads keep spinning after
-    # each op and, on a small machine, starve ggml's own threads (measured: 50x slower).
-    t = args.length
-    kv_t = t if t <= KV_LONG_PROMPT else KV_SHORT_POSITIONS
-    ours: list[tuple[str, int, np.ndarray]] = []
-    for name, kind, n in (("fast_f32", "fast", t), ("full", "full", t), ("kv", "kv", kv_t)):
-        engine = build_engine(
-            loaded.weights, kind, device, "f32", None if kind == "fast" else n, args.threads
-        )
-        try:
-            ours.append((name, n, np.concatenate([engine_logits(engine, p[:n]) for p in prompts])))
-        finally:
-            engine.close()
-
-    from gpt2.reference import GPT2Reference
-
-    ref = np.concatenate([GPT2Reference(loaded.weights).logits(p) for p in prompts])
-    hf32, hf64 = _hf_logits(folder, prompts)
-    rows = [
-        _parity_row("hf_f32", "cpu", hf32, hf64, args.max_abs),
-        _parity_row("reference", "cpu", ref, hf64, args.max_abs),
-    ]
-    for name, n, logits in ours:
-        want = np.concatenate([hf64[i * t : i * t + n] for i in range(len(prompts))])
-        rows.append(_parity_row(name, device, logits.astype(np.float64), want, args.max_abs))
-
-    print(
-        f"model {folder}: {args.prompts} random prompts of {t} tokens (seed 1234)"
-        + (f"; kv on the first {kv_t} positions" if kv_t < t else "")
+    result = hf_parity(
+        resolve_model(args.model),
+        device,
+        n_prompts=args.prompts,
+        length=args.length,
+        max_abs=args.max_abs,
+        n_threads=args.threads,
     )
-    print(format_parity_table(rows, args.max_abs))
+    print(format_hf_parity(result))
     if args.json:
-        doc = {
-            "model": str(folder),
-            "prompts": args.prompts,
-            "length": t,
-            "max_abs_threshold": args.max_abs,
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return 0 if all(r["passed"] for r in rows) else 1
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    return 0 if result.passed else 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="reference = the numpy float64 model",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the engine runs")
-    p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type (fast engine)")
+    p.add_argument(
+        "--dtype", choices=WEIGHT_DTYPES, default="f32", help="weight type (fast engine)"
+    )
     p.add_argument(
         "--gelu",
         choices=("exact", "ggml"),
@@ -566,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("hf_folder", metavar="HF_FOLDER", help="HF folder or hub id")
     p.add_argument("out", metavar="OUT.gguf")
-    p.add_argument("--dtype", choices=DTYPES, default="f32", help="type of the 2-D weights")
+    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="f32", help="type of the 2-D weights")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
@@ -598,7 +454,7 @@ def _model_device_dtype(p: argparse.ArgumentParser) -> None:
         help="GGUF file, HF folder or hub id; None = the embedded model",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when usable")
-    p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight type")
+    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="f32", help="weight type")
     _threads(p)
 
 

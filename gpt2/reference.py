@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights, validate
 
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -53,14 +54,7 @@ class GPT2Reference:
         attend to each other, not to an earlier prefix.
         """
         cfg, w = self.config, self.w
-        idx = np.asarray(ids)
-        if idx.ndim != 1 or idx.size == 0:
-            raise ValueError(f"ids must be a non-empty 1-D sequence, got shape {idx.shape}")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"ids must be integers, got dtype {idx.dtype}")
-        bad = idx[(idx < 0) | (idx >= cfg.vocab_size)]
-        if bad.size:
-            raise ValueError(f"token id {int(bad[0])} out of range [0, {cfg.vocab_size})")
+        idx = check_token_ids(ids, cfg.vocab_size)
         T = idx.size
         if isinstance(start_pos, bool) or not isinstance(start_pos, (int, np.integer)):
             raise TypeError(f"start_pos must be an int, got {start_pos!r}")

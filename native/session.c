@@ -80,6 +80,7 @@ static void session_destroy(tnn_session *s) {
     if (s->cpu_backend && s->cpu_backend != s->backend) ggml_backend_free(s->cpu_backend);
     if (s->backend) ggml_backend_free(s->backend);
     if (s->root == s) {
+        free_session_decoders(s);
         if (s->weights_buf) ggml_backend_buffer_free(s->weights_buf);
         if (s->ctx_w) ggml_free(s->ctx_w);
     }

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 2
+#define TNN_ABI_VERSION 3
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -291,6 +291,40 @@ TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64
 TNN_API int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data,
                            int64_t in_nbytes, tnn_tensor *out, void *out_data,
                            int64_t out_nbytes);
+
+/* ---- our fused CUDA decode step (native/cuda/decode.h) ------------------- */
+
+typedef struct tnn_decoder tnn_decoder;
+
+/* A fused GPT-2 decode step over a CUDA session's persistent tensors, after
+ * tnn_finalize_weights (weights may be uploaded later; they are read at each
+ * step). Layouts are those of decode.h, d = n_embd:
+ *   wte     f16 or q8_0 [d, vocab]     wpe     f32 [d, n_rows]
+ *   lm_head f16 or q8_0 [d, vocab]     lm_bias f32 [vocab]
+ *   layers  n_layer * 9 handles: w_qkv [d, 3d], b_qkv [3d], w_o [d, d], b_o [d],
+ *           w_fc [d, d_ff], b_fc [d_ff], w_proj [d_ff, d], b_proj [d] (weights
+ *           f16 or q8_0, biases f32), kv f16 [2d, n_rows * n_slots].
+ * max_batch (1..8): the most sequences one step decodes. NULL with the reason
+ * when the session is not CUDA, the library was built without our kernels, or a
+ * handle, type or shape is off. The root session owns it: tnn_decoder_free, or
+ * freeing the root, frees it. */
+TNN_API tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_batch,
+                                     tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *lm_head,
+                                     tnn_tensor *lm_bias, tnn_tensor *const *layers,
+                                     int n_layer);
+
+/* One token for each of n_seq sequences: tokens[i] at positions[i] (0..n_rows-1)
+ * in cache slot slots[i] (distinct, 0..n_slots-1). sampling: n_seq records of
+ * {float temperature; int32 top_k; float top_p; float uniform} (sampling.h), or
+ * NULL for greedy. Writes out_ids[n_seq], and out_logits[n_seq * vocab] (f32)
+ * when not NULL. Every argument is checked before the device runs; blocks until
+ * the ids are on the host. */
+TNN_API int tnn_decoder_step(tnn_decoder *dec, int n_seq, const int32_t *tokens,
+                             const int32_t *positions, const int32_t *slots,
+                             const void *sampling, int32_t *out_ids, float *out_logits);
+
+/* Frees a decoder (NULL, freed or foreign pointers are ignored). */
+TNN_API void tnn_decoder_free(tnn_decoder *dec);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@
  *   graph.c           graph building, scheduler, realize, compute
  *   transfers.c       upload, download, tnn_compute_io
  *   cuda_specifics.c  what a CUDA session does differently, and why
+ *   decoder.c         tnn_decoder_*: our fused CUDA decode step (cuda/decode.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  * Every function here is hidden (C_VISIBILITY_PRESET hidden); only tinynn.h's
  * TNN_API functions leave the library.
@@ -82,6 +83,10 @@ struct tnn_session {
     /* Page-locked host memory for tnn_compute_io's copies (CUDA only, made
      * on first use): copies from pageable memory make the driver wait. */
     ggml_backend_buffer_t staging;
+
+    /* Our fused decode steps over this root's tensors (decoder.c), freed
+     * before the memory they read. */
+    struct tnn_decoder *decoders;
 };
 
 /* ---- errors.c -------------------------------------------------------------- */
@@ -182,6 +187,11 @@ bool new_graph(tnn_session *s);
 int check_realized(tnn_session *s, const char *func);
 /* The error for a failed compute: TNN_EBACKEND. */
 int compute_failed(enum ggml_status status, const char *func);
+
+/* ---- decoder.c -------------------------------------------------------------- */
+
+/* Frees every decoder of a root session. */
+void free_session_decoders(tnn_session *root);
 
 /* ---- cuda_specifics.c ------------------------------------------------------ */
 

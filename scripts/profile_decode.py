@@ -25,6 +25,7 @@ import numpy as np
 
 from gpt2.bench import SHAPES, WEIGHT_SCALE
 from gpt2.engine import FastGPT2
+from gpt2.engine.graph import GraphShape, bucket
 from gpt2.random_weights import random_weights
 
 PROMPT = 16
@@ -32,8 +33,9 @@ PROMPT = 16
 
 def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
     """Median microseconds of each phase of a greedy decode step at batch 1."""
-    token = engine.start_greedy(list(range(1, PROMPT + 1)))
-    g = engine._decode_graph(1, 256)
+    with engine.sequence() as seq:
+        token = seq.start_greedy(list(range(1, PROMPT + 1)))
+    g = engine._decode_graph(GraphShape(0, 1, 1, 256, last_only=False))
     up, comp, down = [], [], []
     for i in range(steps):
         pos = PROMPT + i % (256 - PROMPT)
@@ -63,14 +65,15 @@ def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
         token = int(g.sess.compute_io(g.ints, np.array([token, pos, pos], np.int32), g.out_ids)[0])
         fused.append(time.perf_counter() - t0)
     phases["step_compute_io_us"] = us(fused)
-    # and as a user's loop sees it: FastGPT2.step_greedy, Python included
+    # and as a user's loop sees it: a sequence's step_greedy, Python included
     # (positions stay under 256, the graph's attention bucket)
-    token = engine.start_greedy(list(range(1, PROMPT + 1)))
     stepped = []
-    for _ in range(min(steps, 256 - PROMPT - 1)):
-        t0 = time.perf_counter()
-        token = engine.step_greedy(token)
-        stepped.append(time.perf_counter() - t0)
+    with engine.sequence() as seq:
+        token = seq.start_greedy(list(range(1, PROMPT + 1)))
+        for _ in range(min(steps, 256 - PROMPT - 1)):
+            t0 = time.perf_counter()
+            token = seq.step_greedy(token)
+            stepped.append(time.perf_counter() - t0)
     phases["engine_step_us"] = us(stepped)
     return phases, g
 
@@ -78,9 +81,10 @@ def _phases(engine: FastGPT2, steps: int) -> tuple[dict, object]:
 def _prefill_phases(engine: FastGPT2, n_tokens: int, steps: int) -> tuple[dict, object, np.ndarray]:
     """Median microseconds of a prefill of n_tokens (last token's logits only)."""
     prompt = [(i * 7) % engine.config.vocab_size for i in range(n_tokens)]
-    engine.start_greedy(prompt)  # builds the graph
+    with engine.sequence() as seq:
+        seq.start_greedy(prompt)  # builds the graph
     n_q = engine._prefill_length(1, n_tokens)
-    g = engine._prefill_graph(1, n_q, False)
+    g = engine._prefill_graph(GraphShape(0, 1, n_q, bucket(n_q, engine.n_rows), last_only=True))
     # what start_greedy uploads (FastGPT2._prefill): tokens, positions, cache rows, last row
     tokens = np.zeros(n_q, np.int32)
     tokens[:n_tokens] = prompt

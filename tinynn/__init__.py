@@ -16,11 +16,13 @@ with tinynn.Session("cpu") as s:
 """
 
 from ._lib import ABI_VERSION, library_path
+from .decoder import Decoder
 from .errors import TinyNNError
 from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
 
 __all__ = [
     "ABI_VERSION",
+    "Decoder",
     "Session",
     "Tensor",
     "TinyNNError",

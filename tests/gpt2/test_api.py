@@ -96,8 +96,8 @@ def test_generate_batch_equals_generate_of_each():
         ]
         with pytest.raises(ValueError, match="not a mix"):
             model.generate_batch(["a", [1, 2]], max_new_tokens=2)
-    with gpt2.load(device="cpu") as model, pytest.raises(ValueError, match="max_batch=2"):
-        model.generate_batch(prompts[:2], max_new_tokens=2)
+    with gpt2.load(device="cpu", n_slots=2) as model, pytest.raises(ValueError, match="n_slots=3"):
+        model.generate_batch(prompts, max_new_tokens=2)
 
 
 def test_generation_stops_at_the_context(tiny_model):

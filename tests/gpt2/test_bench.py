@@ -12,7 +12,7 @@ from gpt2.engine import FastGPT2
 
 
 def test_ours_workloads_report_times(tiny_model):
-    with FastGPT2(tiny_model.weights, "cpu", n_threads=1, max_batch=3) as engine:
+    with FastGPT2(tiny_model.weights, "cpu", n_threads=1, n_slots=3) as engine:
         decode = bench.ours_decode(engine, prompt_len=4, new_tokens=6, warmup=2)
         prefill = bench.ours_prefill(engine, n_tokens=8, repeats=2)
         batch = bench.ours_batch(engine, n_seq=3, prompt_len=4, new_tokens=3)

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from gpt2.engine import FastGPT2
-from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
-from gpt2.ffi_kv import GPT2KVFFICache, GPT2KVFFICacheCuda
 from gpt2.generate import greedy_generate, greedy_generate_batch
 from gpt2.parity import compare, read_dump
+from gpt2.port import (
+    GPT2FullForwardFFICache,
+    GPT2FullForwardFFICacheCuda,
+    GPT2KVFFICache,
+    GPT2KVFFICacheCuda,
+)
 from gpt2.reference import GPT2Reference
 from gpt2.weights import load_model
 from tests.devices import DEVICES, use_device
@@ -134,9 +138,9 @@ def test_fast_engine_decode_continues_prefill(tiny_model, device):
     m = tiny_model
     ids = list(_prompt(m.config, 10, seed=4))
     ref = GPT2Reference(m.weights).logits(ids)
-    with FastGPT2(m.weights, device) as fast:
-        first = fast.start(ids[:4])
-        steps = [fast.step(t) for t in ids[4:]]
+    with FastGPT2(m.weights, device) as fast, fast.sequence() as seq:
+        first = seq.start(ids[:4])
+        steps = [seq.step(t) for t in ids[4:]]
     check_close(np.vstack([first, *steps]), ref[3:], PORT_TOL[device], "prefill + decode")
 
 
@@ -146,7 +150,7 @@ def test_fast_engine_batch_matches_single(tiny_model, device, lengths):
     differ in length) continue exactly as each does alone."""
     m = tiny_model
     prompts = [list(_prompt(m.config, t, seed=s)) for s, t in enumerate(lengths)]
-    with FastGPT2(m.weights, device, max_batch=3) as fast:
+    with FastGPT2(m.weights, device, n_slots=3) as fast:
         singles = [greedy_generate(fast, p, 12) for p in prompts]
         assert greedy_generate_batch(fast, prompts, 12) == singles
 
@@ -154,18 +158,19 @@ def test_fast_engine_batch_matches_single(tiny_model, device, lengths):
 def test_batch_generation_ends_each_sequence_on_its_own(tiny_model):
     m = tiny_model
     prompts = [list(_prompt(m.config, t, seed=s)) for s, t in enumerate((4, 6))]
-    with FastGPT2(m.weights, "cpu", max_batch=2) as fast:
+    with FastGPT2(m.weights, "cpu", n_slots=2) as fast:
         alone = [greedy_generate(fast, p, 10) for p in prompts]
         eos = alone[0][3]  # the first sequence's 4th new token ends it
         got = greedy_generate_batch(fast, prompts, 10, eos_id=eos)
         assert got[0] == alone[0][: alone[0].index(eos) + 1]
         assert got[1] == alone[1][: alone[1].index(eos) + 1] if eos in alone[1] else alone[1]
-        # the longest prompt bounds the batch by the context
+        # a prompt at the context end stops there; the others go on, as alone
         n = m.config.n_positions
         long_prompts = [[1] * (n - 3), [2] * 2]
         got = greedy_generate_batch(fast, long_prompts, 50)
-        assert [len(g) for g in got] == [4, 4]
-        with pytest.raises(ValueError, match="max_batch"):
+        assert [len(g) for g in got] == [4, 50]
+        assert got == [greedy_generate(fast, p, 50) for p in long_prompts]
+        with pytest.raises(ValueError, match="n_slots=3"):
             greedy_generate_batch(fast, [[1]] * 3, 4)
         assert greedy_generate_batch(fast, prompts, 0) == [[], []]
 
@@ -185,14 +190,14 @@ def test_engines_reject_bad_input(tiny_model):
             kv.decode_step(1, 8)
         with pytest.raises(ValueError, match="max_T"):
             kv.logits_for(list(range(9)))
-    with FastGPT2(m.weights) as fast:
+    with FastGPT2(m.weights) as fast, fast.sequence() as seq:
         with pytest.raises(ValueError, match="context"):
             fast.logits([1] * (n + 1))
         with pytest.raises(ValueError, match="start"):
-            fast.step(1)
-        fast.start([1] * (n - 1))
-        fast.step(1)
+            seq.step(1)
+        seq.start([1] * (n - 1))
+        seq.step(1)
         with pytest.raises(ValueError, match="past the context"):
-            fast.step(1)
+            seq.step(1)
     with pytest.raises(ValueError, match="closed|not realized"):
         full.forward([1])

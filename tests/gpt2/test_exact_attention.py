@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from gpt2.engine import FastGPT2
-from gpt2.ffi_full import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.generate import greedy_generate
+from gpt2.port import GPT2FullForwardFFICache, GPT2FullForwardFFICacheCuda
 from gpt2.reference import GPT2Reference
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
@@ -88,10 +88,11 @@ def test_padded_prefill_matches_reference(tiny_models, device):
                 got = fast.logits(ids[:t])
                 check_close(got, ref[:t], REF_TOL, what)
                 _check_top5(got, ref[:t], what)
-                last = fast.start(ids[:t])  # the last_only graph: row t-1, not 16
+                with fast.sequence() as seq:
+                    last = seq.start(ids[:t])  # the last_only graph: row t-1, not 16
                 check_close(last, ref[t - 1], REF_TOL, what + ", last token")
             # one padded graph per kind serves every length in 4..16
-            keys = set(fast._prefill_graphs)
+            keys = {(g.n_seq, g.n_q, not g.last_only) for g in fast._prefill_graphs}
             assert {(1, PADDED, True), (1, PADDED, False)} <= keys, keys
             assert not any(n_q in TF32_COLUMNS for _, n_q, _ in keys), keys
 
@@ -114,8 +115,9 @@ def test_decode_after_padded_prefill(tiny_models, device):
         ref = GPT2Reference(m.weights)
         want_logits = ref.logits(ids)
         with FastGPT2(m.weights, device, **_exact(device)) as fast:
-            first = fast.start(ids[:5])
-            steps = [fast.step(t) for t in ids[5:]]
+            with fast.sequence() as seq:
+                first = seq.start(ids[:5])
+                steps = [seq.step(t) for t in ids[5:]]
             got = np.vstack([first, *steps])
             check_close(got, want_logits[4:], REF_TOL, f"{m.name} padded prefill + decode")
             _check_top5(got, want_logits[4:], f"{m.name} padded prefill + decode")
@@ -134,13 +136,14 @@ def test_padded_batch_prefill_matches_single(tiny_model, device):
     m = tiny_model
     for n_seq, t in ((3, 7), (2, 2)):  # padded for n_q = 7, and for N = 4 columns
         prompts = [_prompt(m.config, t, seed=s) for s in range(n_seq)]
-        with FastGPT2(m.weights, device, max_batch=n_seq, **_exact(device)) as fast:
+        with FastGPT2(m.weights, device, n_slots=n_seq, **_exact(device)) as fast:
             assert fast._prefill_length(n_seq, t) == PADDED
             singles = [greedy_generate(fast, p, 8) for p in prompts]
-            tokens = fast.start_batch(prompts)
-            batch = [[tok] for tok in tokens]
-            for _ in range(7):
-                tokens = fast.step_batch_greedy(tokens)
+            with fast.batch(n_seq) as together:
+                tokens = together.start_greedy(prompts)
+                batch = [[tok] for tok in tokens]
+                for _ in range(7):
+                    tokens = together.step_greedy(tokens)
                 for seq, tok in zip(batch, tokens, strict=True):
                     seq.append(tok)
         assert batch == singles, (n_seq, t)
@@ -155,9 +158,13 @@ def test_padding_past_a_short_context(tiny_model, device):
     with FastGPT2(m.weights, device, n_ctx=12, **_exact(device)) as fast:
         assert fast._prefill_length(1, 8) == PADDED and fast.max_positions == 12
         check_close(fast.logits(ids), want.logits(ids), REF_TOL, f"{device} n_ctx=12")
-        new = greedy_generate(fast, ids, 5)  # the prefill's pick, then positions 8..11
-        with pytest.raises(ValueError, match="past the context"):
-            fast.step_greedy(new[-1])  # position 12
+        assert greedy_generate(fast, ids, 50) == greedy_generate(fast, ids, 5)
+        with fast.sequence() as seq:
+            new = [seq.start_greedy(ids)]  # the prefill's pick, then positions 8..11
+            for _ in range(4):
+                new.append(seq.step_greedy(new[-1]))
+            with pytest.raises(ValueError, match="past the context"):
+                seq.step_greedy(new[-1])  # position 12
     seq = list(ids)
     for _ in range(5):
         seq.append(int(np.argmax(want.logits(seq)[-1])))

@@ -122,9 +122,11 @@ def test_causal(tiny_model):
 def test_input_validation(tiny_model):
     ref = GPT2Reference(tiny_model.weights)
     n_ctx, vocab = tiny_model.config.n_positions, tiny_model.config.vocab_size
-    with pytest.raises(ValueError, match=f"token id {vocab} out of range"):
+    with pytest.raises(
+        ValueError, match=f"token id {vocab} at position 1 is outside the vocabulary"
+    ):
         ref.logits([0, vocab])
-    with pytest.raises(ValueError, match="token id -1 out of range"):
+    with pytest.raises(ValueError, match="token id -1 at position 0 is outside the vocabulary"):
         ref.logits([-1])
     with pytest.raises(ValueError, match="non-empty"):
         ref.logits([])

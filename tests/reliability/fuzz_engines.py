@@ -4,13 +4,14 @@ Run as a child (tests/reliability/test_fuzz.py does it):
 ``python -m tests.reliability.fuzz_engines --repro FILE --examples N --seed S --hf-dir D``.
 
 Three engines on one tiny model, on the CPU, with a short context (n_ctx 12): the fast
-engine (FastGPT2, max_batch 2), the close ports GPT2KVFFICache (max_T 12) and
-GPT2FullForwardFFICache (T_SEQ 12). Each example is a list of calls with token ids from
--3 to vocab + 3 plus 2^31, 2^63 and -2^63, empty prompts, prompts of up to n_ctx + 3
-tokens, decode steps past the context, KV positions from -2 to max_T + 2, batches of
-mismatched sizes. Each call must succeed or raise ValueError / TypeError / TinyNNError;
-after every example each engine's logits for a fixed prompt must equal, bit for bit, the
-ones it gave before the run (so no failed call left state behind).
+engine (FastGPT2, a sequence and a batch of 2 open throughout), the close ports
+GPT2KVFFICache (max_T 12) and GPT2FullForwardFFICache (T_SEQ 12). Each example is a
+list of calls with token ids from -3 to vocab + 3 plus 2^31, 2^63 and -2^63, empty
+prompts, prompts of up to n_ctx + 3 tokens, decode steps past the context, KV positions
+from -2 to max_T + 2, batches of mismatched sizes. Each call must succeed or raise
+ValueError / TypeError / TinyNNError; after every example each engine's logits for a
+fixed prompt must equal, bit for bit, the ones it gave before the run (so no failed call
+left state behind).
 
 Then "nan": a tensor of an HF folder gets NaN, +inf or -inf at a random place;
 ``load_model`` must refuse it with a ValueError that names the tensor.
@@ -29,8 +30,7 @@ from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from gpt2.engine import FastGPT2
-from gpt2.ffi_full import GPT2FullForwardFFICache
-from gpt2.ffi_kv import GPT2KVFFICache
+from gpt2.port import GPT2FullForwardFFICache, GPT2KVFFICache
 from gpt2.weights import load_model
 from tests.tiny_models import write_hf_folder
 from tinynn import TinyNNError
@@ -75,10 +75,17 @@ def steps_strategy(vocab: int):
 
 class Engines:
     def __init__(self, weights):
-        self.fast = FastGPT2(weights, "cpu", "f32", n_ctx=N_CTX, max_batch=2, n_threads=1)
+        self.fast = FastGPT2(weights, "cpu", "f32", n_ctx=N_CTX, n_threads=1)
         self.kv = GPT2KVFFICache.from_weights(weights, N_CTX, n_threads=1)
         self.full = GPT2FullForwardFFICache.from_weights(weights, N_CTX, n_threads=1)
+        # one long-lived sequence per engine, and a batch of 2 on the fast one
+        self.seqs = {name: e.sequence() for name, e in self.engines.items()}
+        self.fast_batch = self.fast.batch(2)
         self.golden = self.snapshot()
+
+    @property
+    def engines(self) -> dict:
+        return {"fast": self.fast, "kv": self.kv, "full": self.full}
 
     def snapshot(self) -> dict[str, np.ndarray]:
         return {
@@ -93,21 +100,21 @@ class Engines:
             out = self.fast.logits(args[0])
             assert out.shape == (len(args[0]), self.fast.config.vocab_size)
         elif name == "fast.start":
-            self.fast.start(args[0])
+            self.seqs["fast"].start(args[0])
         elif name in ("fast.step", "kv.step", "full.step"):
-            engine = {"fast": self.fast, "kv": self.kv, "full": self.full}[name.split(".")[0]]
+            seq = self.seqs[name.split(".")[0]]
             for _ in range(args[1]):
-                assert np.isfinite(engine.step(args[0])).all()
+                assert np.isfinite(seq.step(args[0])).all()
         elif name == "fast.batch":
-            self.fast.start_batch(args[0])
+            self.fast_batch.start_greedy(args[0])
         elif name == "fast.step_batch":
-            self.fast.step_batch_greedy(args[0])
+            self.fast_batch.step_greedy(args[0])
         elif name == "kv.logits_for":
             self.kv.logits_for(args[0], start_pos=args[1])
         elif name == "kv.decode":
             self.kv.decode_step(args[0], args[1])
         elif name == "kv.start":
-            self.kv.start(args[0])
+            self.seqs["kv"].start(args[0])
         elif name == "full.forward":
             self.full.forward(args[0])
 

@@ -138,9 +138,9 @@ def huge(n: int) -> None:
 def cuda_memory(n: int) -> None:
     """Device memory while GPT-2-small-shaped f16 models are loaded, used and closed,
     against the level before the first one (the CUDA runtime's free/total)."""
-    from gpt2.bench import random_weights
     from gpt2.config import GPT2Config
     from gpt2.engine import FastGPT2
+    from gpt2.random_weights import random_weights
     from tinynn import Session
 
     config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
@@ -149,9 +149,10 @@ def cuda_memory(n: int) -> None:
     def once() -> int:
         engine = FastGPT2(weights, "cuda", "f16")
         try:
-            token = engine.start_greedy([1, 2, 3, 4])
-            for _ in range(4):
-                token = engine.step_greedy(token)
+            with engine.sequence() as seq:
+                token = seq.start_greedy([1, 2, 3, 4])
+                for _ in range(4):
+                    token = seq.step_greedy(token)
             return meter.device_memory()[0]
         finally:
             engine.close()

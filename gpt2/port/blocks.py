@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpt2.sequence import SlotEngine
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -96,10 +97,12 @@ class GPT2BlockFFI:
         return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
 
 
-class PortEngine:
-    """What the two port engines share: the session's lifetime and the
-    check that weights fit the dimensions the engine was realized for."""
+class PortEngine(SlotEngine):
+    """What the two port engines share: the session's lifetime, the check that
+    weights fit the dimensions the engine was realized for, and greedy picks
+    on the host (the original engines download logits)."""
 
+    DEVICE = "cpu"
     sess: Session | None
     realized: bool
     d_model: int
@@ -107,6 +110,10 @@ class PortEngine:
     n_heads: int
     n_layers: int
     vocab_size: int
+
+    @property
+    def device(self) -> str:
+        return self.DEVICE
 
     def check_weights(self, weights: GPT2Weights) -> None:
         self._require_realized()
@@ -123,16 +130,15 @@ class PortEngine:
         if not self.realized or self.sess is None or self.sess.closed:
             raise ValueError("engine is not realized (call realize_for) or is closed")
 
-    def close(self) -> None:
+    @staticmethod
+    def _pick(logits: np.ndarray, greedy: bool) -> np.ndarray:
+        """Logits rows [n, vocab], or their argmax [n] when greedy."""
+        return np.argmax(logits, axis=1).astype(np.int32) if greedy else logits
+
+    def _free_device(self) -> None:
         if self.sess is not None:
             self.sess.close()
         self.realized = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 GELU_KINDS = ("exact", "ggml")
@@ -142,19 +148,3 @@ def check_gelu(gelu: str) -> str:
     if gelu not in GELU_KINDS:
         raise ValueError(f"gelu must be one of {GELU_KINDS}, got {gelu!r}")
     return gelu
-
-
-def check_ids(ids: Sequence[int], vocab_size: int) -> np.ndarray:
-    """Token ids as int32, each in [0, vocab_size)."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"token ids must be integers, got {arr.dtype}")
-    bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"token id {int(arr[i])} at position {i} is outside the vocabulary [0, {vocab_size})"
-        )
-    return arr.astype(np.int32)

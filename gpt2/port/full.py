@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, check_gelu, upload_row_major
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
+from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -36,7 +37,10 @@ class GPT2FullForwardFFICache(PortEngine):
     DEVICE = "cpu"
     PAD_PAST_TF32 = False  # compute a T_SEQ in TF32_COLUMNS as 17 positions
 
-    def __init__(self, n_threads: int | None = None, gelu: str = "exact"):
+    def __init__(
+        self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
+    ):
+        self._init_slots(n_slots, "engine")
         self.sess: Session | None = None
         self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
@@ -44,7 +48,7 @@ class GPT2FullForwardFFICache(PortEngine):
         self.t_seq = self.t_graph = self.d_model = self.d_ff = self.n_heads = 0
         self.d_head = self.n_layers = self.vocab_size = 0
         self.gpt2_blocks_ffi: list[GPT2BlockFFI] = []
-        self._ids: list[int] = []
+        self._slot_ids: dict[int, list[int]] = {}  # the ids so far of each slot's sequence
 
     @classmethod
     def from_weights(
@@ -53,10 +57,11 @@ class GPT2FullForwardFFICache(PortEngine):
         t_seq: int | None = None,
         n_threads: int | None = None,
         gelu: str = "exact",
+        n_slots: int | None = None,
     ) -> GPT2FullForwardFFICache:
         """Realized for `t_seq` positions (default: the model's context) and uploaded."""
         c = weights.config
-        engine = cls(n_threads=n_threads, gelu=gelu)
+        engine = cls(n_threads=n_threads, gelu=gelu, n_slots=n_slots)
         engine.realize_for(
             t_seq or c.n_positions,
             c.n_embd,
@@ -136,7 +141,7 @@ class GPT2FullForwardFFICache(PortEngine):
     def upload_from(self, weights: GPT2Weights) -> None:
         """Uploads canonical weights (see gpt2.weights) into the declared tensors."""
         self.check_weights(weights)
-        c = weights.config
+        c = self.config = weights.config
         if self.t_seq > c.n_positions:
             raise ValueError(f"T_SEQ={self.t_seq} exceeds the model's context {c.n_positions}")
         upload_row_major(self.t_token_embed, weights["wte"])
@@ -153,27 +158,46 @@ class GPT2FullForwardFFICache(PortEngine):
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits [len(token_ids), vocab] (float32) for the real positions."""
         self._require_realized()
-        ids = check_ids(token_ids, self.vocab_size)
+        ids = check_token_ids(token_ids, self.vocab_size)
         if len(ids) > self.t_seq:
             raise ValueError(f"{len(ids)} tokens do not fit in T_SEQ={self.t_seq}")
         padded = np.zeros(self.t_graph, dtype=np.int32)  # id 0 pads; the mask hides it
         padded[: len(ids)] = ids
-        self.t_token_ids.upload(padded)
-        self.sess.compute()
-        return self.t_logits.download()[: len(ids)]
+        with self.pool.lock:  # one graph, one input: one caller at a time
+            self._require_realized()
+            self.t_token_ids.upload(padded)
+            self.sess.compute()
+            return self.t_logits.download()[: len(ids)]
 
-    # The generation protocol (see gpt2.generate): logits of the last position.
-    def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        self._ids = [int(i) for i in prompt_ids]
-        return self.forward(self._ids)[-1]
-
-    def step(self, token_id: int) -> np.ndarray:
-        self._ids.append(int(token_id))
-        return self.forward(self._ids)[-1]
-
+    # -- the engine protocol (gpt2.sequence): a sequence is its ids so far --------
     @property
     def max_positions(self) -> int:
         return self.t_seq
+
+    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
+        rows = []
+        for i, ids in enumerate(prompts):
+            self._slot_ids[first + i] = [int(t) for t in ids]
+            rows.append(self.forward(ids)[-1])
+        return self._pick(np.stack(rows), greedy)
+
+    def _step_slots(
+        self,
+        first: int,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        active: np.ndarray,
+        greedy: bool,
+    ) -> np.ndarray:
+        rows = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
+        for i in np.flatnonzero(active):
+            ids = self._slot_ids[first + i][: int(positions[i])] + [int(tokens[i])]
+            self._slot_ids[first + i] = ids
+            rows[i] = self.forward(ids)[-1]
+        return self._pick(rows, greedy)
+
+    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        return self.forward(ids)
 
 
 class GPT2FullForwardFFICacheCuda(GPT2FullForwardFFICache):

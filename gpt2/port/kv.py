@@ -19,20 +19,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.ffi_blocks import GPT2BlockFFI, PortEngine, check_gelu, check_ids, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, check_gelu, upload_row_major
+from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
-F32 = 4  # bytes
+F32_BYTES = 4
 
 
 class GPT2KVBlockFFI(GPT2BlockFFI):
-    """A block's weights plus its per-head caches, ne = [d_head, max_T] each."""
+    """A block's weights plus per-slot, per-head caches, ne = [d_head, max_T] each:
+    t_K[slot][head]."""
 
-    def __init__(self, sess: Session, d_model: int, d_ff: int, n_heads: int, max_t: int):
+    def __init__(
+        self, sess: Session, d_model: int, d_ff: int, n_heads: int, max_t: int, n_slots: int
+    ):
         super().__init__(sess, d_model, d_ff, n_heads)
-        self.t_K = [sess.input_2d_f32_persistent(max_t, self.d_head) for _ in range(n_heads)]
-        self.t_V = [sess.input_2d_f32_persistent(max_t, self.d_head) for _ in range(n_heads)]
+        self.t_K = [
+            [sess.input_2d_f32_persistent(max_t, self.d_head) for _ in range(n_heads)]
+            for _ in range(n_slots)
+        ]
+        self.t_V = [
+            [sess.input_2d_f32_persistent(max_t, self.d_head) for _ in range(n_heads)]
+            for _ in range(n_slots)
+        ]
 
 
 class GPT2KVFFICache(PortEngine):
@@ -40,7 +50,10 @@ class GPT2KVFFICache(PortEngine):
 
     DEVICE = "cpu"
 
-    def __init__(self, n_threads: int | None = None, gelu: str = "exact"):
+    def __init__(
+        self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
+    ):
+        self._init_slots(n_slots, "engine")
         self.sess: Session | None = None
         self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
@@ -48,7 +61,6 @@ class GPT2KVFFICache(PortEngine):
         self.max_T = self.d_model = self.d_ff = self.n_heads = self.d_head = 0
         self.n_layers = self.vocab_size = self.context_length = 0
         self.kv_blocks_ffi: list[GPT2KVBlockFFI] = []
-        self._pos = 0
 
     @classmethod
     def from_weights(
@@ -57,9 +69,10 @@ class GPT2KVFFICache(PortEngine):
         max_t: int | None = None,
         n_threads: int | None = None,
         gelu: str = "exact",
+        n_slots: int | None = None,
     ) -> GPT2KVFFICache:
         c = weights.config
-        engine = cls(n_threads=n_threads, gelu=gelu)
+        engine = cls(n_threads=n_threads, gelu=gelu, n_slots=n_slots)
         engine.realize_for(
             max_t or c.n_positions,
             c.n_embd,
@@ -106,14 +119,15 @@ class GPT2KVFFICache(PortEngine):
         self.t_ln_f_gamma = sess.input_1d_f32_persistent(d_model)
         self.t_ln_f_beta = sess.input_1d_f32_persistent(d_model)
         self.kv_blocks_ffi = [
-            GPT2KVBlockFFI(sess, d_model, d_ff, n_heads, max_t) for _ in range(n_layers)
+            GPT2KVBlockFFI(sess, d_model, d_ff, n_heads, max_t, self.n_slots)
+            for _ in range(n_layers)
         ]
         sess.finalize_weights()  # zero-filled: the caches start empty
         self.realized = True
 
     def upload_from(self, weights: GPT2Weights) -> None:
         self.check_weights(weights)
-        c = weights.config
+        c = self.config = weights.config
         if c.n_positions != self.context_length:
             raise ValueError(
                 f"weights have a context of {c.n_positions}, the engine was realized for "
@@ -127,75 +141,96 @@ class GPT2KVFFICache(PortEngine):
             block.upload_from(weights, layer)
 
     # -- one decode step ----------------------------------------------------------
-    def build_decode_step(self, pos: int) -> tuple[Tensor, Tensor]:
-        """The graph of one token at position pos: (token id input, logits [V, 1])."""
+    def build_decode_step(self, pos: int, slot: int = 0) -> tuple[Tensor, Tensor]:
+        """The graph of one token at position pos of the sequence in `slot`:
+        (token id input, logits [V, 1])."""
         sess, d = self.sess, self.d_model
         t_token_id = sess.input_1d_i32(1)
-        pos_row = sess.view_2d(self.t_pos_embed, d, 1, d * F32, pos * d * F32)  # [d, 1]
+        pos_row = sess.view_2d(self.t_pos_embed, d, 1, d * F32_BYTES, pos * d * F32_BYTES)  # [d, 1]
         x = sess.add(sess.get_rows(self.t_token_embed, t_token_id), pos_row)  # [d, 1]
         for block in self.kv_blocks_ffi:
             h1 = sess.layer_norm(x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, 1]
-            heads = [self.build_attention_head(block, h1, h, pos) for h in range(self.n_heads)]
+            heads = [
+                self.build_attention_head(block, h1, h, pos, slot) for h in range(self.n_heads)
+            ]
             x = sess.add(x, block.build_out_proj(sess, heads))  # [d, 1]
             x = block.build_ffn(sess, x, self.eps, self.gelu)  # [d, 1]
         x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)  # [d, 1]
         logits = sess.set_output(sess.matmul(self.t_token_embed, x))  # [V, 1]
         return t_token_id, logits
 
-    def build_attention_head(self, block: GPT2KVBlockFFI, h1: Tensor, h: int, pos: int) -> Tensor:
+    def build_attention_head(
+        self, block: GPT2KVBlockFFI, h1: Tensor, h: int, pos: int, slot: int = 0
+    ) -> Tensor:
         """Writes this token's K, V rows at pos and attends over 0..pos: [d_head, 1]."""
+        cache_k, cache_v = block.t_K[slot][h], block.t_V[slot][h]
         sess, dh = self.sess, self.d_head
-        row = dh * F32
+        row = dh * F32_BYTES
         q = sess.add(sess.matmul(block.t_w_q[h], h1), block.t_b_q[h])  # [d_head, 1]
         k_new = sess.add(sess.matmul(block.t_w_k[h], h1), block.t_b_k[h])  # [d_head, 1]
         b_v = sess.reshape(block.t_b_v[h], dh)  # [1, d_head] -> [d_head]
         v_new = sess.add(sess.matmul(block.t_w_v[h], h1), b_v)  # [d_head, 1]
         # Side effects: expanded before the reads below, so they run first.
-        sess.add_to_graph(sess.cpy(k_new, sess.view_2d(block.t_K[h], dh, 1, row, pos * row)))
-        sess.add_to_graph(sess.cpy(v_new, sess.view_2d(block.t_V[h], dh, 1, row, pos * row)))
-        k_hist = sess.view_2d(block.t_K[h], dh, pos + 1, row, 0)  # [d_head, pos+1]
-        v_hist = sess.view_2d(block.t_V[h], dh, pos + 1, row, 0)  # [d_head, pos+1]
+        sess.add_to_graph(sess.cpy(k_new, sess.view_2d(cache_k, dh, 1, row, pos * row)))
+        sess.add_to_graph(sess.cpy(v_new, sess.view_2d(cache_v, dh, 1, row, pos * row)))
+        k_hist = sess.view_2d(cache_k, dh, pos + 1, row, 0)  # [d_head, pos+1]
+        v_hist = sess.view_2d(cache_v, dh, pos + 1, row, 0)  # [d_head, pos+1]
         scores = sess.matmul(k_hist, q)  # [pos+1, 1]
         attn = sess.softmax(sess.scale(scores, 1.0 / math.sqrt(dh)))  # over 0..pos
         v_t = sess.cont(sess.transpose(v_hist))  # [pos+1, d_head]
         return sess.matmul(v_t, attn)  # [d_head, 1]
 
-    def decode_step(self, token_id: int, pos: int) -> np.ndarray:
-        """Logits [vocab] (float32) after feeding token_id at position pos."""
+    def decode_step(self, token_id: int, pos: int, slot: int = 0) -> np.ndarray:
+        """Logits [vocab] (float32) after feeding token_id at position pos of the
+        sequence in cache slot `slot`."""
         self._require_realized()
         if not 0 <= pos < self.max_T:
             raise ValueError(f"position {pos} is outside the cache [0, max_T={self.max_T})")
-        ids = check_ids([token_id], self.vocab_size)
-        self.sess.reset_for_rebuild()
-        t_token_id, logits = self.build_decode_step(pos)
-        self.sess.realize(logits)
-        t_token_id.upload(ids)
-        self.sess.compute()
-        return logits.download().reshape(self.vocab_size)
+        ids = check_token_ids([token_id], self.vocab_size)
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot {slot} is outside [0, n_slots={self.n_slots})")
+        with self.pool.lock:  # the graph is rebuilt each step: one caller at a time
+            self._require_realized()
+            self.sess.reset_for_rebuild()
+            t_token_id, logits = self.build_decode_step(pos, slot)
+            self.sess.realize(logits)
+            t_token_id.upload(ids)
+            self.sess.compute()
+            return logits.download().reshape(self.vocab_size)
 
-    def logits_for(self, token_ids: Sequence[int], start_pos: int = 0) -> np.ndarray:
+    def logits_for(self, token_ids: Sequence[int], start_pos: int = 0, slot: int = 0) -> np.ndarray:
         """Feeds token_ids one by one from start_pos: logits [T, vocab] of every step."""
-        ids = check_ids(token_ids, self.vocab_size)
+        ids = check_token_ids(token_ids, self.vocab_size)
         if start_pos < 0 or start_pos + len(ids) > self.max_T:
             raise ValueError(
                 f"{len(ids)} tokens from position {start_pos} do not fit in max_T={self.max_T}"
             )
-        return np.stack([self.decode_step(int(t), start_pos + i) for i, t in enumerate(ids)])
+        return np.stack([self.decode_step(int(t), start_pos + i, slot) for i, t in enumerate(ids)])
 
-    # The generation protocol (see gpt2.generate).
-    def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        logits = self.logits_for(prompt_ids)
-        self._pos = len(prompt_ids)
-        return logits[-1]
-
-    def step(self, token_id: int) -> np.ndarray:
-        logits = self.decode_step(token_id, self._pos)
-        self._pos += 1
-        return logits
-
+    # -- the engine protocol (gpt2.sequence) ---------------------------------------
     @property
     def max_positions(self) -> int:
         return self.max_T
+
+    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
+        rows = [self.logits_for(ids, 0, first + i)[-1] for i, ids in enumerate(prompts)]
+        return self._pick(np.stack(rows), greedy)
+
+    def _step_slots(
+        self,
+        first: int,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        active: np.ndarray,
+        greedy: bool,
+    ) -> np.ndarray:
+        rows = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
+        for i in np.flatnonzero(active):
+            rows[i] = self.decode_step(int(tokens[i]), int(positions[i]), first + i)
+        return self._pick(rows, greedy)
+
+    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        return self.logits_for(ids, 0, slot)
 
 
 class GPT2KVFFICacheCuda(GPT2KVFFICache):
