@@ -1,5 +1,22 @@
 """Finds libtinynn and declares every function of native/tinynn.h, once.
 
+Which libtinynn.so is loaded, in order (the first that exists):
+
+1. ``TINYNN_LIB``, when set: that file and no other. A library asked for by
+   name (an ASan build, a CUDA build kept elsewhere) is loaded or reported,
+   never silently replaced by another one.
+2. In a source checkout (the package folder sits beside ``native/tinynn.h``):
+   ``build/native/lib/libtinynn.so``, what ``make native`` or ``make cuda``
+   built last, then ``tinynn/libtinynn.so`` (an in-place build). A developer
+   running the checkout's code gets the checkout's build.
+3. Installed (``pip install .``): ``libtinynn.so`` beside the package, the
+   one its own build put there, with the ggml libraries and backend modules
+   in the same folder. ``CMAKE_ARGS="-DGGML_CUDA=ON" pip install .`` puts
+   ggml's CUDA backend there too. An installed package never looks at a
+   checkout's ``build/``; point ``TINYNN_LIB`` at one to use it.
+
+``candidate_paths()`` gives the list; ``library_path()`` the one loaded.
+
 The table below is the binding: each entry is the C prototype (as a comment),
 then argument and result types. tests/tinynn/test_abi.py parses the header and
 fails if this table and the header disagree.
@@ -10,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Mapping
 from ctypes import CFUNCTYPE, c_char_p, c_double, c_int, c_int64, c_void_p
 from pathlib import Path
 
@@ -17,8 +35,14 @@ from .errors import TinyNNError
 
 ABI_VERSION = 2
 LIB_NAME = "libtinynn.so"
+CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUILD_DIR = PACKAGE_DIR.parent / "build" / "native" / "lib"
+# How to get a library with CUDA, for the errors of a CPU-only one.
+HOW_TO_GET_CUDA = (
+    "for CUDA (needs the CUDA toolkit: nvcc and cuBLAS), reinstall from the source folder with "
+    '`CMAKE_ARGS="-DGGML_CUDA=ON" pip install --force-reinstall --no-cache-dir .`, '
+    "or in a checkout run `make cuda`; TINYNN_LIB may name a CUDA build's libtinynn.so"
+)
 
 LOG_CALLBACK = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 
@@ -194,12 +218,31 @@ def _forward_log(level: int, text: bytes, _user_data: object) -> None:
         _log.log(py_level, "%s", message)
 
 
-def candidate_paths() -> list[Path]:
-    """Where the library is looked for, in order: TINYNN_LIB alone when set
-    (a library asked for by name is that one or an error, never another)."""
-    if os.environ.get("TINYNN_LIB"):
-        return [Path(os.environ["TINYNN_LIB"])]
-    return [PACKAGE_DIR / LIB_NAME, BUILD_DIR / LIB_NAME]
+def is_source_checkout(package_dir: Path = PACKAGE_DIR) -> bool:
+    """True when the package runs from a source checkout, not an installation."""
+    return (package_dir.parent / "native" / "tinynn.h").is_file()
+
+
+def candidate_paths(
+    env: Mapping[str, str] | None = None, package_dir: Path = PACKAGE_DIR
+) -> list[Path]:
+    """Where the library is looked for, in order (see the module docstring).
+    ``env`` and ``package_dir`` default to this process and this package."""
+    env = os.environ if env is None else env
+    if env.get("TINYNN_LIB"):
+        return [Path(env["TINYNN_LIB"])]
+    beside = package_dir / LIB_NAME
+    if is_source_checkout(package_dir):
+        built = package_dir.parent / "build" / "native" / "lib" / LIB_NAME  # make native / cuda
+        return [built, beside]
+    return [beside]
+
+
+def cuda_build_hint() -> str:
+    """How to get CUDA when the loaded library was built without it, else ""."""
+    if (Path(library_path()).parent / CUDA_MODULE).is_file():
+        return ""  # built with CUDA: the reason is the machine (driver, device)
+    return f"; this library was built without CUDA: {HOW_TO_GET_CUDA}"
 
 
 def _errcheck_for(kind: str, name: str):
@@ -246,11 +289,16 @@ def load() -> ctypes.CDLL:
         lib.tnn_set_log_callback(_forward_log, None)
         _lib = lib
         return lib
-    raise TinyNNError(
-        "libtinynn.so not found. Tried:\n  "
-        + "\n  ".join(tried)
-        + "\nBuild it with `make native` (or `pip install .`), or point TINYNN_LIB at it."
-    )
+    if os.environ.get("TINYNN_LIB"):
+        how = "Build it, or unset TINYNN_LIB (it names the only library tried)."
+    elif is_source_checkout():
+        how = (
+            "Build it with `make native` (this is a source checkout's tinynn; run from "
+            "outside the checkout to use an installed package), or set TINYNN_LIB."
+        )
+    else:
+        how = "Build it again: `pip install --force-reinstall .` from the source folder."
+    raise TinyNNError("libtinynn.so not found. Tried:\n  " + "\n  ".join(tried) + "\n" + how)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._lib import load
+from ._lib import cuda_build_hint, load
 from .dtypes import DTYPES, GGML_TYPE_IDS, dtype_name
 from .errors import TinyNNError
 
@@ -165,8 +165,13 @@ class Session:
         self._parent = _parent
         if _parent is not None:
             self._handle = self._lib.tnn_session_fork(_parent._ptr())
+        elif device == "cuda":
+            try:
+                self._handle = self._lib.tnn_session_new(1)
+            except TinyNNError as exc:
+                raise TinyNNError(f"{exc}{cuda_build_hint()}", exc.code) from None
         else:
-            self._handle = self._lib.tnn_session_new(1 if device == "cuda" else 0)
+            self._handle = self._lib.tnn_session_new(0)
         self.device = device
         if n_threads is not None:
             self.n_threads = n_threads
@@ -429,10 +434,12 @@ def cuda_available() -> bool:
 
 
 def cuda_unavailable_reason() -> str | None:
+    """Why CUDA cannot be used (and, for a CPU-only build, how to get it); None
+    when it can."""
     lib = load()
     if lib.tnn_cuda_available():
         return None
-    return lib.tnn_last_error().decode()
+    return lib.tnn_last_error().decode() + cuda_build_hint()
 
 
 __all__ = ["Session", "Tensor", "TinyNNError", "cuda_available", "cuda_unavailable_reason"]
