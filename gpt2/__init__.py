@@ -3,6 +3,17 @@
 import gpt2
 with gpt2.load(device="auto") as model:      # the embedded default model
     print(model.generate("Once upon a time", max_new_tokens=40))
+
+What is here, a concern a module:
+- api (load, GPT2Model), generate, sampling, tokenizer: text in, text out.
+- protocol (the Engine every engine speaks), sequence and slots (a model's
+  sequences: cache slots, positions, the lock that serializes device work).
+- engine/ (FastGPT2: weights upload with LayerNorm folding, graph, KV cache;
+  our fused CUDA decode step through tinynn.Decoder), port/ (the close port of
+  the Ruby engine classes).
+- config, names (the one tensor-name table), weights (GGUF and HF checkpoints),
+  convert, inspect_model, resolve (paths and hub ids).
+- reference (float64 numpy), parity, bench, random_weights, cli.
 """
 
 from gpt2.api import GPT2Model, load

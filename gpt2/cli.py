@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 import gpt2
-from gpt2.api import DEVICES, ENGINES, GPT2Model, pick_device
+from gpt2.api import DEVICES, ENGINES, GPT2Model, make_engine, pick_device
 from gpt2.engine import WEIGHT_DTYPES
 from gpt2.generate import StepTimings
-from gpt2.protocol import Engine
 from gpt2.resolve import resolve_model
-from gpt2.weights import GPT2Weights, load_model
+from gpt2.token_ids import check_token_ids
+from gpt2.weights import load_model
 from tinynn import TinyNNError, cuda_available, cuda_unavailable_reason
 
 log = logging.getLogger("gpt2")
@@ -119,26 +119,6 @@ def _timing_line(load_s: float, timed: StepTimings, n_prompt: int, model: GPT2Mo
 # logits
 
 
-def build_engine(
-    weights: GPT2Weights,
-    engine: str,
-    device: str,
-    dtype: str = "f32",
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
-    gelu: str = "exact",
-):
-    """One engine on `device` ("cpu" or "cuda") over canonical weights."""
-    from gpt2.api import make_engine
-
-    return make_engine(weights, engine, device, dtype, n_ctx=n_ctx, n_threads=n_threads, gelu=gelu)
-
-
-def engine_logits(engine: Engine, ids: Sequence[int]) -> np.ndarray:
-    """Logits [T, vocab] of every position (the engine protocol's logits)."""
-    return engine.logits(ids)
-
-
 def parse_ids(text: str) -> list[int]:
     """ "15496 11 616" or "15496,11,616" -> [15496, 11, 616]."""
     tokens = text.replace(",", " ").split()
@@ -162,12 +142,10 @@ def cmd_logits(args: argparse.Namespace) -> int:
         ids = loaded.tokenizer.encode(args.text)
         if not ids:
             raise ValueError("--text gives no tokens: give some text")
+    check_token_ids(ids, loaded.config.vocab_size)
     n_ctx = loaded.config.n_positions
     if len(ids) > n_ctx:
         raise ValueError(f"{len(ids)} tokens do not fit the model's context of {n_ctx}")
-    bad = [i for i in ids if not 0 <= i < loaded.config.vocab_size]
-    if bad:
-        raise ValueError(f"token id {bad[0]} is out of range [0, {loaded.config.vocab_size})")
 
     if args.engine == "reference":
         from gpt2.reference import GPT2Reference
@@ -176,13 +154,16 @@ def cmd_logits(args: argparse.Namespace) -> int:
         logits = GPT2Reference(loaded.weights).logits(ids)  # float64
     else:
         device = choose_device(args.device)
-        engine = build_engine(
-            loaded.weights, args.engine, device, args.dtype, len(ids), args.threads, args.gelu
-        )
-        try:
-            logits = engine_logits(engine, ids)
-        finally:
-            engine.close()
+        with make_engine(
+            loaded.weights,
+            args.engine,
+            device,
+            args.dtype,
+            n_ctx=len(ids),
+            n_threads=args.threads,
+            gelu=args.gelu,
+        ) as engine:
+            logits = engine.logits(ids)
 
     print(f"logits: shape {tuple(logits.shape)} ({logits.dtype}), engine {args.engine}, {device}")
     last = np.asarray(logits[-1], dtype=np.float64)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gpt2.names import LAYOUT_GGUF_LLAMA, from_canonical
+
 # HF config.json keys that describe training, packaging or generation, not the forward
 # pass we compute. They are accepted and ignored; any other unknown key is rejected.
 _HF_IGNORED_KEYS = frozenset(
@@ -197,13 +199,14 @@ def _field(reader: Any, key: str) -> Any:
 
 
 def _gguf_vocab_size(reader: Any, path: str | Path) -> int:
+    (wte,) = from_canonical("wte", LAYOUT_GGUF_LLAMA)  # both GGUF layouts name it alike
     for t in reader.tensors:
-        if t.name == "token_embd.weight":
+        if t.name == wte:
             return int(t.shape[1])  # GGUF ne = [n_embd, n_vocab]
     tokens = reader.get_field("tokenizer.ggml.tokens")
     if tokens is not None:
         return len(tokens.data)
     raise ValueError(
-        f"{path}: cannot tell the vocab size (no gpt2.vocab_size, token_embd.weight "
+        f"{path}: cannot tell the vocab size (no gpt2.vocab_size, {wte} "
         "or tokenizer.ggml.tokens)"
     )

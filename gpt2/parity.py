@@ -275,9 +275,7 @@ def hf_parity(
     each against HF in float64. The kv engine runs on the first `kv_positions(length)`
     positions only. Raises ValueError for a folder that is not an HF folder or a length
     outside the context."""
-    # engine_logits and build_engine move to the engine protocol; imported here so that
-    # gpt2.cli, which imports this module, is never imported in a cycle.
-    from gpt2.cli import build_engine, engine_logits
+    from gpt2.api import make_engine
     from gpt2.reference import GPT2Reference
     from gpt2.weights import load_model
 
@@ -300,13 +298,11 @@ def hf_parity(
     ours: list[tuple[str, int, np.ndarray]] = []
     for name, kind in HF_PARITY_ENGINES:
         n = kv_t if kind == "kv" else t
-        engine = build_engine(
-            loaded.weights, kind, device, "f32", None if kind == "fast" else n, n_threads
-        )
-        try:
-            ours.append((name, n, np.concatenate([engine_logits(engine, p[:n]) for p in prompts])))
-        finally:
-            engine.close()
+        n_ctx = None if kind == "fast" else n
+        with make_engine(
+            loaded.weights, kind, device, "f32", n_ctx=n_ctx, n_threads=n_threads
+        ) as e:
+            ours.append((name, n, np.concatenate([e.logits(p[:n]) for p in prompts])))
 
     ref = np.concatenate([GPT2Reference(loaded.weights).logits(p) for p in prompts])
     hf32, hf64 = hf_logits(folder, prompts)

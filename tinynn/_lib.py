@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -184,6 +184,23 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
         c_int,
         STATUS,
     ),
+    # tnn_decoder *tnn_decoder_new(sess, int n_head, double eps, int max_batch, wte, wpe,
+    #                              lm_head, lm_bias, tnn_tensor *const *layers, int n_layer);
+    "tnn_decoder_new": (
+        [c_void_p, c_int, c_double, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int],
+        c_void_p,
+        HANDLE,
+    ),
+    # int tnn_decoder_step(dec, int n_seq, const int32_t *tokens, const int32_t *positions,
+    #                      const int32_t *slots, const void *sampling, int32_t *out_ids,
+    #                      float *out_logits);
+    "tnn_decoder_step": (
+        [c_void_p, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p],
+        c_int,
+        STATUS,
+    ),
+    # void tnn_decoder_free(tnn_decoder *dec);
+    "tnn_decoder_free": ([c_void_p], None, PLAIN),
     # int tnn_reset_for_rebuild(sess);
     "tnn_reset_for_rebuild": ([c_void_p], c_int, STATUS),
     # int tnn_graph_n_nodes(sess);
