@@ -144,8 +144,8 @@ def test_padded_batch_prefill_matches_single(tiny_model, device):
                 batch = [[tok] for tok in tokens]
                 for _ in range(7):
                     tokens = together.step_greedy(tokens)
-                for seq, tok in zip(batch, tokens, strict=True):
-                    seq.append(tok)
+                    for seq, tok in zip(batch, tokens, strict=True):
+                        seq.append(tok)
         assert batch == singles, (n_seq, t)
 
 

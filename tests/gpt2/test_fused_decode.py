@@ -59,6 +59,7 @@ def test_decoder_refuses_a_cpu_session(tiny_model):
         )
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_fused_decode_matches_reference_at_every_position(tiny_models, dtype):
     use_device("cuda")
@@ -73,6 +74,7 @@ def test_fused_decode_matches_reference_at_every_position(tiny_models, dtype):
         check_close(np.vstack(rows), ref[3:], TOL[dtype], f"{m.name} fused {dtype}")
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_fused_greedy_and_batches_equal_the_graph_path(tiny_model, dtype):
     """Greedy continuations, alone and as a batch of 3 (distinct slots, unequal
@@ -99,6 +101,7 @@ def test_fused_greedy_and_batches_equal_the_graph_path(tiny_model, dtype):
     assert agree >= (0.95 if dtype == "f16" else 0.8), agree
 
 
+@pytest.mark.cuda
 def test_device_sampling_follows_the_host_rule(tiny_model):
     """The token the device draws equals the host's choice on the same logits
     and uniform, except where the draw falls within rounding of a boundary."""
@@ -128,6 +131,7 @@ def test_device_sampling_follows_the_host_rule(tiny_model):
         assert same >= 0.98 * checked, f"{same} of {checked} equal"
 
 
+@pytest.mark.cuda
 def test_seeded_sampling_reproduces_and_matches_the_graph_path(tiny_model):
     use_device("cuda")
     m = tiny_model
@@ -142,6 +146,7 @@ def test_seeded_sampling_reproduces_and_matches_the_graph_path(tiny_model):
     assert same >= 0.9, (runs[True][0], runs[False][0])
 
 
+@pytest.mark.cuda
 def test_bad_steps_raise_and_leave_the_decoder_usable(tiny_model):
     use_device("cuda")
     m = tiny_model
