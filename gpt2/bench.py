@@ -26,13 +26,16 @@ import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.engine import WEIGHT_DTYPES, FastGPT2
+from gpt2.generate import generate_ids
 from gpt2.random_weights import random_weights
 
 SHAPES = {
     "gpt2": GPT2Config(n_layer=12, n_embd=768, n_head=12),
     "gpt2-xl": GPT2Config(n_layer=48, n_embd=1600, n_head=25),
 }
-WORKLOADS = ("decode", "prefill", "batch", "cpu")
+WORKLOADS = ("decode", "prefill", "batch", "cpu", "generate")
+# what `gpt2 generate` samples with by default (gpt2/cli.py)
+DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95}
 WEIGHT_SCALE = 0.02  # timing only: GPT-2's initializer_range, as HF's side is initialised
 
 
@@ -119,6 +122,22 @@ def ours_batch(engine: FastGPT2, n_seq: int, prompt_len: int, new_tokens: int) -
             times.append((time.perf_counter() - t0) * 1e3)
     s = _stats(times)
     s["tok_s"] = n_seq * 1e3 / s["ms_mean"]
+    return s
+
+
+def ours_generate(engine: FastGPT2, prompt_len: int, new_tokens: int, **sampling) -> dict:
+    """What a user's generate() feels: wall time a token of whole generations
+    (prefill, decode steps, token choice, Python), greedy or sampled."""
+    prompt = list(range(1, prompt_len + 1))
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        out = list(generate_ids(engine, prompt, new_tokens, seed=0, **sampling))
+        return (time.perf_counter() - t0) * 1e3 / len(out)
+
+    _warm_up(once, 1)
+    s = _stats([once() for _ in range(5)])
+    s["tok_s"] = 1e3 / s["ms_mean"]
     return s
 
 
@@ -405,12 +424,22 @@ def run(args: argparse.Namespace) -> int:
                 FastGPT2, weights, args.device, dtype, n_ctx=1024, n_threads=args.threads
             )
 
-            if decode or "prefill" in wl:
+            if decode or "prefill" in wl or "generate" in wl:
                 with engine(n_slots=1) as one:
                     if decode:
                         add("ours", "decode b1", ours_decode(one, args.prompt_len, decode_tokens))
                     for n in args.prefill if "prefill" in wl else ():
                         add("ours", f"prefill {n}", ours_prefill(one, n))
+                    if "generate" in wl:
+                        n_new = decode_tokens
+                        add("ours", "generate greedy", ours_generate(one, args.prompt_len, n_new))
+                        stats = ours_generate(one, args.prompt_len, n_new, **DEFAULT_SAMPLING)
+                        add("ours", "generate sampled", stats)
+                    fused = one.decoder is not None
+                if decode and fused:  # the same decode through ggml's graphs, for comparison
+                    with engine(n_slots=1, fused_decode=False) as graphs:
+                        stats = ours_decode(graphs, args.prompt_len, decode_tokens)
+                        add("ours-ggml", "decode b1", stats)
             if "batch" in wl:
                 with engine(n_slots=batch) as many:
                     stats = ours_batch(many, batch, args.prompt_len, batch_tokens)
