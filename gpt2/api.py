@@ -3,6 +3,8 @@
 import gpt2
 with gpt2.load("model.gguf", device="auto", dtype="f16") as model:
     print(model.generate("Once upon a time", max_new_tokens=40))
+    c = model.complete("The Python", max_new_tokens=20, temperature=0.8, seed=1, logprobs=3)
+    print(c.text, c.finish_reason, c.usage, c.logprobs[0].top)
     ids = model.generate([464, 2068], max_new_tokens=5)      # ids in, ids out
     for piece in model.stream("The Python", max_new_tokens=20):
         print(piece, end="", flush=True)
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2.completion import Completion
 from gpt2.engine import FastGPT2
-from gpt2.generate import generate_ids, greedy_generate_batch, stream_text
+from gpt2.generate import Member, complete, complete_batch, generate_ids, stream_text
+from gpt2.params import GenerationParams, resolve_params
 from gpt2.port import (
     GPT2FullForwardFFICache,
     GPT2FullForwardFFICacheCuda,
@@ -69,46 +73,116 @@ class GPT2Model:
         """Logits [T, vocab] (float32) of every position."""
         return self.engine.logits(ids)
 
-    def generate(
-        self, prompt: str | Sequence[int], max_new_tokens: int = 50, **kw
-    ) -> str | list[int]:
-        """The continuation: a string for a string prompt, new ids for ids.
-        Keywords: temperature (0 = greedy), top_k, top_p, seed, stop (strings)."""
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            return "".join(self.stream(prompt, max_new_tokens, **kw))
-        stop = kw.pop("stop", ())
-        if stop:
-            raise ValueError("stop strings need a text prompt")
+            if self.tokenizer is None:
+                raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (bytes, dict)) or not isinstance(prompt, Sequence):
+            raise TypeError(f"prompt must be a str or a list of token ids, got {prompt!r:.60}")
+        return list(prompt)
+
+    def _member(self, prompt: str | Sequence[int], params: GenerationParams) -> Member:
         eos = self.tokenizer.eos_id if self.tokenizer else None
-        return list(generate_ids(self.engine, list(prompt), max_new_tokens, eos_id=eos, **kw))
+        return Member(self.engine, self.tokenizer, self._prompt_ids(prompt), params, eos)
+
+    def complete(
+        self, prompt: str | Sequence[int], params: GenerationParams | None = None, **kw
+    ) -> Completion:
+        """One completion of a text or token-id prompt: its text, token ids,
+        finish_reason ("stop", "length", "eos", "context"), usage and, with
+        logprobs=n, each token's log-probability and n alternatives.
+        Parameters: a GenerationParams, or its fields as keywords (over it)."""
+        p = resolve_params("complete", params, kw)
+        return complete(self.engine, self._member(prompt, p))
+
+    def generate(
+        self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **kw
+    ) -> str | list[int]:
+        """The continuation: a string for a string prompt, new ids for ids (the
+        end-of-text id kept when it ends there). Takes complete()'s parameters;
+        the defaults (gpt2.params) are greedy."""
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = max_new_tokens
+        p = resolve_params("generate", kw.pop("params", None), kw)
+        if isinstance(prompt, str):
+            return complete(self.engine, self._member(prompt, p)).text
+        if p.stop:
+            raise ValueError("stop strings need a text prompt")
+        if p.logprobs is not None:
+            raise ValueError("logprobs: use complete(), which returns them")
+        eos = self.tokenizer.eos_id if self.tokenizer else None
+        ids = self._prompt_ids(prompt)
+        s = p.sampling
+        return list(
+            generate_ids(
+                self.engine,
+                ids,
+                p.max_new_tokens,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                seed=p.seed,
+                eos_id=eos,
+            )
+        )
 
     def generate_batch(
-        self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 50
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        max_new_tokens: int | None = None,
+        **kw,
     ) -> list[str] | list[list[int]]:
-        """Greedy continuations of several prompts decoded together, for
-        throughput: texts for text prompts, new ids for id lists. Each equals
-        generate() of that prompt alone. Needs len(prompts) <= n_slots."""
+        """Continuations of several prompts decoded together, for throughput:
+        texts for text prompts, new ids for id lists. Takes generate()'s
+        parameters (each prompt draws from its own generator seeded by seed), so
+        each result equals generate() of that prompt alone. Needs len(prompts)
+        <= n_slots."""
+        done, text = self._complete_batch(prompts, max_new_tokens, kw, "generate_batch")
+        if text:
+            return [c.text for c in done]
+        eos = self.tokenizer.eos_id if self.tokenizer else None
+        return [c.token_ids + ([eos] if c.finish_reason == "eos" else []) for c in done]
+
+    def complete_batch(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        params: GenerationParams | None = None,
+        **kw,
+    ) -> list[Completion]:
+        """complete() of several prompts decoded together; each equals it alone."""
+        kw["params"] = params
+        return self._complete_batch(prompts, None, kw, "complete_batch")[0]
+
+    def _complete_batch(
+        self, prompts, max_new_tokens: int | None, kw: dict, caller: str
+    ) -> tuple[list[Completion], bool]:
+        """The completions, and whether the prompts were text."""
         if isinstance(prompts, str):
-            raise ValueError("generate_batch takes a list of prompts; for one, use generate()")
-        texts = [isinstance(p, str) for p in prompts]
+            raise ValueError(f"{caller} takes a list of prompts; for one, use generate()")
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = max_new_tokens
+        p = resolve_params(caller, kw.pop("params", None), kw)
+        texts = [isinstance(q, str) for q in prompts]
         if any(texts) and not all(texts):
             raise ValueError("give all prompts as text or all as token ids, not a mix")
-        eos = self.tokenizer.eos_id if self.tokenizer else None
-        if not any(texts):
-            ids = [list(p) for p in prompts]
-            return greedy_generate_batch(self.engine, ids, max_new_tokens, eos_id=eos)
-        if self.tokenizer is None:
-            raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
-        ids = [self.tokenizer.encode(p) for p in prompts]
-        outs = greedy_generate_batch(self.engine, ids, max_new_tokens, eos_id=eos)
-        return [self.tokenizer.decode([t for t in out if t != eos]) for out in outs]
+        if p.stop and not all(texts):
+            raise ValueError("stop strings need text prompts")
+        members = [self._member(q, p) for q in prompts]
+        return complete_batch(self.engine, members), all(texts)
 
-    def stream(self, prompt: str, max_new_tokens: int = 50, **kw) -> Iterator[str]:
-        """Yields pieces of the continuation's text as they are produced. The
-        stream holds a sequence slot until it ends or is closed."""
+    def stream(
+        self, prompt: str, max_new_tokens: int | None = None, *, timings=None, **kw
+    ) -> Iterator[str]:
+        """Yields pieces of the continuation's text as they are produced (takes
+        complete()'s parameters). The stream holds a sequence slot until it ends
+        or is closed."""
         if self.tokenizer is None:
             raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
-        return stream_text(self.engine, self.tokenizer, prompt, max_new_tokens, **kw)
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = max_new_tokens
+        p = resolve_params("stream", kw.pop("params", None), kw, extra=("timings",))
+        return stream_text(self.engine, self.tokenizer, prompt, p, timings)
 
     def close(self) -> None:
         """Frees the model; waits for a step another thread is running, whose

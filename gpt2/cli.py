@@ -30,6 +30,7 @@ import gpt2
 from gpt2.api import DEVICES, ENGINES, GPT2Model, make_engine, pick_device
 from gpt2.engine import WEIGHT_DTYPES
 from gpt2.generate import StepTimings
+from gpt2.params import DEFAULT_PARAMS
 from gpt2.resolve import resolve_model
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import load_model
@@ -291,12 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prompt", metavar="PROMPT", help="text to continue")
     _model_device_dtype(p)
-    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate at most")
+    # the library's defaults (gpt2.params): greedy unless --temperature is given
     p.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy"
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_PARAMS.max_new_tokens,
+        help="tokens to generate at most",
     )
-    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = all")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = all")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_PARAMS.temperature,
+        help="sampling temperature; 0 = greedy (try 0.8 with --top-k 40 --top-p 0.95)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_PARAMS.top_k,
+        help="keep the k most likely tokens; 0 = all",
+    )
+    p.add_argument(
+        "--top-p", type=float, default=DEFAULT_PARAMS.top_p, help="nucleus sampling mass; 1 = all"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
     p.add_argument(
         "--stop",

@@ -6,19 +6,26 @@ Greedy decoding picks on the engine's device (one id a token); sampling
 chooses by the rule of gpt2.sampling with one uniform draw a token from the
 seeded generator, on the device where the engine can (the fused CUDA step),
 else on the host from the step's logits: the same rule on the same draws.
+
+Completions (text, finish reason, log-probabilities) are `Member`s of a batch,
+one or many: `prefill_member` starts one, `step_members` advances all the
+active ones by a token. A single completion, `generate_batch` and the server's
+scheduler (gpt2.serve.scheduler) run the same two calls, so a completion is
+the same whichever way it runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpt2.completion import Completion, Continuation
+from gpt2.params import GenerationParams
 from gpt2.protocol import Engine
-from gpt2.sampling import SamplingParams, StopChecker, draw_uniform, sample
+from gpt2.sampling import SamplingParams, choose, draw_uniform, sample
 
 
 @dataclass
@@ -124,38 +131,154 @@ def greedy_generate_batch(
             tokens = batch.step_greedy(tokens)
 
 
+def check_prompt_length(engine: Engine, prompt_ids: Sequence[int]) -> None:
+    """The checks a prompt passes before it takes a slot."""
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(prompt_ids) > engine.max_positions:
+        raise ValueError(
+            f"the prompt has {len(prompt_ids)} tokens, the context holds {engine.max_positions}"
+        )
+
+
+class Member:
+    """One completion's sequence in a batch: its parameters, its draws (a
+    generator seeded by params.seed), its continuation and the token it feeds
+    at the next step (None once it has finished)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        eos_id: int | None = None,
+    ):
+        check_prompt_length(engine, prompt_ids)
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.sampling = params.sampling
+        self.rng = np.random.default_rng(params.seed)
+        self.cont = Continuation(tokenizer, len(prompt_ids), params, engine.max_positions, eos_id)
+        self.next_token: int | None = None
+
+    @property
+    def wants_logits(self) -> bool:
+        return self.params.logprobs is not None
+
+    def draw(self) -> float:
+        """The uniform of this token: one draw when sampling, none when greedy."""
+        return 0.0 if self.sampling.greedy else draw_uniform(self.rng)
+
+    def choose(self, logits: np.ndarray) -> int:
+        return choose(logits, self.sampling, self.draw())
+
+    def take(self, token: int, logits: np.ndarray | None) -> str:
+        """Feeds the chosen token to the continuation; the text it shows."""
+        piece = self.cont.feed(int(token), logits)
+        self.next_token = None if self.cont.done else int(token)
+        return piece
+
+
+def prefill_member(batch, i: int, member: Member) -> str:
+    """Starts member i of a running batch (gpt2.sequence.SequenceBatch.start_member)
+    and takes its first token; the text it shows."""
+    greedy = member.sampling.greedy and not member.wants_logits
+    out = batch.start_member(i, member.prompt_ids, greedy=greedy)
+    if greedy:
+        return member.take(out, None)
+    return member.take(member.choose(out), out)
+
+
+def step_members(batch, members: Sequence[Member | None]) -> list[str | None]:
+    """One step of every member still going (None, or a finished one: idle);
+    the text each shows (None for the idle ones). Greedy ids are picked on the
+    device; sampled ones there too where the engine can, each with its own
+    params and draw; a member that asks for log-probabilities makes the step
+    return logits, and every member then chooses on the host by the same rule."""
+    tokens = [m.next_token if m is not None else None for m in members]
+    live = [(i, m) for i, m in enumerate(members) if tokens[i] is not None]
+    pieces: list[str | None] = [None] * len(members)
+    if not live:
+        return pieces
+    if any(m.wants_logits for _, m in live):
+        logits = batch.step(tokens)
+        for i, m in live:
+            pieces[i] = m.take(m.choose(logits[i]), logits[i])
+    elif all(m.sampling.greedy for _, m in live):
+        ids = batch.step_greedy(tokens)
+        for i, m in live:
+            pieces[i] = m.take(ids[i], None)
+    else:
+        params: list[SamplingParams | None] = [None] * len(members)
+        uniforms = [0.0] * len(members)
+        for i, m in live:
+            params[i], uniforms[i] = m.sampling, m.draw()
+        ids = batch.step_sample(tokens, params, uniforms)
+        for i, m in live:
+            pieces[i] = m.take(ids[i], None)
+    return pieces
+
+
+def completion_pieces(
+    engine: Engine, member: Member, timings: StepTimings | None = None
+) -> Iterator[str]:
+    """Runs one completion in a sequence of its own, yielding its text as it is
+    decided; member.cont holds the rest (ids, finish reason, log-probabilities).
+    The slot is taken at the first piece and given back when the generator ends
+    or is closed."""
+    if member.cont.done:
+        return
+    timings = timings if timings is not None else StepTimings()
+    with engine.batch(1) as batch:
+        t0 = time.perf_counter()
+        piece = prefill_member(batch, 0, member)
+        timings.prefill_s = time.perf_counter() - t0
+        if piece:
+            yield piece
+        while not member.cont.done:
+            t0 = time.perf_counter()
+            piece = step_members(batch, [member])[0]
+            timings.step_s.append(time.perf_counter() - t0)
+            if piece:
+                yield piece
+
+
+def complete(engine: Engine, member: Member, timings: StepTimings | None = None) -> Completion:
+    """Runs one completion to its end."""
+    for _ in completion_pieces(engine, member, timings):
+        pass
+    return member.cont.result()
+
+
+def complete_batch(engine: Engine, members: Sequence[Member]) -> list[Completion]:
+    """Completions of several prompts decoded together (prefilled together, then
+    one step for all that go on), each equal to that prompt alone."""
+    if len(members) == 0:
+        raise ValueError("no prompts: give at least one")
+    with engine.batch(len(members)) as batch:
+        greedy = all(m.sampling.greedy and not m.wants_logits for m in members)
+        out = batch.start([m.prompt_ids for m in members], greedy=greedy)
+        for i, m in enumerate(members):
+            if m.cont.done:
+                continue  # max_new_tokens 0
+            if greedy:
+                m.take(out[i], None)
+            else:
+                m.take(m.choose(out[i]), out[i])
+        while any(m.next_token is not None for m in members):
+            step_members(batch, members)
+    return [m.cont.result() for m in members]
+
+
 def stream_text(
     engine: Engine,
     tokenizer,
     prompt: str,
-    max_new_tokens: int,
-    *,
-    stop: str | Sequence[str] = (),
-    **sampling,
+    params: GenerationParams,
+    timings: StepTimings | None = None,
 ) -> Iterator[str]:
     """Yields pieces of the continuation's text as tokens arrive, ending at
-    end-of-text or before the first stop string (one string or several)."""
-    prompt_ids = tokenizer.encode(prompt)
-    checker = StopChecker([stop] if isinstance(stop, str) else list(stop))
-    new_ids: list[int] = []
-    shown = ""  # decoded text handed to the checker so far
-    tokens = generate_ids(engine, prompt_ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling)
-    with closing(tokens):  # ending early gives the sequence's slot back at once
-        for token in tokens:
-            if token == tokenizer.eos_id:
-                break
-            new_ids.append(token)
-            text = tokenizer.decode(new_ids)
-            if text.endswith("\ufffd"):
-                continue  # a character split across tokens: wait for the rest
-            piece = checker.feed(text[len(shown) :])
-            shown = text
-            if piece:
-                yield piece
-            if checker.stopped:
-                return
-    text = tokenizer.decode(new_ids) if new_ids else ""
-    tail = checker.feed(text[len(shown) :]) if len(text) > len(shown) else ""
-    tail += checker.flush()
-    if tail:
-        yield tail
+    end-of-text or before the first stop string."""
+    member = Member(engine, tokenizer, tokenizer.encode(prompt), params, tokenizer.eos_id)
+    return completion_pieces(engine, member, timings)

@@ -10,7 +10,14 @@ each run under the pool's lock with validated arguments:
   not read (an engine may compute them anyway, in their own slot).
 - `_logits_slot(slot, ids)`: logits [T, vocab] of ids from position 0.
 
-Positions live here, in the sequence, never in the engine.
+And `_sample_slots(first, tokens, positions, active, params, uniforms)`, one
+step that chooses each next token by the sampling rule with params[i] and
+uniforms[i]: on the host from the step's logits unless the engine overrides it.
+
+Positions live here, in the sequence, never in the engine. A batch's members
+may start together (`start`) or one at a time while the others keep their
+positions (`start_member`: continuous batching, gpt2.serve.scheduler); a
+member given None in a step is idle (finished or not yet started).
 """
 
 from __future__ import annotations
@@ -61,16 +68,16 @@ class SlotEngine:
         tokens: np.ndarray,
         positions: np.ndarray,
         active: np.ndarray,
-        params: SamplingParams,
+        params: list[SamplingParams],
         uniforms: np.ndarray,
     ) -> np.ndarray:
-        """One step choosing each next token by the sampling rule with the given
-        draws: here on the host, from the step's logits; an engine that can
-        choose on its device overrides this."""
+        """One step choosing each next token by the sampling rule with its own
+        params and draw: here on the host, from the step's logits; an engine that
+        can choose on its device overrides this."""
         logits = self._step_slots(first, tokens, positions, active, greedy=False)
         ids = np.zeros(len(tokens), dtype=np.int32)
         for i in np.flatnonzero(active):
-            ids[i] = choose(logits[i], params, float(uniforms[i]))
+            ids[i] = choose(logits[i], params[i], float(uniforms[i]))
         return ids
 
     def _free_device(self) -> None:
@@ -155,6 +162,22 @@ class SequenceBatch:
         self._started = True
         return out
 
+    def start_member(self, i: int, prompt: Sequence[int], greedy: bool = False) -> np.ndarray:
+        """Prefills member i alone with prompt from position 0 (its slot only; the
+        other members keep their positions): the greedy id (an int) or the last
+        token's logits [vocab]. Between steps, this is how a new sequence joins a
+        running batch."""
+        self._check()
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n:
+            raise ValueError(f"member must be an int in 0..{self.n - 1}, got {i!r}")
+        ids = self.engine.check_prompt(prompt)
+        with self.engine.pool.lock:
+            self.engine.pool.check_open()
+            out = self.engine._prefill_slots(self.first + i, [ids], greedy)
+        self.positions[i] = len(ids)
+        self._started = True
+        return int(out[0]) if greedy else out[0]
+
     def step(self, token_ids: Sequence[int | None], greedy: bool = False) -> np.ndarray:
         """One token for each sequence at its position (None: a finished one, left
         where it is); the greedy ids [n] or logits [n, vocab] (rows of finished
@@ -169,18 +192,30 @@ class SequenceBatch:
     def step_sample(
         self,
         token_ids: Sequence[int | None],
-        params: SamplingParams,
+        params: SamplingParams | Sequence[SamplingParams | None],
         uniforms: Sequence[float],
     ) -> list[int | None]:
         """One token for each sequence, each next one chosen by the sampling rule
-        (gpt2.sampling) with its uniform draw; on the device where the engine can."""
+        (gpt2.sampling) with its params (one for all, or one a member; None for
+        an idle one) and its uniform draw; on the device where the engine can."""
         if len(uniforms) != self.n:
             raise ValueError(f"expected {self.n} uniform draws, got {len(uniforms)}")
+        if isinstance(params, SamplingParams):
+            per_member = [params] * self.n
+        else:
+            per_member = list(params)
+            if len(per_member) != self.n:
+                raise ValueError(f"expected {self.n} sampling params, got {len(per_member)}")
+            for t, p in zip(token_ids, per_member, strict=False):
+                if t is not None and not isinstance(p, SamplingParams):
+                    raise ValueError(f"an active member needs SamplingParams, got {p!r}")
+        greedy = SamplingParams()
+        per_member = [greedy if p is None else p for p in per_member]
         draws = np.asarray(uniforms, dtype=np.float64)
         out = self._advance(
             token_ids,
             lambda first, tokens, positions, active: self.engine._sample_slots(
-                first, tokens, positions, active, params, draws
+                first, tokens, positions, active, per_member[: len(tokens)], draws[: len(tokens)]
             ),
         )
         return [None if t is None else int(o) for t, o in zip(token_ids, out, strict=True)]
@@ -204,13 +239,19 @@ class SequenceBatch:
                 raise ValueError(
                     f"position {self.positions[i]} is past the context ({limit}) of sequence {i}"
                 )
-        # a finished sequence recomputes its last position, in its own slot
+        # an idle member recomputes its last position, in its own slot; idle
+        # members after the last active one are left out of the step
         positions = np.array([min(p, limit - 1) for p in self.positions], dtype=np.int32)
+        m = int(np.flatnonzero(active)[-1]) + 1
         with self.engine.pool.lock:
             self.engine.pool.check_open()
-            out = run(self.first, tokens, positions, active)
+            part = run(self.first, tokens[:m], positions[:m], active[:m])
         for i in np.flatnonzero(active):
             self.positions[i] += 1
+        if m == self.n:
+            return part
+        out = np.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
+        out[:m] = part
         return out
 
     def start_greedy(self, prompts: Sequence[Sequence[int]]) -> list[int]:

@@ -233,16 +233,16 @@ class FastGPT2(SlotEngine):
         tokens: np.ndarray,
         positions: np.ndarray,
         active: np.ndarray,
-        params: SamplingParams,
+        params: list[SamplingParams],
         uniforms: np.ndarray,
     ) -> np.ndarray:
         n_seq = len(tokens)
         if self.decoder is None or n_seq > self.decoder.max_batch:
             return super()._sample_slots(first, tokens, positions, active, params, uniforms)
-        records = np.zeros(n_seq, dtype=SAMPLING_DTYPE)
-        records["temperature"] = params.temperature
-        records["top_k"] = params.top_k
-        records["top_p"] = params.top_p
+        records = np.zeros(n_seq, dtype=SAMPLING_DTYPE)  # one record a sequence
+        records["temperature"] = [p.temperature for p in params]
+        records["top_k"] = [p.top_k for p in params]
+        records["top_p"] = [p.top_p for p in params]
         records["uniform"] = uniforms
         slots = first + np.arange(n_seq, dtype=np.int32)
         return self.decoder.step(tokens, positions, slots, sampling=records)[0]
