@@ -7,6 +7,7 @@ Dump format: one line of space-separated floats (the last position's logits), wr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,10 +75,23 @@ class ParityReport:
     rows_failed: list[int]  # 2-D: rows where argmax or top-k disagree or max-abs exceeds
 
 
+def check_max_abs(max_abs: float | None) -> float | None:
+    """A max-abs threshold: None (not checked) or a number >= 0. NaN is refused:
+    every comparison with it is false, so ``diff > nan`` would pass any difference."""
+    if max_abs is None:
+        return None
+    if isinstance(max_abs, bool) or not isinstance(max_abs, int | float | np.number):
+        raise ValueError(f"max_abs must be a number, got {max_abs!r}")
+    if math.isnan(max_abs) or max_abs < 0:
+        raise ValueError(f"max_abs must be a number >= 0 (inf: no bound), got {max_abs!r}")
+    return float(max_abs)
+
+
 def compare(
     ours: np.ndarray, ref: np.ndarray, max_abs: float | None = None, top_k: int = 5
 ) -> ParityReport:
     """Compare logits; passed = max-abs <= max_abs (if given), argmax equal, top-k k/k."""
+    max_abs = check_max_abs(max_abs)
     a = np.asarray(ours, dtype=np.float64)
     b = np.asarray(ref, dtype=np.float64)
     if a.shape != b.shape:
@@ -279,6 +293,7 @@ def hf_parity(
     from gpt2.reference import GPT2Reference
     from gpt2.weights import load_model
 
+    check_max_abs(max_abs)
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(

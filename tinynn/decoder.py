@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .session import Session, Tensor
+from .session import INT32, Session, Tensor, c_integer
 
 # tnn_sampling_params, one record a sequence
 SAMPLING_DTYPE = np.dtype(
@@ -47,9 +47,9 @@ class Decoder:
         array = np.array(handles, dtype=np.uintp) if handles else np.zeros(0, np.uintp)
         self._handle = self._lib.tnn_decoder_new(
             session._ptr(),
-            int(n_head),
+            c_integer(n_head, "n_head", INT32),
             float(eps),
-            int(max_batch),
+            c_integer(max_batch, "max_batch", INT32),
             wte.handle,
             wpe.handle,
             lm_head.handle,

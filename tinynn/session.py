@@ -23,11 +23,19 @@ from .errors import TinyNNError
 
 class Tensor:
     """A ggml tensor of a session. ``ne`` is ggml's shape (ne0 fastest);
-    ``shape`` is the matching row-major numpy shape (ne reversed)."""
+    ``shape`` is the matching row-major numpy shape (ne reversed).
 
-    __slots__ = ("_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype", "_nbytes")
+    ggml keeps four axes and no count of them, so the count (``ndim``) is
+    kept here: the one a constructor was asked for (an input of (rows, cols)
+    is 2-D even when rows is 1), and for an op the one its result takes from
+    its operands (see Session). ``shape`` has ``ndim`` axes, more only where
+    ggml's ne has a larger axis past them."""
 
-    def __init__(self, session: Session, handle: int, persistent: bool):
+    __slots__ = (
+        "_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype", "_nbytes", "ndim"
+    )  # fmt: skip
+
+    def __init__(self, session: Session, handle: int, persistent: bool, ndim: int = 1):
         self._session = session
         self._handle = handle
         self._generation = None if persistent else session._generation
@@ -41,6 +49,10 @@ class Tensor:
         self.nb = tuple(nb)
         self.dtype = dtype_name(type_id.value)
         self._nbytes: int | None = None
+        used = 4  # axes up to the last one longer than 1
+        while used > 1 and self.ne[used - 1] == 1:
+            used -= 1
+        self.ndim = max(used, min(ndim, 4))
 
     # -- identity ---------------------------------------------------------
     @property
@@ -60,10 +72,7 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        dims = list(self.ne)
-        while len(dims) > 1 and dims[-1] == 1:
-            dims.pop()
-        return tuple(reversed(dims))
+        return tuple(reversed(self.ne[: self.ndim]))
 
     @property
     def nbytes(self) -> int:
@@ -93,6 +102,7 @@ class Tensor:
             "f16": "tnn_upload_f16",
         }.get(self.dtype, "tnn_upload_raw")
         lib = self._session._lib
+        offset = _i64(offset, "offset")
         getattr(lib, fn)(self._session._ptr(), self.handle, array.ctypes.data, array.nbytes, offset)
 
     def download(self) -> np.ndarray:
@@ -109,6 +119,7 @@ class Tensor:
         """Fills ``out`` (C-contiguous, the tensor's dtype) with ``out.nbytes``
         bytes of the tensor from byte ``offset``: no allocation per call."""
         self._check_host_array(out, "out")
+        offset = _i64(offset, "offset")
         lib = self._session._lib
         lib.tnn_download_raw(self._session._ptr(), self.handle, out.ctypes.data, out.nbytes, offset)
         return out
@@ -141,6 +152,18 @@ def _as_buffer(data, dtype: str) -> np.ndarray:
         # of an array of another dtype is not.
         if isinstance(data, np.ndarray):
             raise TypeError(f"expected a {want} array for a {dtype} tensor, got {array.dtype}")
+        integers = want.kind in "iu"
+        ok = "iuO" if integers else "iuf"  # O: Python ints past int64, checked below
+        if array.size and array.dtype.kind not in ok:
+            # [1.9] for an i32 tensor would be row 1, [True] a 1
+            what = "integers" if integers else "numbers"
+            raise TypeError(f"expected {what} for a {dtype} tensor, got {array.dtype}")
+        if array.size and integers:
+            info = np.iinfo(want)
+            lo, hi = int(array.min()), int(array.max())
+            if lo < info.min or hi > info.max:
+                bad = lo if lo < info.min else hi
+                raise ValueError(f"{bad} does not fit the {dtype} tensor ({info.min}..{info.max})")
         array = np.asarray(data, dtype=want)
     return np.ascontiguousarray(array)
 
@@ -219,7 +242,7 @@ class Session:
 
     @n_threads.setter
     def n_threads(self, n: int) -> None:
-        self._lib.tnn_set_n_threads(self._ptr(), int(n))
+        self._lib.tnn_set_n_threads(self._ptr(), _i32(n, "n_threads"))
 
     def device_memory(self) -> tuple[int, int]:
         """(free, total) bytes of the session's device."""
@@ -241,127 +264,173 @@ class Session:
         return self._lib.tnn_graph_n_splits(self._ptr())
 
     # -- tensor constructors ------------------------------------------------
-    def _new(self, handle: int, persistent: bool = False) -> Tensor:
-        return Tensor(self, handle, persistent)
+    def _new(self, handle: int, persistent: bool = False, ndim: int = 1) -> Tensor:
+        return Tensor(self, handle, persistent, ndim)
 
     def input_2d_f32_persistent(self, rows: int, cols: int) -> Tensor:
-        return self._new(self._lib.tnn_input_2d_f32_persistent(self._ptr(), rows, cols), True)
+        return self._new(
+            self._lib.tnn_input_2d_f32_persistent(self._ptr(), *_i64s(rows=rows, cols=cols)),
+            True,
+            2,
+        )
 
     def input_1d_f32_persistent(self, n: int) -> Tensor:
-        return self._new(self._lib.tnn_input_1d_f32_persistent(self._ptr(), n), True)
+        return self._new(self._lib.tnn_input_1d_f32_persistent(self._ptr(), _i64(n, "n")), True, 1)
 
     def input_typed_persistent(self, dtype: str, ne: Sequence[int]) -> Tensor:
         ne4 = _ne4(ne)
         handle = self._lib.tnn_input_typed_persistent(self._ptr(), _type_id(dtype), *ne4)
-        return self._new(handle, True)
+        return self._new(handle, True, len(ne))
 
     def finalize_weights(self) -> None:
         self._lib.tnn_finalize_weights(self._ptr())
 
     def input_1d_i32(self, n: int) -> Tensor:
-        return self._new(self._lib.tnn_input_1d_i32(self._ptr(), n))
+        return self._new(self._lib.tnn_input_1d_i32(self._ptr(), _i64(n, "n")), ndim=1)
 
     def input_2d_f32(self, rows: int, cols: int) -> Tensor:
-        return self._new(self._lib.tnn_input_2d_f32(self._ptr(), rows, cols))
+        return self._new(
+            self._lib.tnn_input_2d_f32(self._ptr(), *_i64s(rows=rows, cols=cols)), ndim=2
+        )
 
     def input_typed(self, dtype: str, ne: Sequence[int]) -> Tensor:
-        return self._new(self._lib.tnn_input_typed(self._ptr(), _type_id(dtype), *_ne4(ne)))
+        return self._new(
+            self._lib.tnn_input_typed(self._ptr(), _type_id(dtype), *_ne4(ne)), ndim=len(ne)
+        )
 
     # -- ops ------------------------------------------------------------------
     def get_rows(self, table: Tensor, idx: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_get_rows(self._ptr(), table.handle, idx.handle))
+        return self._new(
+            self._lib.tnn_get_rows(self._ptr(), table.handle, idx.handle), ndim=idx.ndim + 1
+        )
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_add(self._ptr(), a.handle, b.handle))
+        return self._new(
+            self._lib.tnn_add(self._ptr(), a.handle, b.handle), ndim=max(a.ndim, b.ndim)
+        )
 
     def mul(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_mul(self._ptr(), a.handle, b.handle))
+        return self._new(
+            self._lib.tnn_mul(self._ptr(), a.handle, b.handle), ndim=max(a.ndim, b.ndim)
+        )
 
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_matmul(self._ptr(), a.handle, b.handle))
+        return self._new(self._lib.tnn_matmul(self._ptr(), a.handle, b.handle), ndim=b.ndim)
 
     def scale(self, a: Tensor, s: float) -> Tensor:
-        return self._new(self._lib.tnn_scale(self._ptr(), a.handle, s))
+        return self._new(self._lib.tnn_scale(self._ptr(), a.handle, s), ndim=a.ndim)
 
     def diag_mask_inf(self, a: Tensor, n_past: int) -> Tensor:
-        return self._new(self._lib.tnn_diag_mask_inf(self._ptr(), a.handle, n_past))
+        return self._new(
+            self._lib.tnn_diag_mask_inf(self._ptr(), a.handle, _i64(n_past, "n_past")), ndim=a.ndim
+        )
 
     def softmax(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_softmax(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_softmax(self._ptr(), a.handle), ndim=a.ndim)
 
     def soft_max_ext(
         self, a: Tensor, mask: Tensor | None, scale: float, max_bias: float = 0.0
     ) -> Tensor:
         return self._new(
-            self._lib.tnn_soft_max_ext(self._ptr(), a.handle, _t(mask), scale, max_bias)
+            self._lib.tnn_soft_max_ext(self._ptr(), a.handle, _t(mask), scale, max_bias),
+            ndim=a.ndim,
         )
 
     def layer_norm(
         self, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float = 1e-5
     ) -> Tensor:
-        return self._new(self._lib.tnn_layer_norm(self._ptr(), x.handle, _t(gamma), _t(beta), eps))
+        return self._new(
+            self._lib.tnn_layer_norm(self._ptr(), x.handle, _t(gamma), _t(beta), eps), ndim=x.ndim
+        )
 
     def gelu(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_gelu(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_gelu(self._ptr(), a.handle), ndim=a.ndim)
 
     def gelu_exact(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_gelu_exact(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_gelu_exact(self._ptr(), a.handle), ndim=a.ndim)
 
     def concat(self, a: Tensor, b: Tensor, dim: int) -> Tensor:
-        return self._new(self._lib.tnn_concat(self._ptr(), a.handle, b.handle, dim))
+        return self._new(
+            self._lib.tnn_concat(self._ptr(), a.handle, b.handle, _i32(dim, "dim")),
+            ndim=max(a.ndim, b.ndim, dim + 1),
+        )
 
     def view_1d(self, a: Tensor, ne0: int, offset: int) -> Tensor:
-        return self._new(self._lib.tnn_view_1d(self._ptr(), a.handle, ne0, offset))
+        return self._new(
+            self._lib.tnn_view_1d(self._ptr(), a.handle, *_i64s(ne0=ne0, offset=offset)), ndim=1
+        )
 
     def view_2d(self, a: Tensor, ne0: int, ne1: int, nb1: int, offset: int) -> Tensor:
-        return self._new(self._lib.tnn_view_2d(self._ptr(), a.handle, ne0, ne1, nb1, offset))
+        return self._new(
+            self._lib.tnn_view_2d(
+                self._ptr(), a.handle, *_i64s(ne0=ne0, ne1=ne1, nb1=nb1, offset=offset)
+            ),
+            ndim=2,
+        )
 
     def view_3d(
         self, a: Tensor, ne0: int, ne1: int, ne2: int, nb1: int, nb2: int, offset: int
     ) -> Tensor:
         return self._new(
-            self._lib.tnn_view_3d(self._ptr(), a.handle, ne0, ne1, ne2, nb1, nb2, offset)
+            self._lib.tnn_view_3d(
+                self._ptr(),
+                a.handle,
+                *_i64s(ne0=ne0, ne1=ne1, ne2=ne2, nb1=nb1, nb2=nb2, offset=offset),
+            ),
+            ndim=3,
         )
 
     def view_4d(self, a: Tensor, ne: Sequence[int], nb: Sequence[int], offset: int) -> Tensor:
         """4-D view: ne = (ne0..ne3), nb = (nb1, nb2, nb3) byte strides."""
-        return self._new(self._lib.tnn_view_4d(self._ptr(), a.handle, *ne, *nb, offset))
+        ne, nb = _i64_list(ne, "ne", 4), _i64_list(nb, "nb", 3)
+        offset = _i64(offset, "offset")
+        return self._new(self._lib.tnn_view_4d(self._ptr(), a.handle, *ne, *nb, offset), ndim=4)
 
     def cast(self, a: Tensor, dtype: str) -> Tensor:
-        return self._new(self._lib.tnn_cast(self._ptr(), a.handle, _type_id(dtype)))
+        return self._new(self._lib.tnn_cast(self._ptr(), a.handle, _type_id(dtype)), ndim=a.ndim)
 
     def reshape(self, a: Tensor, *ne: int) -> Tensor:
         """New shape in ggml order (ne0 first), 1 to 4 axes."""
         ne4 = _ne4(ne)
-        return self._new(self._lib.tnn_reshape_4d(self._ptr(), a.handle, *ne4))
+        return self._new(self._lib.tnn_reshape_4d(self._ptr(), a.handle, *ne4), ndim=len(ne))
 
     def permute(self, a: Tensor, ax0: int, ax1: int, ax2: int, ax3: int) -> Tensor:
-        return self._new(self._lib.tnn_permute(self._ptr(), a.handle, ax0, ax1, ax2, ax3))
+        return self._new(
+            self._lib.tnn_permute(
+                self._ptr(), a.handle, *_i32_list((ax0, ax1, ax2, ax3), "axis", 4)
+            ),
+            ndim=4,
+        )
 
     def transpose(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_transpose(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_transpose(self._ptr(), a.handle), ndim=max(a.ndim, 2))
 
     def cont(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_cont(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_cont(self._ptr(), a.handle), ndim=a.ndim)
 
     def cpy(self, a: Tensor, b: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_cpy(self._ptr(), a.handle, b.handle))
+        return self._new(self._lib.tnn_cpy(self._ptr(), a.handle, b.handle), ndim=b.ndim)
 
     def set_rows(self, dst: Tensor, src: Tensor, idx: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_set_rows(self._ptr(), dst.handle, src.handle, idx.handle))
+        return self._new(
+            self._lib.tnn_set_rows(self._ptr(), dst.handle, src.handle, idx.handle), ndim=dst.ndim
+        )
 
     def flash_attn_ext(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
     ) -> Tensor:
         return self._new(
-            self._lib.tnn_flash_attn_ext(self._ptr(), q.handle, k.handle, v.handle, _t(mask), scale)
+            self._lib.tnn_flash_attn_ext(
+                self._ptr(), q.handle, k.handle, v.handle, _t(mask), scale
+            ),
+            ndim=q.ndim,
         )
 
     def argmax(self, a: Tensor) -> Tensor:
-        return self._new(self._lib.tnn_argmax(self._ptr(), a.handle))
+        return self._new(self._lib.tnn_argmax(self._ptr(), a.handle), ndim=max(a.ndim - 1, 1))
 
     def top_k(self, a: Tensor, k: int) -> Tensor:
-        return self._new(self._lib.tnn_top_k(self._ptr(), a.handle, k))
+        return self._new(self._lib.tnn_top_k(self._ptr(), a.handle, _i64(k, "k")), ndim=a.ndim)
 
     # -- graph ------------------------------------------------------------------
     def set_output(self, t: Tensor) -> Tensor:
@@ -415,10 +484,57 @@ class Session:
 
 
 def _ne4(ne: Sequence[int]) -> list[int]:
-    ne = [int(n) for n in ne]
+    ne = _i64_list(ne, "ne")
     if not 1 <= len(ne) <= 4:
         raise ValueError(f"a shape has 1 to 4 axes, got {len(ne)}")
     return ne + [1] * (4 - len(ne))
+
+
+# -- integers for C: checked here, because ctypes wraps them silently ----------
+# (c_int64(2**64 + 4) is 4). A bool or a float where an int is meant is refused
+# too: True is not a size, and 1.9 is not a row.
+INT32 = (-(1 << 31), (1 << 31) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def c_integer(value: object, name: str, bounds: tuple[int, int] = INT64) -> int:
+    """value as a Python int that the C type with ``bounds`` holds exactly;
+    TypeError for a non-integer (bool, float, str...), ValueError out of range."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    v = int(value)
+    lo, hi = bounds
+    if not lo <= v <= hi:
+        bits = 32 if bounds == INT32 else 64
+        raise ValueError(f"{name}={v} does not fit a C int{bits} ({lo}..{hi})")
+    return v
+
+
+def _i64(value: object, name: str) -> int:
+    return c_integer(value, name, INT64)
+
+
+def _i32(value: object, name: str) -> int:
+    return c_integer(value, name, INT32)
+
+
+def _i64s(**values: object) -> list[int]:
+    return [_i64(v, k) for k, v in values.items()]
+
+
+def _i64_list(values: Sequence, name: str, n: int | None = None) -> list[int]:
+    return _int_list(values, name, n, INT64)
+
+
+def _i32_list(values: Sequence, name: str, n: int | None = None) -> list[int]:
+    return _int_list(values, name, n, INT32)
+
+
+def _int_list(values: Sequence, name: str, n: int | None, bounds: tuple[int, int]) -> list[int]:
+    values = list(values)
+    if n is not None and len(values) != n:
+        raise ValueError(f"{name} has {n} values, got {len(values)}")
+    return [c_integer(v, f"{name}[{i}]", bounds) for i, v in enumerate(values)]
 
 
 def _type_id(dtype: str) -> int:

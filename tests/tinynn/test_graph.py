@@ -293,7 +293,7 @@ def test_fork_shares_weights_and_caches(device):
         row2 = r.standard_normal((1, d)).astype(np.float32)
         x2.upload(row2)
         child.compute()
-        assert_close(y.download(), (row @ w_host.T)[0], TOL, f"{device} fork reads parent's cache")
+        assert_close(y.download(), row @ w_host.T, TOL, f"{device} fork reads parent's cache")
         want = np.zeros((max_t, d), np.float32)
         want[1], want[2] = row[0], row2[0]
         assert_close(cache.download(), want, 0.0, f"{device} parent sees the fork's write")
@@ -309,7 +309,7 @@ def test_fork_shares_weights_and_caches(device):
             row2 = r.standard_normal((1, d)).astype(np.float32)
             x2.upload(row2)
             child.compute()
-            assert_close(y.download(), (row @ w_host.T)[0], TOL, f"{device} fork after close")
+            assert_close(y.download(), row @ w_host.T, TOL, f"{device} fork after close")
             want[2] = row2[0]
             assert_close(cache_in_child.download(), want, 0.0, f"{device} cache step {step}")
     finally:
@@ -338,7 +338,7 @@ def test_fork_of_closed_parent_rebuilds(device):
             child.realize(y)
             x.upload(np.full((1, 4), float(step), np.float32))
             child.compute()
-            want = np.full(4, float(step)) @ w_host.T  # ne = [3, 1]: shape (3,)
+            want = np.full((1, 4), float(step)) @ w_host.T  # ne = [3, 1]: shape (1, 3)
             assert_close(y.download(), want, TOL, f"{device} fork rebuild {step}")
     finally:
         child.close()
