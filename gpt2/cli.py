@@ -271,6 +271,41 @@ def run_bench(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from gpt2.serve.app import serve
+    except ImportError as e:
+        raise ValueError(
+            f"gpt2 serve needs the server extra: pip install 'tinynn-gpt2[server]' ({e})"
+        ) from None
+    device = choose_device(args.device)
+    # one slot more than the batch: echo with logprobs reads a prompt's logits beside it
+    model = gpt2.load(
+        args.model,
+        device,
+        args.dtype,
+        n_ctx=args.n_ctx,
+        n_slots=args.max_batch + 1,
+        n_threads=args.threads,
+    )
+    name = args.model_name or (Path(str(args.model)).stem if args.model else "gpt2")
+    with model:
+        serve(
+            model,
+            args.host,
+            args.port,
+            model_name=name,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            log_level="info" if args.verbose else "warning",
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # parser
 
 
@@ -438,6 +473,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible completions server",
+        description="Serve /v1/completions (streamed or not), /v1/models, /health and "
+        "/metrics, with continuous batching (needs the server extra).",
+        formatter_class=_Formatter,
+    )
+    _model_device_dtype(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--max-batch", type=_positive_int, default=8, help="sequences decoded together at most"
+    )
+    p.add_argument(
+        "--max-queue", type=_positive_int, default=64, help="waiting requests before 429"
+    )
+    p.add_argument("--n-ctx", type=_positive_int, default=None, help="positions a sequence may use")
+    p.add_argument("--model-name", default=None, help="the id /v1/models shows")
+    p.set_defaults(func=cmd_serve)
 
     # Parsed by gpt2.bench itself (see run_bench); listed here for --help.
     sub.add_parser("bench", help="benchmarks (gpt2 bench --help)", add_help=False)

@@ -1,0 +1,10 @@
+"""`gpt2 serve`: an OpenAI-compatible completions server with continuous batching.
+
+scheduler: one batch over the model's slots, a bounded queue, a step at a time;
+schemas: the request and its checks; app: the FastAPI routes (needs the
+`server` extra: pip install 'tinynn-gpt2[server]').
+"""
+
+from gpt2.serve.scheduler import QueueFullError, Request, Scheduler, SchedulerClosedError
+
+__all__ = ["QueueFullError", "Request", "Scheduler", "SchedulerClosedError"]

@@ -1,0 +1,418 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/completions, /health, /metrics.
+
+    app = create_app(model, "gpt2", max_batch=8)    # a loaded gpt2.GPT2Model
+    uvicorn.run(app, host="127.0.0.1", port=8000)   # or `gpt2 serve`
+
+Completions run on the scheduler (gpt2.serve.scheduler); a streamed one is sent
+as server-sent events, a token at a time. A client that goes away has its
+requests cancelled at the next step. Every error is OpenAI's error JSON: 400
+for a bad request (wrong types, malformed JSON, a prompt or max_tokens past the
+context), 404 for another model's name, 429 with Retry-After when the queue is
+full, 503 while shutting down, 500 for a fault of ours; the server goes on.
+
+finish_reason is OpenAI's: "stop" (a stop string or end-of-text) or "length"
+(max_tokens or the context's end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpt2.completion import TokenLogprob, token_logprob
+from gpt2.params import GenerationParams
+from gpt2.serve.scheduler import (
+    Event,
+    QueueFullError,
+    Scheduler,
+    SchedulerClosedError,
+)
+from gpt2.serve.scheduler import Request as Job
+from gpt2.serve.schemas import CompletionRequest
+from gpt2.token_ids import check_token_ids
+
+log = logging.getLogger("gpt2.serve")
+
+OPENAI_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "context": "length"}
+RETRY_AFTER_S = "1"
+
+
+class APIError(Exception):
+    """An error answered as OpenAI's error JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type_
+        self.param, self.code, self.headers = param, code, headers
+
+
+def error_json(status: int, message: str, type_: str, param=None, code=None, headers=None):
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    where = ".".join(loc)
+    if e.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {e.get('msg')}", None
+    return (f"{where}: {e.get('msg')}" if where else str(e.get("msg"))), (loc[0] if loc else None)
+
+
+def _logprobs_json(entries: list[TokenLogprob | None], texts: list[str], offset: int) -> dict:
+    """OpenAI's legacy completions logprobs: tokens, token_logprobs, top_logprobs,
+    text_offset (None entries: the first prompt token, which has no logprob)."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e, text in zip(entries, texts, strict=True):
+        out["tokens"].append(text)
+        out["token_logprobs"].append(None if e is None else e.logprob)
+        out["top_logprobs"].append(None if e is None else {t: lp for _, t, lp in e.top})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+class _Choice:
+    """One choice's request and what the response needs of it."""
+
+    def __init__(self, index: int, prompt_ids: list[int], prompt_text: str, job: Job):
+        self.index, self.prompt_ids, self.prompt_text, self.job = (
+            index,
+            prompt_ids,
+            prompt_text,
+            job,
+        )
+        self.offset = 0  # text offset of the next token (logprobs)
+
+
+def create_app(
+    model, model_name: str = "gpt2", max_batch: int | None = None, max_queue: int = 64
+) -> FastAPI:
+    """The app over a loaded model; its lifespan starts and stops the scheduler
+    (load the model with n_slots >= max_batch + 1: echo with logprobs reads the
+    prompt's logits in a slot of its own)."""
+    scheduler = Scheduler(model, max_batch, max_queue)
+    n_ctx = model.engine.max_positions
+    tok = model.tokenizer
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(title="tinynn-gpt2", lifespan=lifespan)
+    app.state.scheduler = scheduler
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_json(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_json(400, message, "invalid_request_error", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_json(exc.status_code, str(exc.detail), kind, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception):
+        log.exception("internal error")
+        return error_json(500, f"internal error: {exc}", "server_error")
+
+    @app.get("/health")
+    async def health():
+        if not scheduler.alive:
+            return JSONResponse({"status": "stopped"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tinynn-gpt2"}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/metrics")
+    async def metrics():
+        s = scheduler.stats
+        lines = [
+            "# HELP gpt2_requests_total Completions ended, by outcome.",
+            "# TYPE gpt2_requests_total counter",
+            *(f'gpt2_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(s.requests.items())),
+        ]
+        for name, kind, value, what in (
+            ("gpt2_prompt_tokens_total", "counter", s.prompt_tokens, "Prompt tokens prefilled."),
+            ("gpt2_completion_tokens_total", "counter", s.completion_tokens, "Tokens generated."),
+            ("gpt2_steps_total", "counter", s.steps, "Batched decode steps run."),
+            ("gpt2_rejected_total", "counter", s.rejected, "Requests refused: queue full."),
+            ("gpt2_queue_depth", "gauge", s.queued, "Requests waiting for a batch member."),
+            ("gpt2_batch_size", "gauge", s.active, "Sequences in the running batch."),
+            ("gpt2_batch_capacity", "gauge", scheduler.max_batch, "Members of the batch."),
+        ):
+            lines += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    def _prompt_ids(prompt: str | list[int]) -> tuple[list[int], str]:
+        if isinstance(prompt, str):
+            if tok is None:
+                raise APIError(400, "this model has no tokenizer: give token ids", param="prompt")
+            ids = tok.encode(prompt) if prompt else [tok.eos_id]  # "": from end-of-text
+            return ids, prompt
+        try:
+            ids = check_token_ids(prompt, model.config.vocab_size).tolist()
+        except ValueError as e:
+            raise APIError(400, f"prompt: {e}", param="prompt") from None
+        return ids, tok.decode(ids) if tok is not None else ""
+
+    def _plan(body: CompletionRequest, loop, queue: asyncio.Queue) -> list[_Choice]:
+        if body.model is not None and body.model != model_name:
+            raise APIError(
+                404,
+                f"the model {body.model!r} does not exist; this server has {model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        bad = body.unsupported()
+        if bad:
+            raise APIError(400, f"{bad} is not supported by this server", param=bad)
+        if body.stop_list() and tok is None:
+            raise APIError(400, "stop strings need a tokenizer", param="stop")
+        choices: list[_Choice] = []
+        for p_index, prompt in enumerate(body.prompts()):
+            ids, text = _prompt_ids(prompt)
+            if len(ids) > n_ctx:
+                raise APIError(
+                    400,
+                    f"the prompt has {len(ids)} tokens, the context holds {n_ctx}",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            if body.max_tokens is not None and len(ids) + body.max_tokens > n_ctx:
+                raise APIError(
+                    400,
+                    f"the prompt ({len(ids)} tokens) and max_tokens "
+                    f"({body.max_tokens}) exceed the context of {n_ctx}",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            for j in range(body.n):
+                kw = {
+                    "max_new_tokens": body.max_tokens,
+                    "temperature": body.temperature,
+                    "top_k": body.top_k,
+                    "top_p": body.top_p,
+                    "seed": None if body.seed is None else body.seed + j,
+                    "stop": body.stop_list(),
+                    "logprobs": body.logprobs,
+                }
+                try:
+                    params = GenerationParams(**{k: v for k, v in kw.items() if v is not None})
+                except ValueError as e:
+                    raise APIError(400, str(e)) from None
+                index = p_index * body.n + j
+
+                def sink(ev: Event, index=index) -> None:
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
+
+                try:
+                    job = Job(model, ids, params, sink)
+                except ValueError as e:
+                    raise APIError(400, str(e), param="prompt") from None
+                choices.append(_Choice(index, ids, text, job))
+        return choices
+
+    def _submit(choices: list[_Choice]) -> None:
+        try:
+            scheduler.submit([c.job for c in choices])
+        except QueueFullError as e:
+            raise APIError(
+                429,
+                f"{e}: retry later",
+                "rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": RETRY_AFTER_S},
+            ) from None
+        except SchedulerClosedError as e:
+            raise APIError(
+                503,
+                str(e),
+                "server_error",
+                code="unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+            ) from None
+
+    async def _echo(c: _Choice, n_top: int | None) -> tuple[str, dict | None]:
+        """The prompt's text and (with logprobs) its tokens' log-probabilities."""
+        if n_top is None:
+            return c.prompt_text, None
+        texts = [tok.decode([t]) for t in c.prompt_ids]
+        logits = await asyncio.to_thread(model.engine.logits, c.prompt_ids)
+        entries: list[TokenLogprob | None] = [None] + [
+            token_logprob(logits[i - 1], t, n_top, tok.decode)
+            for i, t in enumerate(c.prompt_ids)
+            if i > 0
+        ]
+        lp = _logprobs_json(entries, texts, 0)
+        c.offset = sum(len(t) for t in texts)
+        return c.prompt_text, lp
+
+    def _token_logprobs(c: _Choice, ev: Event) -> dict:
+        texts = [e.token for e in ev.logprobs]
+        out = _logprobs_json(list(ev.logprobs), texts, c.offset)
+        c.offset += sum(len(t) for t in texts)
+        return out
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        choices = _plan(body, loop, queue)
+        by_index = {c.index: c for c in choices}
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        n_top = body.logprobs
+        head = {"id": cid, "object": "text_completion", "created": created, "model": model_name}
+
+        if not body.stream:
+            texts = {c.index: "" for c in choices}
+            lps: dict[int, dict | None] = {c.index: None for c in choices}
+            if body.echo:
+                for c in choices:
+                    texts[c.index], lps[c.index] = await _echo(c, n_top)
+            _submit(choices)
+            finish: dict[int, str] = {}
+            usage = [0, 0]
+            try:
+                while len(finish) < len(choices):
+                    index, ev = await queue.get()
+                    if ev.error is not None:
+                        raise APIError(500, ev.error, "server_error")
+                    c = by_index[index]
+                    texts[index] += ev.text
+                    if n_top is not None:
+                        part = _token_logprobs(c, ev)
+                        if lps[index] is None:
+                            lps[index] = part
+                        else:
+                            for k in part:
+                                lps[index][k] += part[k]
+                    if ev.done is not None:
+                        finish[index] = OPENAI_FINISH[ev.done.finish_reason]
+                        usage[1] += ev.done.usage.completion_tokens
+            finally:
+                for c in choices:
+                    c.job.cancel()
+            usage[0] = sum(len(c.prompt_ids) for c in choices[:: body.n])
+            return {
+                **head,
+                "choices": [
+                    {"text": texts[i], "index": i, "logprobs": lps[i], "finish_reason": finish[i]}
+                    for i in sorted(texts)
+                ],
+                "usage": {
+                    "prompt_tokens": usage[0],
+                    "completion_tokens": usage[1],
+                    "total_tokens": usage[0] + usage[1],
+                },
+            }
+
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        echoes = {}
+        if body.echo:
+            for c in choices:
+                echoes[c.index] = await _echo(c, n_top)
+        _submit(choices)
+
+        def chunk(index: int, text: str, lp, finish_reason) -> str:
+            choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish_reason}
+            return f"data: {_dumps({**head, 'choices': [choice]})}\n\n"
+
+        async def events():
+            done = 0
+            n_completion = 0
+            try:
+                for index, (text, lp) in echoes.items():
+                    yield chunk(index, text, lp, None)
+                while done < len(choices):
+                    index, ev = await queue.get()
+                    if ev.error is not None:
+                        err = {
+                            "message": ev.error,
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                        yield f"data: {_dumps({'error': err})}\n\n"
+                        break
+                    c = by_index[index]
+                    lp = _token_logprobs(c, ev) if n_top is not None else None
+                    reason = None
+                    if ev.done is not None:
+                        reason = OPENAI_FINISH[ev.done.finish_reason]
+                        n_completion += ev.done.usage.completion_tokens
+                        done += 1
+                    if ev.text or reason or (lp and lp["tokens"]):
+                        yield chunk(index, ev.text, lp, reason)
+                if include_usage and done == len(choices):
+                    n_prompt = sum(len(c.prompt_ids) for c in choices[:: body.n])
+                    usage = {
+                        "prompt_tokens": n_prompt,
+                        "completion_tokens": n_completion,
+                        "total_tokens": n_prompt + n_completion,
+                    }
+                    yield f"data: {_dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # also when the client went away: free the members
+                for c in choices:
+                    c.job.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def serve(
+    model,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str = "gpt2",
+    max_batch: int | None = None,
+    max_queue: int = 64,
+    log_level: str = "info",
+) -> None:
+    """Runs the server until interrupted."""
+    import uvicorn
+
+    app = create_app(model, model_name, max_batch, max_queue)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

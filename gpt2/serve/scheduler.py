@@ -1,0 +1,274 @@
+"""Continuous batching: one batch over all the model's slots, a step at a time.
+
+A worker thread owns a `SequenceBatch` of max_batch members. Between steps it
+admits queued requests into free members (`prefill_member`: that member
+alone is prefilled, the others keep their positions), drops cancelled ones
+(their member is free at the next step), then runs one step for every active
+member (`step_members`: each with its own sampling params and draws). So a
+request gives what `model.complete()` gives alone, whoever shares its steps.
+
+Each request reports through its `sink`, called on the worker thread with an
+`Event` per token and a last one holding the `Completion` (or an error). The
+queue is bounded: `submit` raises QueueFullError when it is full, and
+SchedulerClosedError once the scheduler is stopping.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gpt2.completion import Completion, TokenLogprob
+from gpt2.generate import Member, prefill_member, step_members
+from gpt2.params import GenerationParams
+
+log = logging.getLogger("gpt2.serve")
+
+
+class QueueFullError(RuntimeError):
+    """The request queue is full: try again later."""
+
+
+class SchedulerClosedError(RuntimeError):
+    """The scheduler is stopping or stopped."""
+
+
+@dataclass
+class Event:
+    """What one request produced since its last event: text (maybe empty), new
+    token ids and their log-probabilities; `done` on the last one (or `error`)."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    done: Completion | None = None
+    error: str | None = None
+
+
+class Request:
+    """One completion for the scheduler. `member` checks the prompt against the
+    context when built (ValueError), before anything is queued."""
+
+    def __init__(self, model, prompt_ids: Sequence[int], params: GenerationParams, sink):
+        eos = model.tokenizer.eos_id if model.tokenizer is not None else None
+        self.member = Member(model.engine, model.tokenizer, prompt_ids, params, eos)
+        self.sink: Callable[[Event], None] = sink
+        self.cancelled = False
+        self.finished = False
+        self.queued_at = time.monotonic()
+        self._reported = 0  # tokens already sent in events
+
+    def cancel(self) -> None:
+        """Ends the request at the next step boundary (from any thread)."""
+        self.cancelled = True
+
+    def _send(self, event: Event) -> None:
+        try:
+            self.sink(event)
+        except Exception:  # noqa: BLE001 - a gone client must not stop the worker
+            log.debug("a request's sink failed; cancelling it", exc_info=True)
+            self.cancelled = True
+
+    def _report(self, piece: str) -> None:
+        cont = self.member.cont
+        new_ids = cont.token_ids[self._reported :]
+        new_lps = cont.logprobs[self._reported :] if cont.logprobs is not None else []
+        self._reported = len(cont.token_ids)
+        done = cont.result() if cont.done else None
+        if done is not None:
+            self.finished = True
+        self._send(Event(piece or "", new_ids, new_lps, done))
+
+    def _fail(self, message: str) -> None:
+        self.finished = True
+        self._send(Event(error=message))
+
+
+@dataclass
+class Stats:
+    """Counters and gauges for /metrics."""
+
+    requests: collections.Counter = field(default_factory=collections.Counter)  # by outcome
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    rejected: int = 0
+    active: int = 0  # members decoding now (the batch size)
+    queued: int = 0
+
+
+class Scheduler:
+    """Runs requests on one model with continuous batching (see module doc)."""
+
+    def __init__(self, model, max_batch: int | None = None, max_queue: int = 64):
+        self.model = model
+        self.max_batch = max_batch or model.engine.n_slots
+        if not 1 <= self.max_batch <= model.engine.n_slots:
+            raise ValueError(
+                f"max_batch must be in 1..{model.engine.n_slots} (the model's slots), "
+                f"got {self.max_batch}"
+            )
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.max_queue = max_queue
+        self.stats = Stats()
+        self._queue: collections.deque[Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- life -------------------------------------------------------------------
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._run, name="gpt2-scheduler", daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fails what is queued or running, frees the batch, ends the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- requests -----------------------------------------------------------------
+    def submit(self, requests: Sequence[Request]) -> None:
+        """Queues requests, all or none (QueueFullError, SchedulerClosedError)."""
+        with self._cond:
+            if not self.alive:
+                raise SchedulerClosedError("the server is shutting down")
+            if len(self._queue) + len(requests) > self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFullError(
+                    f"the queue is full ({len(self._queue)} of {self.max_queue} waiting)"
+                )
+            self._queue.extend(requests)
+            self.stats.queued = len(self._queue)
+            self._cond.notify_all()
+
+    def complete(self, prompt_ids: Sequence[int], params: GenerationParams) -> Completion:
+        """Runs one request to its end from the calling thread (tests, scripts)."""
+        done = threading.Event()
+        last: list[Event] = []
+
+        def sink(ev: Event) -> None:
+            if ev.done is not None or ev.error is not None:
+                last.append(ev)
+                done.set()
+
+        self.submit([Request(self.model, prompt_ids, params, sink)])
+        done.wait()
+        if last[0].error is not None:
+            raise RuntimeError(last[0].error)
+        return last[0].done
+
+    # -- the worker ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            batch = self.model.engine.batch(self.max_batch)
+        except BaseException as e:  # noqa: BLE001 - reported by start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        members: list[Request | None] = [None] * self.max_batch
+        try:
+            with batch:
+                while self._loop_once(batch, members):
+                    pass
+        except BaseException as e:  # noqa: BLE001 - the model closed under us, say
+            log.exception("the scheduler stopped")
+            self._error = e
+        finally:
+            with self._cond:
+                self._stopping = True
+                left = [r for r in members if r is not None] + list(self._queue)
+                self._queue.clear()
+                self.stats.queued = 0
+            for r in left:
+                if not r.finished:
+                    self.stats.requests["error"] += 1
+                    r._fail("the server is shutting down")
+            self.stats.active = 0
+
+    def _loop_once(self, batch, members: list[Request | None]) -> bool:
+        """Admit, drop the cancelled, one step. False when stopping."""
+        with self._cond:
+            while not self._stopping and not self._queue and not any(members):
+                self._cond.wait()
+            if self._stopping:
+                return False
+            admitted: list[tuple[int, Request]] = []
+            for i in range(self.max_batch):
+                if members[i] is None and self._queue:
+                    admitted.append((i, self._queue.popleft()))
+            self.stats.queued = len(self._queue)
+        for i, r in enumerate(members):
+            if r is not None and r.cancelled:
+                self._end(members, i, "cancelled")
+        for i, r in admitted:
+            if r.cancelled:
+                self.stats.requests["cancelled"] += 1
+                continue
+            members[i] = r
+            self.stats.prompt_tokens += len(r.member.prompt_ids)
+            try:
+                piece = prefill_member(batch, i, r.member)
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                self._end(members, i, "error", f"prefill failed: {e}")
+                continue
+            self._after_token(members, i, piece)
+        active = [r.member if r is not None else None for r in members]
+        self.stats.active = sum(m is not None and m.next_token is not None for m in active)
+        if self.stats.active:
+            try:
+                pieces = step_members(batch, active)
+            except Exception as e:  # noqa: BLE001 - fail the step's requests, keep serving
+                self.model.engine.pool.check_open()  # a closed model ends the worker
+                log.exception("a decode step failed")
+                for i, r in enumerate(members):
+                    if r is not None:
+                        self._end(members, i, "error", f"decode step failed: {e}")
+                return True
+            self.stats.steps += 1
+            for i, piece in enumerate(pieces):
+                if piece is not None:
+                    self._after_token(members, i, piece)
+        self.stats.active = sum(r is not None for r in members)
+        return True
+
+    def _after_token(self, members: list[Request | None], i: int, piece: str) -> None:
+        r = members[i]
+        self.stats.completion_tokens += 1
+        r._report(piece)
+        if r.member.cont.done:
+            self.stats.requests[r.member.cont.finish_reason] += 1
+            members[i] = None
+
+    def _end(self, members, i: int, outcome: str, error: str | None = None) -> None:
+        r = members[i]
+        members[i] = None
+        self.stats.requests[outcome] += 1
+        if error is not None:
+            r._fail(error)
+        else:
+            r.finished = True

@@ -1,0 +1,72 @@
+"""The /v1/completions request, as OpenAI's API defines it, and its checks.
+
+Types are strict (a string is not a number). Fields OpenAI defines that we do
+not implement are accepted at their neutral values only. `top_k` is our
+extension. Unset sampling fields take the library's defaults (gpt2.params):
+greedy, 50 tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpt2.params import MAX_LOGPROBS
+
+MAX_N = 16  # choices a request may ask for
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)  # our extension
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    user: str | None = None
+    # OpenAI's, taken at their neutral values only
+    best_of: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> str | None:
+        """The first field set to something we do not implement, or None."""
+        if self.best_of not in (None, 1, self.n):
+            return "best_of"
+        if self.frequency_penalty not in (None, 0.0):
+            return "frequency_penalty"
+        if self.presence_penalty not in (None, 0.0):
+            return "presence_penalty"
+        if self.logit_bias:
+            return "logit_bias"
+        if self.suffix:
+            return "suffix"
+        return None
+
+    def prompts(self) -> list[str | list[int]]:
+        """One prompt or several: text, or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if len(p) == 0:
+            return [""]
+        if isinstance(p[0], int):
+            return [list(p)]
+        return list(p)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
