@@ -61,13 +61,14 @@ def test_generate_help_lists_every_option_with_defaults(capsys):
     assert code == 0
     missing = [o for o in GENERATE_OPTIONS if o not in out]
     assert not missing, f"generate --help lacks {missing}:\n{out}"
-    assert "(default: 0.8)" in out and "(default: 50)" in out  # defaults are shown
+    # defaults are shown: the library's (gpt2.params), greedy
+    assert "(default: 0.0)" in out and "(default: 50)" in out
 
 
 def test_top_level_help_lists_every_command(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for cmd in ("generate", "logits", "parity", "convert", "inspect", "bench"):
+    for cmd in ("generate", "logits", "parity", "convert", "inspect", "bench", "serve"):
         assert cmd in out
 
 
