@@ -17,6 +17,16 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 EOS_TOKEN = "<|endoftext|>"
 
+# What a tokenizer file may make `tokenizers` do (GPT-2's own tokenizer.json has no
+# normalizer and one 13-character special token). The library is Rust: a runaway
+# normalizer aborts the process on a failed allocation, and a panic reaches Python as
+# PanicException, a BaseException. So bound what is read, and catch what is raised.
+MAX_TOKENIZER_JSON_BYTES = 256 << 20  # a 250k-token vocabulary is about 17 MB
+MAX_JSON_DEPTH = 64  # nesting of tokenizer.json's objects
+MAX_NORMALIZER_STEPS = 32  # normalizers, counted through nested Sequences
+MAX_NORMALIZER_GROWTH = 64  # product of Replace contents' lengths: how much text may grow
+MAX_SPECIAL_TOKEN_CHARS = 1024  # tokenizers' matcher takes ~80x an added token's size
+
 # llama.cpp token types (gguf.TokenType): ordinary BPE tokens and special/control tokens.
 _NORMAL = int(gguf.TokenType.NORMAL)
 _CONTROL = int(gguf.TokenType.CONTROL)
@@ -54,20 +64,24 @@ class Tokenizer:
     def __init__(self, hf: _HFTokenizer, source: str = "<memory>") -> None:
         self._tok = hf
         self.source = source
-        vocab = hf.get_vocab(with_added_tokens=True)
+        vocab = _guarded(source, "cannot read its vocabulary", hf.get_vocab, with_added_tokens=True)
         self._id_to_token = {i: t for t, i in vocab.items()}
         n = len(self._id_to_token)
         if set(self._id_to_token) != set(range(n)):
             raise ValueError(f"{source}: token ids are not the contiguous range 0..{n - 1}")
+        # characters one token can cover at most (byte-level: one char per byte), so a
+        # text longer than max_tokens times this has more than max_tokens tokens
+        self._max_token_chars = max((len(t) for t in vocab), default=1) or 1
 
     @classmethod
     def from_folder(cls, path: str | Path) -> Tokenizer:
         """Load `tokenizer.json`, or else `vocab.json` + `merges.txt`, from an HF folder."""
         folder = Path(path)
         tj = folder / "tokenizer.json"
+        if tj.is_file():
+            text = _read_tokenizer_json(tj)
+            return cls(_guarded(tj, "cannot read tokenizer", _HFTokenizer.from_str, text), str(tj))
         try:
-            if tj.is_file():
-                return cls(_HFTokenizer.from_file(str(tj)), str(tj))
             vocab, merges = folder / "vocab.json", folder / "merges.txt"
             if vocab.is_file() and merges.is_file():
                 bpe = models.BPE.from_file(str(vocab), str(merges))
@@ -115,6 +129,8 @@ class Tokenizer:
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
             raise ValueError(f"{path}: cannot build tokenizer: {e}") from None
         special = [t for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL]
+        for t in special:
+            _check_special_token(t, path)
         if special:
             tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
         return cls(tok, str(path))
@@ -129,9 +145,33 @@ class Tokenizer:
         """Id of `<|endoftext|>`, or None when the vocabulary lacks it."""
         return self._tok.token_to_id(EOS_TOKEN)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no BOS/EOS added: GPT-2 uses none)."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text` (no BOS/EOS added: GPT-2 uses none).
+
+        With `max_tokens` (a context's length), a text of more tokens is a
+        ValueError, and a text too long to fit is refused from its length alone,
+        before it is encoded: a 20 MB prompt costs nothing (it cost 2.6 GB and 18 s
+        of encoding). The bound counts characters before any normalizer."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if max_tokens is not None:
+            if len(text) > max_tokens * self._max_token_chars:
+                raise ValueError(
+                    f"the prompt has {len(text):,} characters, more than {max_tokens} tokens "
+                    f"(the context holds {max_tokens}; a token here covers at most "
+                    f"{self._max_token_chars} characters)"
+                )
+        enc = _guarded(
+            self.source,
+            "tokenizer failed while encoding",
+            self._tok.encode,
+            text,
+            add_special_tokens=False,
+        )
+        ids = list(enc.ids)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise ValueError(f"the prompt has {len(ids)} tokens, the context holds {max_tokens}")
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`; special tokens are kept so that decode(encode(s)) == s."""
@@ -139,7 +179,13 @@ class Tokenizer:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} out of range [0, {self.vocab_size})")
-        return self._tok.decode(ids, skip_special_tokens=False)
+        return _guarded(
+            self.source,
+            "tokenizer failed while decoding",
+            self._tok.decode,
+            ids,
+            skip_special_tokens=False,
+        )
 
     def token(self, i: int) -> str:
         """The vocabulary string of id `i` (byte-level alphabet, e.g. 'Ġthe')."""
@@ -180,3 +226,97 @@ def _byte_level(bpe: models.BPE) -> _HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def _guarded(source: str | Path, what: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), with whatever `tokenizers` raises (a plain Exception, or
+    a Rust panic: PanicException, a BaseException) as a ValueError naming the file.
+    KeyboardInterrupt, SystemExit and MemoryError pass through."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - pyo3's PanicException is a BaseException
+        raise ValueError(f"{source}: {what}: {type(e).__name__}: {e}") from None
+
+
+def _read_tokenizer_json(path: Path) -> str:
+    """tokenizer.json's text, after checking what it asks the tokenizer to do."""
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_JSON_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes, more than {MAX_TOKENIZER_JSON_BYTES:,}")
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_TOKENIZER_JSON_BYTES + 1)
+    if len(raw) > MAX_TOKENIZER_JSON_BYTES:
+        raise ValueError(f"{path}: more than {MAX_TOKENIZER_JSON_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+        spec = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(
+            f"{path}: cannot read tokenizer: not JSON: {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    _check_depth(spec, path)
+    _check_normalizer(spec.get("normalizer"), path)
+    added = spec.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise ValueError(f"{path}: added_tokens must be a list")
+    for t in added:
+        content = t.get("content") if isinstance(t, dict) else None
+        if not isinstance(content, str):
+            raise ValueError(f"{path}: an added token has no string content: {str(t)[:80]!r}")
+        _check_special_token(content, path)
+    return text
+
+
+def _check_depth(spec: object, path: Path) -> None:
+    """Nesting of at most MAX_JSON_DEPTH (iterative: no recursion to exhaust)."""
+    stack = [(spec, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(x, dict):
+            stack.extend((v, depth + 1) for v in x.values() if isinstance(v, dict | list))
+        elif isinstance(x, list):
+            stack.extend((v, depth + 1) for v in x if isinstance(v, dict | list))
+
+
+def _check_normalizer(normalizer: object, path: Path) -> None:
+    """At most MAX_NORMALIZER_STEPS steps, and Replace steps that cannot grow the
+    text more than MAX_NORMALIZER_GROWTH times (each may multiply it by its
+    content's length: nested Replaces abort the process on a failed allocation)."""
+    steps, growth = 0, 1
+    stack = [normalizer]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        if not isinstance(n, dict):
+            raise ValueError(f"{path}: a normalizer must be an object, got {str(n)[:80]!r}")
+        steps += 1
+        if steps > MAX_NORMALIZER_STEPS:
+            raise ValueError(f"{path}: more than {MAX_NORMALIZER_STEPS} normalizer steps")
+        if n.get("type") == "Sequence":
+            inner = n.get("normalizers")
+            if not isinstance(inner, list):
+                raise ValueError(f"{path}: a Sequence normalizer needs a list of normalizers")
+            stack.extend(inner)
+        elif n.get("type") == "Replace":
+            content = n.get("content")
+            growth *= max(1, len(content) if isinstance(content, str) else 1)
+            if growth > MAX_NORMALIZER_GROWTH:
+                raise ValueError(
+                    f"{path}: its Replace normalizers can grow a text {growth}x "
+                    f"(at most {MAX_NORMALIZER_GROWTH}x is taken)"
+                )
+
+
+def _check_special_token(token: str, path: str | Path) -> None:
+    if len(token) > MAX_SPECIAL_TOKEN_CHARS:
+        raise ValueError(
+            f"{path}: a special token of {len(token):,} characters "
+            f"(at most {MAX_SPECIAL_TOKEN_CHARS} are taken): {token[:40]!r}..."
+        )
