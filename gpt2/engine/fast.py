@@ -21,6 +21,7 @@ import numpy as np
 
 from gpt2.engine.graph import Graph, GraphShape, bucket, build_graph
 from gpt2.engine.kv_cache import declare_cache, upload_mask_table
+from gpt2.engine.memory import check_fits, default_n_ctx
 from gpt2.engine.upload import WEIGHT_DTYPES, declare_weights, upload_weights
 from gpt2.sampling import SamplingParams
 from gpt2.sequence import SlotEngine
@@ -38,7 +39,8 @@ log = logging.getLogger("gpt2")
 class FastGPT2(SlotEngine):
     """GPT-2 on one device with f32, f16 or q8_0 weights.
 
-    ``n_ctx`` bounds positions (default: the model's context); ``n_slots``
+    ``n_ctx`` bounds positions (default: the model's context, at most
+    gpt2.engine.memory.DEFAULT_MAX_N_CTX); ``n_slots``
     is how many sequences may be alive at once (gpt2.slots; each holds a
     cache of n_ctx positions). ``exact_attention`` and ``pad_prefill``
     default to on for f32 weights on CUDA and off elsewhere; True or False
@@ -65,7 +67,7 @@ class FastGPT2(SlotEngine):
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
         c = self.config = weights.config
         self.vocab_size = c.vocab_size
-        self.n_ctx = n_ctx or c.n_positions
+        self.n_ctx = n_ctx or default_n_ctx(c.n_positions)
         if not 0 < self.n_ctx <= c.n_positions:
             raise ValueError(f"n_ctx={self.n_ctx} must be in 1..{c.n_positions}")
         self._init_slots(n_slots, "model")
@@ -88,6 +90,7 @@ class FastGPT2(SlotEngine):
             self.cache = declare_cache(
                 self.root, c.n_layer, c.n_embd, self.n_rows, self.n_slots, kv_dtype
             )
+            check_fits(self.root, self.weights, self.cache, n_ctx=self.n_ctx, n_slots=self.n_slots)
             self.root.finalize_weights()  # zeroed: empty caches
             upload_weights(self.weights, weights, self.n_rows, device)
             upload_mask_table(self.cache)
