@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gpt2.files import read_text
 from gpt2.names import LAYOUT_GGUF_LLAMA, from_canonical
 
+log = logging.getLogger(__name__)
+
 # HF config.json keys that describe training, packaging or generation, not the forward
-# pass we compute. They are accepted and ignored; any other unknown key is rejected.
+# pass we compute. They are ignored silently; any other unknown key is ignored with a debug
+# log (HF's convention), and a config of another model_type is refused by name.
 _HF_IGNORED_KEYS = frozenset(
     {
         "_name_or_path",
@@ -83,7 +89,7 @@ class GPT2Config:
         if self.n_inner is not None:
             _check_positive_int("n_inner", self.n_inner)
         eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
             raise ValueError(f"layer_norm_epsilon must be a positive float, got {eps!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -120,25 +126,28 @@ class GPT2Config:
             if path.is_dir():
                 path = path / "config.json"
             where = str(path)
+            if not path.exists():
+                raise ValueError(f"{where}: file not found")
             try:
-                source = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ValueError(f"{where}: file not found") from None
+                source = json.loads(read_text(path))  # a regular file of bounded size
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(source, dict):
-                raise ValueError(f"{where}: expected a JSON object, found {type(source).__name__}")
+            except RecursionError:
+                raise ValueError(f"{where}: JSON nested too deeply") from None
+        if not isinstance(source, dict):
+            raise ValueError(f"{where}: expected a JSON object, found {type(source).__name__}")
+        model_type = source.get("model_type", "gpt2")
+        if model_type != "gpt2":
+            raise ValueError(f"{where}: model_type {model_type!r} is not GPT-2")
         own = {f.name for f in fields(cls)}
         unknown = sorted(set(source) - own - _HF_IGNORED_KEYS)
         if unknown:
-            raise ValueError(f"{where}: unknown GPT-2 config keys {unknown}")
+            log.debug("%s: ignoring config keys %s", where, unknown)
         for key, want in _HF_REQUIRED_VALUES.items():
             if key in source and source[key] != want:
                 raise ValueError(
                     f"{where}: unsupported {key}={source[key]!r} (only {want!r} is implemented)"
                 )
-        if "model_type" in source and source["model_type"] != "gpt2":
-            raise ValueError(f"{where}: model_type is {source['model_type']!r}, expected 'gpt2'")
         kwargs = {k: source[k] for k in own if k in source}
         if "n_ctx" in source and source["n_ctx"] != kwargs.get("n_positions", source["n_ctx"]):
             raise ValueError(
@@ -159,26 +168,33 @@ class GPT2Config:
         if arch is not None and arch != "gpt2":
             raise ValueError(f"{path}: general.architecture is {arch!r}, expected 'gpt2'")
 
-        def need(key: str) -> Any:
+        def need(key: str) -> int:
             value = _field(reader, key)
             if value is None:
                 raise ValueError(f"{path}: missing metadata key {key}")
-            return value
+            return _int(value, key, path)
 
-        n_embd = int(need("gpt2.embedding_length"))
+        n_embd = need("gpt2.embedding_length")
         d_ff = _field(reader, "gpt2.feed_forward_length")
+        d_ff = None if d_ff is None else _int(d_ff, "gpt2.feed_forward_length", path)
         vocab = _field(reader, "gpt2.vocab_size")
         if vocab is None:
             vocab = _gguf_vocab_size(reader, path)
+        vocab = _int(vocab, "gpt2.vocab_size", path)
         eps = _field(reader, "gpt2.attention.layer_norm_epsilon")
+        if eps is not None and (isinstance(eps, (str, list, bool)) or not math.isfinite(eps)):
+            raise ValueError(
+                f"{path}: metadata gpt2.attention.layer_norm_epsilon must be a finite number, "
+                f"got {eps!r:.80}"
+            )
         try:
             return cls(
-                n_layer=int(need("gpt2.block_count")),
+                n_layer=need("gpt2.block_count"),
                 n_embd=n_embd,
-                n_head=int(need("gpt2.attention.head_count")),
-                n_positions=int(need("gpt2.context_length")),
-                vocab_size=int(vocab),
-                n_inner=None if d_ff is None or int(d_ff) == 4 * n_embd else int(d_ff),
+                n_head=need("gpt2.attention.head_count"),
+                n_positions=need("gpt2.context_length"),
+                vocab_size=vocab,
+                n_inner=None if d_ff is None or d_ff == 4 * n_embd else d_ff,
                 # GGUF stores eps as f32: 1e-5 reads back as 9.99999974e-06. Round to
                 # 7 significant digits so the value is the one that was written.
                 layer_norm_epsilon=1e-5 if eps is None else float(f"{float(eps):.7g}"),
@@ -192,10 +208,24 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _int(value: Any, key: str, path: str | Path) -> int:
+    """A metadata integer; ValueError naming the key for strings, lists, inf, NaN, 2.5."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: metadata {key} must be an integer, got {value!r:.80}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{path}: metadata {key} must be an integer, got {value!r}")
+    return int(value)
+
+
 def _field(reader: Any, key: str) -> Any:
     """A GGUF metadata value as a Python scalar/str/list, or None when absent."""
     f = reader.get_field(key)
-    return None if f is None else f.contents()
+    if f is None:
+        return None
+    try:
+        return f.contents()
+    except Exception as e:  # noqa: BLE001 - gguf fails in several ways on odd types
+        raise ValueError(f"metadata {key}: unreadable value ({type(e).__name__}: {e})") from None
 
 
 def _gguf_vocab_size(reader: Any, path: str | Path) -> int:
@@ -207,6 +237,5 @@ def _gguf_vocab_size(reader: Any, path: str | Path) -> int:
     if tokens is not None:
         return len(tokens.data)
     raise ValueError(
-        f"{path}: cannot tell the vocab size (no gpt2.vocab_size, {wte} "
-        "or tokenizer.ggml.tokens)"
+        f"{path}: cannot tell the vocab size (no gpt2.vocab_size, {wte} or tokenizer.ggml.tokens)"
     )

@@ -3,25 +3,23 @@
     d = describe("model.gguf")        # or an HF snapshot folder
     print(format_description(d))
 
-GGUF files are read with `gguf.GGUFReader` (memory-mapped; tensor types and byte sizes as
-stored); HF folders through `config.json` and the safetensors headers.
+GGUF files are read with `gguf.GGUFReader` over a private copy of their header (gpt2.files:
+the file itself is never mapped, so cutting it while it is read is a ValueError, not SIGBUS);
+HF folders through `config.json` and the safetensors headers, checked as `load_model` checks
+them (shard names inside the folder only).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from gpt2.config import GPT2Config
+from gpt2.files import ModelFile
 from gpt2.names import GGUF_LAYOUTS, HF_PREFIX, LAYOUT_HF, canonical_shapes, detect_layout
 from gpt2.tokenizer import Tokenizer
-
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
+from gpt2.weights import _check_metadata_types, open_gguf, safetensors_infos, shard_names
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -105,25 +103,23 @@ def format_description(d: dict[str, Any]) -> str:
 
 
 def _describe_gguf(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as e:  # noqa: BLE001 - gguf raises several types on bad bytes
-        raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
-    config = GPT2Config.from_gguf(reader, path)
-    try:
-        layout = detect_layout((t.name for t in reader.tensors), path, among=GGUF_LAYOUTS)
-    except ValueError:
-        layout = "unknown"  # described all the same; load_model says what is wrong
-    tensors = [(t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors]
-    tokenizer = Tokenizer.from_gguf(reader, path)
-    extra: dict[str, Any] = {}
-    name = reader.get_field("general.name")
-    if name is not None:
-        extra["name"] = name.contents()
+    with ModelFile(path) as f:
+        magic = f.pread(0, min(4, f.size), "the magic")
+        if magic != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file (magic {bytes(magic)!r}, expected b'GGUF')")
+        with open_gguf(f) as reader:
+            _check_metadata_types(reader, path)
+            config = GPT2Config.from_gguf(reader, path)
+            try:
+                layout = detect_layout((t.name for t in reader.tensors), path, among=GGUF_LAYOUTS)
+            except ValueError:
+                layout = "unknown"  # described all the same; load_model says what is wrong
+            tensors = [(t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors]
+            tokenizer = Tokenizer.from_gguf(reader, path)
+            extra: dict[str, Any] = {}
+            name = reader.get_field("general.name")
+            if name is not None:
+                extra["name"] = str(name.contents())
     return config, layout, tensors, tokenizer, extra
 
 
@@ -131,50 +127,27 @@ def _describe_hf(folder: Path):
     config = GPT2Config.from_hf_config(folder / "config.json")
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
-    if single.is_file():
+    if single.exists():
         files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = [folder / f for f in sorted(set(weight_map.values()))]
+    elif index.exists():
+        files = [folder / f for f in shard_names(index)]
+    elif (folder / "pytorch_model.bin").exists():
+        files = []
     else:
         raise ValueError(
-            f"{folder}: no model.safetensors (or model.safetensors.index.json); "
-            "only safetensors checkpoints are read"
+            f"{folder}: no model.safetensors, model.safetensors.index.json or "
+            "pytorch_model.bin: not a model folder"
         )
     tensors, names = [], []
     for f in files:
-        for name, info in _safetensors_header(f).items():
-            begin, end = info["data_offsets"]
-            tensors.append((str(info["dtype"]), int(end) - int(begin)))
+        for name, info in safetensors_infos(f).items():
+            tensors.append((info.kind, info.n_bytes))
             names.append(name)
     tokenizer = None
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         tokenizer = Tokenizer.from_folder(folder)
     prefix = HF_PREFIX if any(n.startswith(HF_PREFIX) for n in names) else ""
     return config, LAYOUT_HF, tensors, tokenizer, {"tensor_prefix": prefix}
-
-
-def _safetensors_header(path: Path) -> dict[str, dict]:
-    """The tensor table of a safetensors file: name -> {dtype, shape, data_offsets}."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: too short for a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, MAX_SAFETENSORS_HEADER):
-            raise ValueError(f"{path}: header length {n} does not fit the file ({size} bytes)")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    for name, info in header.items():
-        if not isinstance(info, dict) or not {"dtype", "data_offsets"} <= set(info):
-            raise ValueError(f"{path}: bad safetensors entry for tensor {name}")
-    return header
 
 
 def _human_bytes(n: int) -> str:

@@ -1,5 +1,5 @@
-"""Progress bars for the long steps (reading, converting, uploading a model):
-shown on a terminal, silent when stderr is piped or redirected."""
+"""Progress bars for the long steps (reading, converting, uploading a model): shown on a
+terminal once a step has taken a second, silent when stderr is piped or redirected."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ from typing import TypeVar
 from tqdm import tqdm
 
 T = TypeVar("T")
+DELAY_S = 1.0  # a step shorter than this never shows a bar
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """`items`, with a tqdm bar on stderr when it is a terminal."""
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "layer"
+) -> Iterator[T]:
+    """`items`, with a tqdm bar on stderr when it is a terminal and the step lasts."""
     return iter(
         tqdm(
             items,
             desc=desc,
             total=total,
-            unit="layer",
+            unit=unit,
             leave=False,
+            delay=DELAY_S,
             disable=not sys.stderr.isatty(),
         )
     )

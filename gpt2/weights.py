@@ -1,76 +1,245 @@
-"""Model files -> one canonical in-memory form (`GPT2Weights`), strictly validated.
+"""Model files -> `GPT2Weights`: an index of the file's tensors, strictly validated, whose
+tensors are read on demand, one at a time, from the file.
 
-Canonical form: HF GPT-2 names without the `transformer.` prefix, HF Conv1D orientation
-(weights [in, out], so `y = x @ W + b`), float32, C-contiguous.
+Canonical form (what `weights[name]` gives): HF GPT-2 names without the `transformer.`
+prefix, HF Conv1D orientation (weights [in, out], so `y = x @ W + b`), float32, C-contiguous.
+A loaded model holds no tensor: each read is a plain `pread` of the bytes the header declares
+(gpt2.files: regular files only, sizes checked against the file before reading, a file cut
+while it is read is a ValueError). `weights.stored(name)` gives a tensor in the file's own
+type (f16, q8_0 blocks) so that an engine can upload it without a float32 copy.
 
 Readers (the names and orientation of each layout are in `gpt2.names`):
 - GGUF, the Ruby converter's layout: split attn_q/k/v, weights stored [in, out].
 - GGUF, llama.cpp's GPT-2 layout: fused attn_qkv, weights stored [out, in].
-- HF snapshot folder: config.json + model.safetensors (+ tokenizer files).
+- HF snapshot folder: config.json + model.safetensors, or its shards and
+  model.safetensors.index.json (f32, f16, bf16, f64), or pytorch_model.bin (through torch,
+  `weights_only=True`, when torch is installed).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 import numpy as np
-from safetensors.numpy import load as load_safetensors
 
 from gpt2.config import GPT2Config
+from gpt2.files import ModelFile, header_copy, read_text
 from gpt2.names import (
     GGUF_LAYOUTS,
     HF_PREFIX,
     LAYOUT_HF,
+    SPLIT_QKV,
     TIED_HEAD,
+    TRANSPOSE,
+    Stored,
     canonical_shapes,
     detect_layout,
-    from_layout,
     is_hf_buffer,
     is_tied_head,
     layout_shapes,
+    stored_tensors,
     to_canonical,
 )
-from gpt2.private_copy import private_copy
-from gpt2.progress import progress
 from gpt2.tokenizer import Tokenizer
 
-# GGUF tensor types we can turn into float32.
-_GGUF_TYPES = {
-    gguf.GGMLQuantizationType.F32,
-    gguf.GGMLQuantizationType.F16,
-    gguf.GGMLQuantizationType.BF16,
-    gguf.GGMLQuantizationType.Q8_0,
-    gguf.GGMLQuantizationType.Q4_0,
-    gguf.GGMLQuantizationType.Q4_1,
-    gguf.GGMLQuantizationType.Q5_0,
-    gguf.GGMLQuantizationType.Q5_1,
-}
-_HF_DTYPES = (np.float32, np.float16, np.float64)
+log = logging.getLogger(__name__)
+
+_Q = gguf.GGMLQuantizationType
+# GGUF tensor types we read (float types as they are, the others dequantized to float32).
+_GGUF_TYPES = {_Q.F32, _Q.F16, _Q.BF16, _Q.Q8_0, _Q.Q4_0, _Q.Q4_1, _Q.Q5_0, _Q.Q5_1}
+# safetensors dtype -> our kind
+_ST_KINDS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "F64": "F64"}
+_FLOAT = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+# the engine dtype that keeps a file's type (bf16 -> f32: exact; f16 would clip bf16's range)
+_AUTO = {"F32": "f32", "F64": "f32", "BF16": "f32", "F16": "f16", "Q8_0": "q8_0"}
+GGUF_HEADER_GUESS = 1024 * 1024  # bytes of a GGUF copied for its parser first
+MAX_HEADER_READS = 600_000  # parser reads a GGUF header may take (zeros in a hole are items)
+MAX_GGUF_HEADER = 64 * 1024 * 1024  # a GPT-2 GGUF header (vocab, merges, infos) is ~3 MB
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one stored tensor lies: its file, byte range, kind and numpy shape."""
+
+    name: str
+    path: Path
+    offset: int  # absolute byte offset in `path`
+    n_bytes: int
+    kind: str  # F32, F16, BF16, F64 or a GGUF quantized type name (Q8_0, ...)
+    shape: tuple[int, ...]  # the logical numpy shape
+
+    def read(self) -> np.ndarray:
+        """The tensor in its own type: float arrays of `shape` (BF16 as uint16), quantized
+        types as uint8 blocks of shape (*shape[:-1], bytes per row)."""
+        with ModelFile(self.path) as f:
+            return self.decode(f.pread(self.offset, self.n_bytes, f"tensor {self.name}"))
+
+    def decode(self, raw: bytearray | bytes) -> np.ndarray:
+        if self.kind in _FLOAT:
+            return np.frombuffer(raw, _FLOAT[self.kind]).reshape(self.shape)
+        rows = math.prod(self.shape[:-1])
+        return np.frombuffer(raw, np.uint8).reshape(*self.shape[:-1], self.n_bytes // max(rows, 1))
+
+
+def to_f32(kind: str, data: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Stored data (see TensorInfo.read) as a C-contiguous float32 array of `shape`."""
+    if kind == "BF16":
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    if kind in _FLOAT:
+        return np.array(data, np.float32, order="C")
+    x = gguf.quants.dequantize(data, _Q[kind])
+    return np.array(x.reshape(shape if shape is not None else x.shape), np.float32, order="C")
+
+
+def finite(kind: str, data: np.ndarray) -> bool:
+    """Whether stored data holds only finite values (q8_0: its block scales)."""
+    if kind in ("F32", "F16", "F64"):
+        return bool(np.isfinite(data).all())
+    if kind == "BF16":
+        return bool(((data & 0x7F80) != 0x7F80).all())
+    if kind == "Q8_0":
+        scales = data.reshape(-1, 34)[:, :2].copy().view(np.float16)
+        return bool(np.isfinite(scales).all())
+    return bool(np.isfinite(to_f32(kind, data)).all())
+
+
+class FileTensors(Mapping):
+    """Canonical name -> float32 tensor, read from the file at each access (no cache)."""
+
+    def __init__(
+        self,
+        config: GPT2Config,
+        layout: str,
+        infos: dict[str, TensorInfo],
+        source: str | Path,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ):
+        self.config, self.layout, self.infos, self.source = config, layout, infos, source
+        self._arrays = arrays  # pytorch_model.bin: the state dict, already in memory
+        self._parts: dict[str, list[Stored]] = {}
+        for s in stored_tensors(config, layout):
+            self._parts.setdefault(s.canonical, []).append(s)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def read_stored(self, stored_name: str) -> np.ndarray:
+        """One stored tensor in its own type, checked finite."""
+        info = self.infos[stored_name]
+        data = self._arrays[info.name] if self._arrays is not None else info.read()
+        if not finite(info.kind, data):
+            name = to_canonical(stored_name, self.layout)
+            also = f" (stored as {info.name})" if info.name != name else ""
+            raise ValueError(f"non-finite values in tensor {name} of {self.source}{also}")
+        return data
+
+    def read_f32(self, stored_name: str) -> np.ndarray:
+        info = self.infos[stored_name]
+        try:
+            return to_f32(info.kind, self.read_stored(stored_name), info.shape)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure here means bad data
+            raise ValueError(f"{self.source}: cannot read tensor {stored_name}: {e}") from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        stored = self._parts[name]
+        if stored[0].how == SPLIT_QKV:
+            return np.concatenate([self.read_f32(s.name) for s in stored], axis=-1)  # q | k | v
+        x = self.read_f32(stored[0].name)
+        return np.ascontiguousarray(x.T) if stored[0].how == TRANSPOSE else x
+
+    def stored(self, name: str, transposed: bool = False) -> tuple[str, np.ndarray] | None:
+        """(kind, data) of canonical tensor `name` (transposed: of name.T, [out, in]) in the
+        file's own type, where the file holds it as one tensor; quantized data only where the
+        file's orientation is the one asked for (rows are blocks)."""
+        stored = self._parts[name]
+        if len(stored) != 1 or stored[0].how == SPLIT_QKV:
+            return None
+        s = stored[0]
+        kind = self.infos[s.name].kind
+        flip = (s.how == TRANSPOSE) != transposed
+        if flip and kind not in _FLOAT:
+            return None
+        data = self.read_stored(s.name)
+        return kind, (np.ascontiguousarray(data.T) if flip else data)
 
 
 @dataclass
 class GPT2Weights:
-    """All parameters of a GPT-2, by HF name (see `expected_shapes`)."""
+    """All parameters of a GPT-2, by canonical name (see `expected_shapes`).
+
+    `tensors` is a dict of float32 arrays (random weights, tests) or a `FileTensors` that
+    reads each tensor from the model file when it is asked for.
+    """
 
     config: GPT2Config
-    tensors: dict[str, np.ndarray]
+    tensors: Mapping[str, np.ndarray]
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensors[name]
 
+    def stored(self, name: str, transposed: bool = False) -> tuple[str, np.ndarray] | None:
+        """(kind, data) in the file's own type (see FileTensors.stored); None for weights
+        held in memory or stored in pieces."""
+        if isinstance(self.tensors, FileTensors):
+            return self.tensors.stored(name, transposed)
+        return None
+
+    @property
+    def file_kind(self) -> str:
+        """The stored type of the 2-D block weights (the most common one): F32, F16, BF16,
+        Q8_0, ...; F32 for weights held in memory."""
+        if not isinstance(self.tensors, FileTensors):
+            return "F32"
+        kinds = [
+            self.tensors.infos[s.name].kind
+            for name, parts in self.tensors._parts.items()
+            if name.endswith("mlp.c_fc.weight")
+            for s in parts
+        ]
+        return max(set(kinds), key=kinds.count) if kinds else "F32"
+
+    def dtype_for(self, dtype: str, engine: str = "fast") -> str:
+        """The engine weight type for `dtype`: "auto" is the file's type where the engine
+        takes it (f32, f16 or q8_0 for the fast engine; bf16 and f64 -> f32, other quantized
+        types -> q8_0, logged); the ports compute in f32. Other values are returned as given."""
+        if dtype != "auto":
+            return dtype
+        if engine != "fast":
+            return "f32"
+        kind = self.file_kind
+        if kind not in _AUTO:
+            log.info("%s weights are converted to q8_0 once, while loading", kind)
+        return _AUTO.get(kind, "q8_0")
+
+    def to_memory(self) -> GPT2Weights:
+        """Every tensor read now, as float32 arrays held in memory (what the numpy reference
+        and the parity tools want)."""
+        return GPT2Weights(self.config, {n: self.tensors[n] for n in self.tensors})
+
 
 @dataclass
 class LoadedModel:
-    """What `load_model` returns: weights plus where and how they were read."""
+    """What `load_model` returns: the weights index plus where and how they were read."""
 
     config: GPT2Config
     weights: GPT2Weights
     tokenizer: Tokenizer | None
     layout: str  # one of gpt2.names.LAYOUTS
     path: Path
+    files: list[Path] = field(default_factory=list)
 
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -79,9 +248,11 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 
 
 def validate(weights: GPT2Weights, source: str | Path) -> None:
-    """Raise ValueError naming `source` and the tensor unless `weights` is complete and sane."""
+    """Raise ValueError naming `source` and the tensor unless `weights` is complete and sane
+    (this reads every tensor of file-backed weights)."""
     _check_names_shapes(weights.tensors, expected_shapes(weights.config), source)
-    for name, t in weights.tensors.items():
+    for name in weights.tensors:
+        t = weights.tensors[name]
         if t.dtype != np.float32:
             raise ValueError(f"{source}: tensor {name}: expected dtype float32, found {t.dtype}")
         if not t.flags.c_contiguous:
@@ -91,7 +262,8 @@ def validate(weights: GPT2Weights, source: str | Path) -> None:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Load a `.gguf` file or an HF snapshot folder; raise ValueError on anything wrong."""
+    """Index a `.gguf` file or an HF snapshot folder; raise ValueError on anything wrong.
+    No tensor is read into memory here beyond the checks (see GPT2Weights)."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such file or folder")
@@ -105,70 +277,198 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def load_gguf(path: str | Path) -> LoadedModel:
-    """Read a GPT-2 GGUF in either layout (told apart by tensor names)."""
+    """Index a GPT-2 GGUF in either layout (told apart by tensor names)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    try:
-        with private_copy(path) as readable:  # another process may cut the file
-            reader = gguf.GGUFReader(readable, "r")
-            size = readable.stat().st_size
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e})") from e
-    except Exception as e:  # gguf raises ValueError, IndexError, struct errors on bad bytes
-        raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
-    raw = {}
+    with ModelFile(path) as f:
+        magic = f.pread(0, min(4, f.size), "the magic")
+        if magic != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file (magic {bytes(magic)!r}, expected b'GGUF')")
+        return _parse_gguf(f)
+
+
+@dataclass(frozen=True)
+class HeaderTensor:
+    """One tensor info of a GGUF header (what gguf.ReaderTensor holds, without the data)."""
+
+    name: str
+    tensor_type: gguf.GGMLQuantizationType
+    shape: np.ndarray  # ggml's ne order: [n_embd, n_vocab] for wte
+    n_bytes: int
+    data_offset: int  # absolute
+
+
+class _PastCopy(Exception):
+    """The header goes on past the bytes copied: `end` bytes are needed."""
+
+    def __init__(self, end: int):
+        self.end = end
+
+
+class _HeaderReader(gguf.GGUFReader):
+    """gguf's reader of the metadata and tensor infos; the tensors are described, not
+    mapped (their bytes are not in the copy it reads, and gpt2.files reads them). A read
+    past the copy's end raises _PastCopy, so that the caller copies more or gives up."""
+
+    reads = 0
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        end = int(offset) + np.dtype(dtype).itemsize * int(count)
+        if end > len(self.data):
+            raise _PastCopy(end)
+        type(self).reads += 1  # counted over every copy one open_gguf tries
+        if type(self).reads > MAX_HEADER_READS:
+            raise ValueError(
+                f"more than {MAX_HEADER_READS} metadata items (a GPT-2 header takes ~200,000)"
+            )
+        return super()._get(offset, dtype, count, override_order)
+
+    def _build_tensors(self, start_offs: int, fields: list) -> None:
+        tensors = []
+        for info in fields:
+            _, name, _, dims, ggml_type, offset = info.parts
+            qtype = _Q(int(ggml_type[0]))
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            n = math.prod(int(d) for d in dims)
+            name = bytes(name).decode("utf-8")
+            at = int(start_offs) + int(offset[0])
+            tensors.append(HeaderTensor(name, qtype, dims, n * size // block, at))
+        self.tensors = tensors
+
+
+def open_gguf(f: ModelFile):
+    """Context: a GGUF header reader over a private copy of `f`'s first bytes (the tensor
+    data is not copied: gpt2.files reads it). The copy starts at GGUF_HEADER_GUESS bytes and
+    grows (4x) while the parse runs off its end, up to MAX_GGUF_HEADER: a corrupt count in a
+    sparse file never makes it read the hole."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        n = min(GGUF_HEADER_GUESS, f.size)
+        reader_type = type("HeaderReader", (_HeaderReader,), {"reads": 0})
+        while True:
+            with header_copy(f, n) as readable:
+                try:
+                    reader = reader_type(readable, "r")
+                except _PastCopy as e:
+                    need = e.end
+                except Exception as e:  # noqa: BLE001 - gguf raises many types on bad bytes
+                    raise ValueError(
+                        f"{f.path}: corrupt GGUF header ({type(e).__name__}: {e})"
+                    ) from None
+                else:
+                    if reader.data_offset <= n:
+                        yield reader
+                        return
+                    need = reader.data_offset
+            if need > f.size:
+                raise ValueError(
+                    f"{f.path}: truncated: the GGUF header needs {need} bytes, the file has "
+                    f"{f.size}"
+                )
+            if need > MAX_GGUF_HEADER:
+                raise ValueError(
+                    f"{f.path}: the GGUF header would be {need} bytes, more than the "
+                    f"{MAX_GGUF_HEADER} a model's metadata takes"
+                )
+            n = max(need, min(n * 4, f.size, MAX_GGUF_HEADER))
+
+    return cm()
+
+
+def _gguf_infos(reader, f: ModelFile) -> dict[str, TensorInfo]:
+    infos: dict[str, TensorInfo] = {}
     for t in reader.tensors:
-        if t.name in raw:
-            raise ValueError(f"{path}: tensor {t.name} appears twice")
+        if t.name in infos:
+            raise ValueError(f"{f.path}: tensor {t.name} appears twice")
+        kind = t.tensor_type.name
         end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
+        if end > f.size:
             raise ValueError(
-                f"{path}: truncated: tensor {t.name} ends at byte {end}, file has {size}"
+                f"{f.path}: truncated: tensor {t.name} ends at byte {end}, file has {f.size}"
             )
-        raw[t.name] = t
+        shape = tuple(int(x) for x in reversed(t.shape))
+        infos[t.name] = TensorInfo(t.name, f.path, int(t.data_offset), int(t.n_bytes), kind, shape)
+    return infos
 
-    config = GPT2Config.from_gguf(reader, path)
-    _check_layer_count(config, len(raw), path)
-    layout = detect_layout(raw, path, among=GGUF_LAYOUTS)
-    table = layout_shapes(config, layout)
-    head = TIED_HEAD[layout]  # optional (llama.cpp writes a copy of token_embd); checked below
-    shapes = {n: tuple(int(x) for x in reversed(t.shape)) for n, t in raw.items()}
-    extra = sorted(set(raw) - set(table) - {head})
-    if extra:
-        raise ValueError(f"{path}: unexpected tensor(s) {extra} in {layout} layout")
-    _check_names_shapes({n: s for n, s in shapes.items() if n in table}, table, path)
-    for name, t in raw.items():
-        if t.tensor_type not in _GGUF_TYPES:
-            raise ValueError(
-                f"{path}: tensor {name}: unsupported type {t.tensor_type.name} "
-                f"(expected one of {sorted(x.name for x in _GGUF_TYPES)})"
-            )
 
-    def f32(name: str) -> np.ndarray:
-        t = raw[name]
-        try:
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
-            # copy: detaches from the memory map and gives C-contiguous float32
-            return np.array(data.reshape(table.get(name, shapes[name])), np.float32, order="C")
-        except Exception as e:  # noqa: BLE001 - any failure here means bad data
-            raise ValueError(f"{path}: cannot read tensor {name}: {e}") from None
-
-    layers = progress(range(config.n_layer), f"reading {path.name}")
-    tensors = from_layout(f32, config, layout, layers)
+def _parse_gguf(f: ModelFile) -> LoadedModel:
+    path = f.path
+    with open_gguf(f) as reader:
+        _check_metadata_types(reader, path)
+        raw = _gguf_infos(reader, f)
+        config = GPT2Config.from_gguf(reader, path)
+        _check_layer_count(config, len(raw), path)
+        layout = detect_layout(raw, path, among=GGUF_LAYOUTS)
+        table = layout_shapes(config, layout)
+        head = TIED_HEAD[layout]  # optional (llama.cpp writes a copy of token_embd)
+        extra = sorted(set(raw) - set(table) - {head})
+        if extra:
+            raise ValueError(f"{path}: unexpected tensor(s) {extra} in {layout} layout")
+        shapes = {n: t.shape for n, t in raw.items()}
+        _check_names_shapes({n: s for n, s in shapes.items() if n in table}, table, path)
+        for name, t in raw.items():
+            if _Q[t.kind] not in _GGUF_TYPES:
+                raise ValueError(
+                    f"{path}: tensor {name}: unsupported type {t.kind} "
+                    f"(expected one of {sorted(x.name for x in _GGUF_TYPES)})"
+                )
+            _check_n_bytes(t, path)
+        tokenizer = Tokenizer.from_gguf(reader, path)
+    tensors = FileTensors(config, layout, {n: t for n, t in raw.items() if n in table}, path)
     if head in raw:
         want = canonical_shapes(config)["wte"]
         if shapes[head] != want:
             raise ValueError(f"{path}: tensor {head}: expected shape {want}, found {shapes[head]}")
-        _check_tied(f32(head), tensors["wte"], head, path)
-
-    weights = GPT2Weights(config, tensors)
-    validate(weights, path)
-    tokenizer = Tokenizer.from_gguf(reader, path)
+        _check_tied(tensors, raw[head], None, head, path)
     _check_vocab(tokenizer, config, path)
-    return LoadedModel(config, weights, tokenizer, layout, path)
+    return LoadedModel(config, GPT2Weights(config, tensors), tokenizer, layout, path, [path])
+
+
+# metadata keys whose value type the readers rely on: key -> (GGUF type, array item type)
+_V = gguf.GGUFValueType
+_META_TYPES = {
+    "general.architecture": (_V.STRING, None),
+    "tokenizer.ggml.model": (_V.STRING, None),
+    "tokenizer.ggml.tokens": (_V.ARRAY, _V.STRING),
+    "tokenizer.ggml.merges": (_V.ARRAY, _V.STRING),
+    "tokenizer.ggml.token_type": (_V.ARRAY, "int"),
+}
+_INT_TYPES = {_V.UINT8, _V.INT8, _V.UINT16, _V.INT16, _V.UINT32, _V.INT32, _V.UINT64, _V.INT64}
+
+
+def _check_metadata_types(reader, path: Path) -> None:
+    """ValueError naming the key when a metadata value has another type than GGUF says."""
+    for key, (want, item) in _META_TYPES.items():
+        f = reader.get_field(key)
+        if f is None:
+            continue
+        types = list(f.types)
+        ok = bool(types) and types[0] == want
+        if ok and item is not None:
+            rest = types[1:]
+            ok = not rest or (rest[0] in _INT_TYPES if item == "int" else rest[0] == item)
+        if not ok:
+            got = "/".join(t.name for t in types) or "nothing"
+            wanted = want.name + (
+                f" of {item if isinstance(item, str) else item.name}" if item else ""
+            )
+            raise ValueError(f"{path}: metadata {key} is {got}, expected {wanted}")
+
+
+def _check_n_bytes(t: TensorInfo, path: Path) -> None:
+    """The byte size a tensor's type and shape need, against the header's."""
+    block, size = gguf.GGML_QUANT_SIZES[_Q[t.kind]]
+    n = math.prod(t.shape)
+    if t.shape and t.shape[-1] % block:
+        raise ValueError(
+            f"{path}: tensor {t.name}: rows of {t.shape[-1]} do not fill {t.kind} blocks"
+        )
+    if n // block * size != t.n_bytes:
+        raise ValueError(
+            f"{path}: tensor {t.name}: {t.kind} {t.shape} needs {n // block * size} bytes, "
+            f"the header says {t.n_bytes}"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,84 +476,185 @@ def load_gguf(path: str | Path) -> LoadedModel:
 
 
 def load_hf_folder(path: str | Path) -> LoadedModel:
-    """Read an HF GPT-2 snapshot: config.json, model.safetensors (or an index), tokenizer."""
+    """Index an HF GPT-2 snapshot: config.json, model.safetensors (or its shards and index,
+    or pytorch_model.bin), tokenizer."""
     folder = Path(path)
     config = GPT2Config.from_hf_config(folder / "config.json")
-    state, files = _read_safetensors(folder)
+    infos, files, arrays = _hf_tensor_infos(folder)
     source = files[0] if len(files) == 1 else folder
 
-    _check_layer_count(config, len(state), source)
-    tensors: dict[str, np.ndarray] = {}
+    _check_layer_count(config, len(infos), source)
+    canonical: dict[str, TensorInfo] = {}
     lm_head = None
-    for key, arr in state.items():
+    for key, info in infos.items():
         if is_hf_buffer(key):
             continue  # causal-mask buffers saved by old transformers; not parameters
         if is_tied_head(key, LAYOUT_HF):
-            lm_head = arr
+            lm_head = info
             continue
         try:
             name = to_canonical(key, LAYOUT_HF)
         except ValueError:
             name = key.removeprefix(HF_PREFIX)  # no GPT-2 name: reported as unexpected below
-        if name in tensors:
+        if name in canonical:
             raise ValueError(f"{source}: tensor {name} present with and without prefix")
-        if arr.dtype not in _HF_DTYPES:
+        if info.kind not in _ST_KINDS:
             raise ValueError(
-                f"{source}: tensor {key}: unsupported dtype {arr.dtype} "
-                "(expected float32, float16 or float64)"
+                f"{source}: tensor {key}: unsupported dtype {info.kind} "
+                "(expected F32, F16, BF16 or F64)"
             )
-        tensors[name] = arr
-    _check_names_shapes(tensors, expected_shapes(config), source)
-    tensors = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in tensors.items()}
+        canonical[name] = info
+    _check_names_shapes({n: i.shape for n, i in canonical.items()}, expected_shapes(config), source)
+    # stored under HF's names (with or without the prefix): index them by the stored name
+    # that names.stored_tensors gives (always prefixed)
+    by_stored = {HF_PREFIX + _hf_name(n): i for n, i in canonical.items()}
+    tensors = FileTensors(config, LAYOUT_HF, by_stored, source, arrays)
     if lm_head is not None:
         head = TIED_HEAD[LAYOUT_HF]
-        _check_tied(np.asarray(lm_head, np.float32), tensors["wte"], head, source)
-
-    weights = GPT2Weights(config, tensors)
-    validate(weights, source)
+        _check_tied(tensors, lm_head, arrays, head, source)
     tokenizer = None
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         tokenizer = Tokenizer.from_folder(folder)
     _check_vocab(tokenizer, config, folder)
-    return LoadedModel(config, weights, tokenizer, LAYOUT_HF, folder)
+    weights = GPT2Weights(config, tensors)
+    return LoadedModel(config, weights, tokenizer, LAYOUT_HF, folder, files)
 
 
-def _read_safetensors(folder: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
+def _hf_name(canonical: str) -> str:
+    return {"wte": "wte.weight", "wpe": "wpe.weight"}.get(canonical, canonical)
+
+
+def _hf_tensor_infos(
+    folder: Path,
+) -> tuple[dict[str, TensorInfo], list[Path], dict[str, np.ndarray] | None]:
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
-    if single.is_file():
+    torch_bin = folder / "pytorch_model.bin"
+    if single.exists():
         files = [single]
-    elif index.is_file():
-        files = [folder / f for f in _shard_names(index)]
+    elif index.exists():
+        files = [folder / f for f in shard_names(index)]
+    elif torch_bin.exists():
+        infos, arrays = _read_torch_bin(torch_bin)
+        return infos, [torch_bin], arrays
     else:
         raise ValueError(
-            f"{folder}: no model.safetensors (or model.safetensors.index.json); "
-            "only safetensors checkpoints are read"
+            f"{folder}: no model.safetensors, model.safetensors.index.json or "
+            "pytorch_model.bin: not a model folder"
         )
-    state: dict[str, np.ndarray] = {}
+    infos: dict[str, TensorInfo] = {}
     for f in files:
-        try:
-            part = load_safetensors(f.read_bytes())  # read, not mapped: see private_copy
-        except Exception as e:  # noqa: BLE001 - safetensors has its own error type
-            raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
-        dup = set(part) & set(state)
+        part = safetensors_infos(f)
+        dup = set(part) & set(infos)
         if dup:
             raise ValueError(f"{f}: tensor {min(dup)} also in another shard")
-        state.update(part)
-    return state, files
+        infos.update(part)
+    return infos, files, None
 
 
-def _shard_names(index: Path) -> list[str]:
+def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
+    """The tensor table of a safetensors file, every entry checked against its dtype, shape
+    and the file's size (nothing past the header is read)."""
+    with ModelFile(path) as f:
+        if f.size < 8:
+            raise ValueError(f"{path}: too short for a safetensors file ({f.size} bytes)")
+        (n,) = struct.unpack("<Q", f.pread(0, 8, "the header length"))
+        if n > min(f.size - 8, MAX_SAFETENSORS_HEADER):
+            raise ValueError(f"{path}: header length {n} does not fit the file ({f.size} bytes)")
+        try:
+            header = json.loads(f.pread(8, n, "the header").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(f"{path}: safetensors header is not valid JSON ({e})") from None
+        size = f.size
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    infos = {}
+    for name, e in header.items():
+        try:
+            dtype, shape, (begin, end) = e["dtype"], e["shape"], e["data_offsets"]
+            ok = (
+                isinstance(dtype, str)
+                and isinstance(shape, list)
+                and all(type(d) is int and d >= 0 for d in shape)
+                and type(begin) is int
+                and type(end) is int
+                and 0 <= begin <= end
+            )
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: bad safetensors entry for tensor {name}: {e!r:.200}")
+        if 8 + n + end > size:
+            raise ValueError(
+                f"{path}: truncated: tensor {name} ends at byte {8 + n + end}, file has {size}"
+            )
+        if dtype in _ST_KINDS:
+            need = math.prod(shape) * np.dtype(_FLOAT[dtype]).itemsize
+            if end - begin != need:
+                raise ValueError(
+                    f"{path}: tensor {name}: {dtype} {tuple(shape)} needs {need} bytes, "
+                    f"the header gives {end - begin}"
+                )
+        infos[name] = TensorInfo(name, path, 8 + n + begin, end - begin, dtype, tuple(shape))
+    return infos
+
+
+def shard_names(index: Path) -> list[str]:
     """The shard files named by a model.safetensors.index.json, checked."""
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        weight_map = json.loads(read_text(index))["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
     if not isinstance(weight_map, dict) or not all(
-        isinstance(v, str) and v and "/" not in v for v in weight_map.values()
+        isinstance(v, str) and v and "/" not in v and "\\" not in v and v not in (".", "..")
+        for v in weight_map.values()
     ):
-        raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
+        raise ValueError(
+            f"{index}: weight_map must map tensor names to shard file names in the same folder"
+        )
     return sorted(set(weight_map.values()))
+
+
+def _read_torch_bin(path: Path) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
+    """pytorch_model.bin through torch's safe loader (tensors only, no code run)."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"{path}: a PyTorch checkpoint needs torch (pip install torch), or convert it once "
+            'where torch is: `python -c "from transformers import GPT2LMHeadModel as M; '
+            "M.from_pretrained('FOLDER').save_pretrained('FOLDER', safe_serialization=True)\"`"
+        ) from None
+    ModelFile(path).close()  # a regular file, or refused before torch reads it
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types on bad files
+        raise ValueError(
+            f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict ({type(state).__name__})")
+    kinds = {
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float64: "F64",
+    }
+    infos, arrays = {}, {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{path}: entry {name!r} is not a tensor")
+        kind = kinds.get(t.dtype, str(t.dtype))
+        if kind == "BF16":
+            a = t.contiguous().view(torch.int16).numpy().view(np.uint16)
+        elif kind in _FLOAT:
+            a = t.contiguous().numpy()
+        else:
+            a = np.empty(0)
+        infos[name] = TensorInfo(name, path, 0, a.nbytes, kind, tuple(t.shape))
+        arrays[name] = a
+    return infos, arrays
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +662,7 @@ def _shard_names(index: Path) -> list[str]:
 
 
 def _check_names_shapes(
-    found: dict, expected: dict[str, tuple[int, ...]], source: str | Path
+    found: Mapping, expected: dict[str, tuple[int, ...]], source: str | Path
 ) -> None:
     """`found` maps name -> array or shape tuple."""
     missing = [n for n in expected if n not in found]
@@ -290,9 +691,30 @@ def _check_layer_count(config: GPT2Config, n_tensors: int, source: str | Path) -
         )
 
 
-def _check_tied(head: np.ndarray, wte: np.ndarray, name: str, source: str | Path) -> None:
-    if not np.array_equal(head, wte):
-        diff = float(np.max(np.abs(head - wte)))
+def _check_tied(
+    tensors: FileTensors,
+    head: TensorInfo,
+    arrays: Mapping[str, np.ndarray] | None,
+    name: str,
+    source: str | Path,
+) -> None:
+    """The file's copy of the output head must equal wte (bytes first, then values)."""
+    (wte_name,) = [s.name for s in tensors._parts["wte"]]
+    wte_info = tensors.infos[wte_name]
+    if arrays is not None:
+        head_data = arrays[head.name]
+    else:
+        head_data = head.read()
+    if wte_info.kind == head.kind and wte_info.n_bytes == head.n_bytes:
+        if np.array_equal(tensors.read_stored(wte_name).view(np.uint8), head_data.view(np.uint8)):
+            return
+    wte = tensors["wte"]
+    try:
+        head_f32 = to_f32(head.kind, head_data, head.shape)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{source}: cannot read tensor {name}: {e}") from None
+    if not np.array_equal(head_f32, wte):
+        diff = float(np.max(np.abs(head_f32 - wte)))
         raise ValueError(
             f"{source}: tensor {name} differs from the token embedding (max-abs {diff:.3g}); "
             "only tied output heads (GPT-2's) are supported"
@@ -305,3 +727,14 @@ def _check_vocab(tokenizer: Tokenizer | None, config: GPT2Config, source: str | 
             f"{source}: vocab mismatch: tokenizer has {tokenizer.vocab_size} tokens, "
             f"token embedding has {config.vocab_size} rows"
         )
+
+
+__all__ = [
+    "FileTensors",
+    "GPT2Weights",
+    "LoadedModel",
+    "TensorInfo",
+    "expected_shapes",
+    "load_model",
+    "validate",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import gguf
 import pytest
@@ -90,8 +91,9 @@ def test_from_hf_config_openai_style_dict():
             {"scale_attn_by_inverse_layer_idx": True},
             "unsupported scale_attn_by_inverse",
         ),
-        ({"rotary_dim": 64}, r"unknown GPT-2 config keys \['rotary_dim'\]"),
-        ({"model_type": "gptj"}, "model_type is 'gptj'"),
+        ({"model_type": "gptj"}, "model_type 'gptj' is not GPT-2"),
+        ({"model_type": "llama", "rope_theta": 1e4}, "model_type 'llama' is not GPT-2"),
+        ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon must be a positive float"),
         ({"n_head": 5}, r"n_embd \(64\) must be divisible by n_head \(5\)"),
         ({"n_ctx": 32}, r"n_ctx \(32\) differs from n_positions \(64\)"),
     ],
@@ -104,6 +106,39 @@ def test_from_hf_config_rejects(tmp_path, ruby_outputs, change, message):
     with pytest.raises(ValueError, match=message) as err:
         GPT2Config.from_hf_config(path)
     assert str(path) in str(err.value)
+
+
+def test_from_hf_config_ignores_unknown_keys(tmp_path, ruby_outputs, caplog):
+    """HF's convention: keys we do not use load, with a debug log that names them."""
+    d = json.loads((ruby_outputs / "model_a_hf" / "config.json").read_text())
+    base = GPT2Config.from_hf_config(d)
+    d["rotary_dim"] = 64
+    with caplog.at_level("DEBUG", logger="gpt2.config"):
+        assert GPT2Config.from_hf_config(d) == base
+    assert "rotary_dim" in caplog.text
+
+
+def test_from_hf_config_deeply_nested(tmp_path):
+    """Issue 15 item 5: a RecursionError before; a ValueError naming the file now."""
+    path = tmp_path / "config.json"
+    path.write_text('{"x": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ValueError, match="nested too deeply") as err:
+        GPT2Config.from_hf_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_from_hf_config_fifo_and_device(tmp_path):
+    """Issue 15 item 2: a FIFO as config.json hung; /dev/zero was read without bound."""
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "config.json")
+    with pytest.raises(ValueError, match="not a regular file"):
+        GPT2Config.from_hf_config(fifo)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "config.json").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="not a regular file"):
+        GPT2Config.from_hf_config(dev)
 
 
 def test_from_hf_config_missing_or_broken_file(tmp_path):

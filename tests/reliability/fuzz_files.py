@@ -4,13 +4,17 @@ Run as a child (tests/reliability/test_fuzz.py does it):
 ``python -m tests.reliability.fuzz_files --repro FILE --examples N --seed S --kind K
 --gguf-ruby A --gguf-llama B --hf-dir C``.
 
-kind "gguf": a tiny model's GGUF file (either layout) with 1-4 mutations: truncated at a
+kind "gguf": a tiny model's GGUF file (either layout) with 1-4 mutations: metadata value
+types swapped for other GGUF types (type confusion), a hole of 1-4 GiB after the data (a
+sparse file: only what the header declares may be read), truncated at a
 random offset (anywhere, or inside the header), bytes flipped in the header, metadata or
 tensor-info region, or one structural field (tensor and key counts, string and array
 lengths, value types, tensor dims, n_dims, ggml types, data offsets) overwritten with an
 interesting value of its width (0, 1, max, 2^(w-1), small, just-invalid type ids).
 
-kind "hf": a copy of the tiny model's HF folder with 1-4 mutations: a file removed,
+kind "hf": a copy of the tiny model's HF folder with 1-4 mutations: config.json, the
+safetensors file or its index replaced by a FIFO, a link to /dev/zero or a folder (refused
+before reading, never a hang), a hole after the safetensors data, a file removed,
 config.json keys set to contradictory or absurd values (zero, negative, 10^9, 2^63,
 strings, lists), config.json replaced by garbage, the safetensors header length, JSON
 (dtype, shape, data offsets, entries removed or duplicated) or bytes mutated, the file
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import struct
@@ -73,6 +78,16 @@ def gguf_positions(path: Path) -> tuple[list[tuple[int, int]], list[tuple[int, i
     for name, f in r.fields.items():
         if name.startswith(("gpt2.", "GGUF.")) and f.parts[-1].dtype.kind in "ui":
             hyper.append((f.offset + sum(p.nbytes for p in f.parts[:-1]), f.parts[-1].itemsize))
+    for f in r.fields.values():  # value types (and array item types): type confusion
+        if len(f.parts) >= 3 and f.parts[2].dtype == np.uint32:
+            pos = f.offset + f.parts[0].nbytes + f.parts[1].nbytes
+            TYPE_POSITIONS.setdefault(str(path), []).append(pos)
+            if (
+                len(f.parts) >= 4
+                and f.parts[3].dtype == np.uint32
+                and f.types[:1] == [gguf.GGUFValueType.ARRAY]
+            ):
+                TYPE_POSITIONS[str(path)].append(pos + 4)
     fields = list(r.fields.values()) + [t.field for t in r.tensors]
     for f in fields:
         pos = f.offset
@@ -85,18 +100,27 @@ def gguf_positions(path: Path) -> tuple[list[tuple[int, int]], list[tuple[int, i
     return sorted(set(out)), hyper
 
 
+TYPE_POSITIONS: dict[str, list[int]] = {}  # file -> byte offsets of metadata value types
+
+
 def interesting(width: int, c: int) -> int:
     top = (1 << (8 * width)) - 1
     values = [0, 1, 2, 3, top, top - 1, 1 << (8 * width - 1), 13, 14, 31, 39, 1000, 7, 10**8]
     return values[c % len(values)] & top
 
 
-def mutate_gguf(data: bytes, header_end: int, positions, muts) -> bytes:
+def mutate_gguf(data: bytes, header_end: int, positions, muts, types=()) -> bytes:
     b = bytearray(data)
     for kind, x, y in muts:
         if not b:
             break
-        if kind == "trunc":
+        if kind == "hole":
+            continue  # applied to the written file (apply_holes)
+        if kind == "retype" and types:  # a value stored as another GGUF type than expected
+            pos = types[x % len(types)]
+            if pos + 4 <= len(b):
+                b[pos : pos + 4] = (y % 14).to_bytes(4, "little")
+        elif kind == "trunc":
             end = x % (header_end + 64) if y % 2 else x % len(b)
             del b[end:]
         elif kind == "flip":
@@ -111,8 +135,15 @@ def mutate_gguf(data: bytes, header_end: int, positions, muts) -> bytes:
     return bytes(b)
 
 
+def apply_holes(path: Path, muts) -> None:
+    """A sparse file: the model followed by a hole of 1-4 GiB (no disk, no memory)."""
+    for kind, x, _ in muts:
+        if kind == "hole" and path.is_file():
+            os.truncate(path, path.stat().st_size + (x % 4 + 1) * 2**30)
+
+
 GGUF_MUT = st.tuples(
-    st.sampled_from(["trunc", "flip", "set", "set", "flip"]),
+    st.sampled_from(["trunc", "flip", "set", "set", "flip", "retype", "hole"]),
     st.integers(0, 2**32),
     st.integers(0, 2**16),
 )
@@ -153,7 +184,8 @@ def join_st(header: dict, body: bytes) -> bytes:
 def mutate_hf(folder: Path, muts) -> None:
     st_path = folder / "model.safetensors"
     cfg_path = folder / "config.json"
-    for kind, x, y in muts:
+    # non-regular files last: the other mutations write files and would block on a FIFO
+    for kind, x, y in sorted(muts, key=lambda m: m[0] == "nonreg"):
         if kind == "rm":
             p = folder / ["config.json", "model.safetensors", "tokenizer.json"][x % 3]
             p.unlink(missing_ok=True)
@@ -165,6 +197,17 @@ def mutate_hf(folder: Path, muts) -> None:
             if isinstance(cfg, dict):
                 cfg[CFG_KEYS[x % len(CFG_KEYS)]] = CFG_VALUES[y % len(CFG_VALUES)]
             cfg_path.write_text(json.dumps(cfg))
+        elif kind == "nonreg":  # a FIFO, a link to /dev/zero or a folder in a file's place
+            p = folder / ["config.json", "model.safetensors", "model.safetensors.index.json"][x % 3]
+            p.unlink(missing_ok=True)
+            if y % 3 == 0:
+                os.mkfifo(p)
+            elif y % 3 == 1:
+                p.symlink_to("/dev/zero")
+            else:
+                p.mkdir()
+        elif kind == "hole":
+            apply_holes(st_path, [("hole", x, y)])
         elif kind == "cfg_raw":
             garbage = [b"", b"[1, 2]", b"{", b"null", b"\xff\xfe{}", b'{"n_layer": 1e999}', b"7"]
             cfg_path.write_bytes(garbage[x % len(garbage)])
@@ -262,6 +305,8 @@ HF_MUT = st.tuples(
             "nan",
             "index",
             "tok",
+            "nonreg",
+            "hole",
         ]
     ),
     st.integers(0, 2**32),
@@ -303,6 +348,7 @@ def try_load(path: Path, outcomes: Counter) -> None:
     signal.alarm(CASE_SECONDS)
     try:
         m = load_model(path)
+        validate(m.weights, m.path)  # tensors stream from the file: bad data shows here
     except ACCEPTED as e:
         outcomes[type(e).__name__] += 1
         return
@@ -344,7 +390,10 @@ def main() -> int:
         @given(st.integers(0, 1), st.lists(GGUF_MUT, min_size=1, max_size=4))
         def example(which: int, muts) -> None:
             src, data, header_end, positions = bases[which]
-            target.write_bytes(mutate_gguf(data, header_end, positions, muts))
+            target.write_bytes(
+                mutate_gguf(data, header_end, positions, muts, TYPE_POSITIONS.get(str(src), ()))
+            )
+            apply_holes(target, muts)
             repro.write(
                 f"# files fuzz, seed {a.seed}, example {outcomes.total()}\n"
                 f"base={src}\nmutations={muts!r}\nfile={target}\n"

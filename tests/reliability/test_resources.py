@@ -178,7 +178,7 @@ for i in range(100):
 @pytest.mark.parametrize("kind", ["gguf", "hf"])
 def test_model_file_truncated_while_loading(tiny_model, tmp_path, kind):
     # gguf and safetensors map the files they parse; the loader gives them a
-    # private copy (gpt2/private_copy.py): a cut mid-load is a ValueError, not SIGBUS
+    # plain reads (gpt2/files.py): a cut mid-load is a ValueError, not SIGBUS
     src, inner = {
         "gguf": (tiny_model.gguf_llama, ""),
         "hf": (tiny_model.hf_dir, "model.safetensors"),
