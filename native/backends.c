@@ -96,14 +96,17 @@ static bool load_best_cpu(char *reason, size_t reason_size) {
 
 bool ensure_cpu_backend(const char *func) {
     pthread_mutex_lock(&backend_lock);
+    log_hold();
     route_ggml_log();
-    if (!cpu_loaded) {
+    bool loaded = cpu_loaded;
+    if (!loaded) {
         char reason[600];
-        cpu_loaded = load_best_cpu(reason, sizeof reason);
-        if (!cpu_loaded) fail(TNN_EBACKEND, func, "%s", reason);
+        loaded = cpu_loaded = load_best_cpu(reason, sizeof reason);
+        if (!loaded) fail(TNN_EBACKEND, func, "%s", reason);
     }
     pthread_mutex_unlock(&backend_lock);
-    return cpu_loaded;
+    log_release();
+    return loaded;
 }
 
 static ggml_backend_dev_t cuda_device(void) {
@@ -122,6 +125,7 @@ static ggml_backend_dev_t cuda_device(void) {
 ggml_backend_dev_t ensure_cuda_backend(const char *func) {
     if (!ensure_cpu_backend(func)) return NULL;
     pthread_mutex_lock(&backend_lock);
+    log_hold();
     if (!cuda_tried) {
         cuda_tried = true;
         prefer_strict_f32_gemm(); /* before the module loads cuBLAS */
@@ -132,6 +136,7 @@ ggml_backend_dev_t ensure_cuda_backend(const char *func) {
     }
     ggml_backend_dev_t dev = cuda_device();
     pthread_mutex_unlock(&backend_lock);
+    log_release();
     if (!dev) fail(TNN_EBACKEND, func, "CUDA is not available: %s", cuda_reason);
     return dev;
 }

@@ -1,7 +1,11 @@
 /* session.c - sessions: the registry of live ones, new / fork / free, CPU
  * threads and device memory. */
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tinynn_internal.h"
@@ -50,19 +54,77 @@ bool registry_has(const tnn_session *s) {
 
 /* ---- threads ------------------------------------------------------------------ */
 
-static int default_threads(void) {
+static long online_cores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) n = 1;
+    return n < 1 ? 1 : n;
+}
+
+static int default_threads(void) {
+    long n = online_cores();
     return n > 8 ? 8 : (int)n;
 }
 
 /* The CPU backend is a module: its thread setter is found through the registry. */
-static void apply_threads(ggml_backend_t cpu, int n) {
-    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(cpu));
+static void apply_threads(tnn_session *s, int n) {
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(s->cpu_backend));
     ggml_backend_set_n_threads_t set =
         (ggml_backend_set_n_threads_t)ggml_backend_reg_get_proc_address(reg,
                                                                         "ggml_backend_set_n_threads");
-    if (set) set(cpu, n);
+    if (set) set(s->cpu_backend, n);
+    s->threads_applied = n;
+}
+
+/* ---- a busy machine -------------------------------------------------------------
+ * ggml's CPU threads meet at a barrier after every op, and wait there spinning. A
+ * thread the kernel takes off its core for another process leaves its partners
+ * spinning for that process's whole time slice, at every op: with one busy
+ * neighbour on a 2-core machine decoding ran 17-100x slower. ggml's thread-pool
+ * polling setting does not reach those barriers (only the wait between graphs).
+ * So, unless the caller fixed the count (tnn_set_n_threads), a compute uses at most
+ * the cores that no other runnable task wants: online cores minus the runnable
+ * tasks besides this thread (Linux's /proc/loadavg, fourth field "runnable/total",
+ * read at most every BUSY_READ_NS). Elsewhere, or unreadable: n_threads. */
+#define BUSY_READ_NS 20000000LL /* 20 ms */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Runnable tasks on the machine besides the caller; -1 when unknown. */
+static int other_runnable_tasks(void) {
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    double l1, l5, l15;
+    int running = 0, total = 0;
+    if (sscanf(buf, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) != 5) return -1;
+    return running > 0 ? running - 1 : 0;
+}
+
+static _Atomic int64_t busy_read_at = 0;
+static _Atomic int busy_others = -1;
+
+void adapt_threads(tnn_session *s) {
+    int n = s->n_threads;
+    if (!s->threads_fixed && n > 1) {
+        int64_t t = now_ns();
+        if (t - atomic_load(&busy_read_at) > BUSY_READ_NS) {
+            atomic_store(&busy_others, other_runnable_tasks());
+            atomic_store(&busy_read_at, t);
+        }
+        int others = atomic_load(&busy_others);
+        if (others >= 0) {
+            int free_cores = (int)online_cores() - others;
+            if (free_cores < n) n = free_cores < 1 ? 1 : free_cores;
+        }
+    }
+    if (n != s->threads_applied) apply_threads(s, n);
 }
 
 /* ---- life and death ----------------------------------------------------------- */
@@ -100,6 +162,7 @@ static tnn_session *session_create(bool cuda, tnn_session *root, const char *fun
     s->root = root ? root : s;
     s->is_cuda = cuda;
     s->n_threads = root ? root->n_threads : default_threads();
+    s->threads_fixed = root ? root->threads_fixed : false;
     s->cpu_backend = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, NULL);
     s->backend = cuda ? ggml_backend_dev_init(gpu, NULL) : s->cpu_backend;
     if (!s->cpu_backend || !s->backend) {
@@ -107,7 +170,7 @@ static tnn_session *session_create(bool cuda, tnn_session *root, const char *fun
         session_destroy(s);
         return NULL;
     }
-    apply_threads(s->cpu_backend, s->n_threads);
+    apply_threads(s, s->n_threads);
 
     s->ctx = new_compute_ctx();
     if (!s->ctx || !new_graph(s)) {
@@ -176,7 +239,8 @@ int tnn_set_n_threads(tnn_session *sess, int n_threads) {
         return fail(TNN_EINVAL, __func__, "n_threads=%d, expected 1..512", n_threads);
     }
     sess->n_threads = n_threads;
-    apply_threads(sess->cpu_backend, n_threads);
+    sess->threads_fixed = true;
+    apply_threads(sess, n_threads);
     return TNN_OK;
 }
 

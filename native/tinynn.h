@@ -113,7 +113,11 @@ TNN_API void tnn_session_free(tnn_session *sess);
 /* "cpu" or "cuda": the backend that computes this session's graphs. */
 TNN_API const char *tnn_backend_name(tnn_session *sess);
 
-/* Threads used by the CPU backend (default: the machine's cores, at most 8). */
+/* Threads used by the CPU backend. Default: the machine's cores, at most 8, and
+ * at each compute no more than the cores other runnable tasks leave free (ggml's
+ * threads spin at every op's barrier, so a busy neighbour would stall them).
+ * tnn_set_n_threads fixes the count (forks made later inherit it); get returns the
+ * most a compute uses. */
 TNN_API int tnn_set_n_threads(tnn_session *sess, int n_threads);
 TNN_API int tnn_get_n_threads(tnn_session *sess);
 

@@ -62,7 +62,9 @@ struct tnn_session {
     ggml_backend_t cpu_backend; /* the scheduler's fallback (== backend on CPU) */
     ggml_backend_sched_t sched; /* made by tnn_realize, sized to the graph */
     int sched_graph_size;
-    int n_threads;
+    int n_threads;       /* threads a compute may use at most */
+    bool threads_fixed;  /* set by tnn_set_n_threads: exactly n_threads, always */
+    int threads_applied; /* what the CPU backend was last given */
 
     struct ggml_context *ctx_w; /* persistent tensors (root only) */
     ggml_backend_buffer_t weights_buf;
@@ -100,6 +102,13 @@ int fail(int code, const char *func, const char *fmt, ...) __attribute__((format
  * callback was already set. */
 void route_ggml_log(void);
 
+/* Around code that holds a shim lock and may make ggml log: log_hold() after
+ * locking, log_release() after unlocking. Lines logged in between wait (per
+ * thread) and are delivered by the outermost log_release(), so the log
+ * callback never runs while a lock is held and may call back into the shim. */
+void log_hold(void);
+void log_release(void);
+
 /* ---- backends.c ------------------------------------------------------------ */
 
 /* Load the backend modules once; false / NULL with the reason in
@@ -111,6 +120,9 @@ ggml_backend_dev_t ensure_cuda_backend(const char *func);
 
 /* Whether s is a live session (freed or foreign pointers are not). */
 bool registry_has(const tnn_session *s);
+
+/* Before a compute: the CPU threads it may use (see session.c, "a busy machine"). */
+void adapt_threads(tnn_session *s);
 
 #define CHECK_SESS(sess, ret)                                                                  \
     do {                                                                                       \

@@ -158,6 +158,7 @@ int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data, int64
     } else if (n_in > 0) {
         ggml_backend_tensor_set(in, in_data, 0, n_in);
     }
+    adapt_threads(sess);
     enum ggml_status status = ggml_backend_sched_graph_compute_async(sess->sched, sess->graph);
     if (status == GGML_STATUS_SUCCESS && async_out) {
         ggml_backend_tensor_get_async(sess->backend, out, stage ? stage + out_at : out_data, 0, n_out);

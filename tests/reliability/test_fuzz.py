@@ -22,6 +22,7 @@ GGUF = (200, 3_000)
 HF = (150, 1_500)
 ENGINES = (40, 1_000)
 GRAPHS = (100, 2_000)
+INTS = (300, 5_000)
 TIMEOUT = 1800 if LONG else 120
 
 
@@ -87,4 +88,18 @@ def test_fuzz_graphs(seed, tmp_path):
         TIMEOUT,
     )
     assert s["examples"] > 0 and s["results"] > 100 * s["examples"]
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_integer_ranges(seed, tmp_path):
+    """Integers at and past int32/int64, bools, floats: refused, never wrapped."""
+    s = run_family(
+        "fuzz_ints",
+        ["--examples", str(examples(*INTS)), "--seed", str(seed)],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )
+    assert s["examples"] > 0 and s.get("ValueError", 0) + s.get("TypeError", 0) > 0
     _report(s)
