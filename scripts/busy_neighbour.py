@@ -52,7 +52,8 @@ def run_embedded(threads: str) -> float:
 def run_small_q8(threads: str, tmp: Path) -> dict:
     out = tmp / f"bench_{threads}.json"
     cmd = [sys.executable, "-m", "gpt2.bench", "--device", "cpu", "--shapes", "gpt2",
-           "--dtypes", "q8_0", "--workloads", "decode", "--no-hf", "--new-tokens", "16", "--json", str(out)]  # fmt: skip
+           "--dtypes", "q8_0", "--workloads", "decode", "--no-hf", "--new-tokens", "16",
+           "--json", str(out)]  # fmt: skip
     if threads != "auto":
         cmd += ["--threads", threads]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800)

@@ -477,7 +477,8 @@ def test_kv_write_with_cpy_into_view(device):
             s.realize(out)
             x.upload(rows[p : p + 1])
             s.compute()
-            assert_close(out.download(), rows[p : p + 1] * 2.0, F32_TOL, f"{device} result at p={p}")
+            want = rows[p : p + 1] * 2.0  # [1, d]: the input's shape
+            assert_close(out.download(), want, F32_TOL, f"{device} result at p={p}")
         cache = k.download()
     want = np.zeros((max_t, d))
     want[:4] = rows
