@@ -199,7 +199,7 @@ class GPT2Model:
 def load(
     path: str | Path | None = None,
     device: str = "auto",
-    dtype: str = "f32",
+    dtype: str = "auto",
     *,
     engine: str = "fast",
     n_ctx: int | None = None,
@@ -224,7 +224,7 @@ def load(
         loaded.weights,
         engine,
         device,
-        dtype,
+        loaded.weights.dtype_for(dtype, engine),  # "auto": the file's own type
         n_ctx=n_ctx,
         n_slots=n_slots,
         n_threads=n_threads,

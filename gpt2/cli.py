@@ -507,7 +507,7 @@ def _model_device_dtype(p: argparse.ArgumentParser) -> None:
         help="GGUF file, HF folder or hub id; None = the embedded model",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when usable")
-    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="f32", help="weight type")
+    p.add_argument("--dtype", choices=("auto", *WEIGHT_DTYPES), default="auto", help="weight type")
     _threads(p)
 
 
