@@ -77,7 +77,7 @@ class GPT2Model:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
-            return self.tokenizer.encode(prompt)
+            return self.tokenizer.encode(prompt, max_tokens=self.engine.max_positions)
         if isinstance(prompt, (bytes, dict)) or not isinstance(prompt, Sequence):
             raise TypeError(f"prompt must be a str or a list of token ids, got {prompt!r:.60}")
         return list(prompt)

@@ -280,5 +280,6 @@ def stream_text(
 ) -> Iterator[str]:
     """Yields pieces of the continuation's text as tokens arrive, ending at
     end-of-text or before the first stop string."""
-    member = Member(engine, tokenizer, tokenizer.encode(prompt), params, tokenizer.eos_id)
+    ids = tokenizer.encode(prompt, max_tokens=engine.max_positions)  # stops early when too long
+    member = Member(engine, tokenizer, ids, params, tokenizer.eos_id)
     return completion_pieces(engine, member, timings)
