@@ -287,7 +287,10 @@ def _check_depth(spec: object, path: Path) -> None:
 def _check_normalizer(normalizer: object, path: Path) -> None:
     """At most MAX_NORMALIZER_STEPS steps, and Replace steps that cannot grow the
     text more than MAX_NORMALIZER_GROWTH times (each may multiply it by its
-    content's length: nested Replaces abort the process on a failed allocation)."""
+    content's length: nested Replaces abort the process on a failed allocation).
+    A pattern that can match the empty string (String "", a regex such as "a*" or
+    "(?=a)") inserts the content between every two characters, a growth of its length
+    plus one; any regex is counted so, since which ones match nothing is not decided here."""
     steps, growth = 0, 1
     stack = [normalizer]
     while stack:
@@ -306,7 +309,12 @@ def _check_normalizer(normalizer: object, path: Path) -> None:
             stack.extend(inner)
         elif n.get("type") == "Replace":
             content = n.get("content")
-            growth *= max(1, len(content) if isinstance(content, str) else 1)
+            size = len(content) if isinstance(content, str) else 1
+            pattern = n.get("pattern")
+            literal = pattern.get("String") if isinstance(pattern, dict) else None
+            if size and not (isinstance(literal, str) and literal):
+                size += 1  # an empty match: the content between every two characters
+            growth *= max(1, size)
             if growth > MAX_NORMALIZER_GROWTH:
                 raise ValueError(
                     f"{path}: its Replace normalizers can grow a text {growth}x "

@@ -1,6 +1,6 @@
 """The fuzz families, each in a child process (see child.py and the fuzz_*.py modules).
 
-Bounded in the default run (a few hundred cases, about 20 s in all); `make fuzz` sets
+Bounded in the default run (a few hundred cases, about 25 s in all); `make fuzz` sets
 TINYNN_FUZZ_LONG=1 for the long run: more examples per child and several seeds. Each
 test asserts the child's exit code is 0 (on failure it prints the reproducer) and prints
 the child's SUMMARY line, which docs/RELIABILITY.md records.
@@ -23,6 +23,7 @@ HF = (150, 1_500)
 ENGINES = (40, 1_000)
 GRAPHS = (100, 2_000)
 INTS = (300, 5_000)
+TOKENIZERS = (150, 3_000)
 TIMEOUT = 1800 if LONG else 120
 
 
@@ -102,4 +103,25 @@ def test_fuzz_integer_ranges(seed, tmp_path):
         TIMEOUT,
     )
     assert s["examples"] > 0 and s.get("ValueError", 0) + s.get("TypeError", 0) > 0
+    _report(s)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_tokenizer_bombs(seed, tmp_path, tiny_model):
+    """tokenizer.json files built from the shapes that aborted or hung `tokenizers`: each
+    loads and encodes within the case's time and the child's memory, or is a ValueError
+    naming the file."""
+    s = run_family(
+        "fuzz_tokenizers",
+        [
+            "--examples", str(examples(*TOKENIZERS)),
+            "--seed", str(seed),
+            "--hf-dir", str(tiny_model.hf_dir),
+        ],
+        tmp_path / "repro.txt",
+        TIMEOUT,
+    )  # fmt: skip
+    o = s["outcomes"]
+    assert o.get("refused at load", 0) > 0 and o.get("loaded and encoded", 0) > 0
     _report(s)

@@ -59,6 +59,29 @@ except ValueError as e:
     assert "REFUSED" in proc.stdout and f"at most {MAX_NORMALIZER_GROWTH}x" in proc.stdout
 
 
+@pytest.mark.parametrize("pattern", [{"String": ""}, {"Regex": ""}, {"Regex": "b*"}])
+def test_replace_steps_with_an_empty_match_are_refused(tmp_path, tiny_model, pattern):
+    """Found by the tokenizer-bombs fuzz family: a pattern that matches the empty string
+    inserts its content between every two characters, so 18 Replace steps of content "a"
+    grew a text 2**18 times (a hang, then an abort) while the bound counted 1x."""
+
+    def bomb(spec):
+        step = {"type": "Replace", "pattern": pattern, "content": "a"}
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [step] * 18}
+
+    folder = _folder(tmp_path, tiny_model, bomb)
+    code = f"""
+from gpt2.tokenizer import Tokenizer
+try:
+    Tokenizer.from_folder({str(folder)!r}).encode("x" * 2000)
+except ValueError as e:
+    print("REFUSED", e)
+"""
+    proc = _in_child(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REFUSED" in proc.stdout and f"at most {MAX_NORMALIZER_GROWTH}x" in proc.stdout
+
+
 def test_a_small_replace_normalizer_still_loads(tmp_path, tiny_model):
     def one(spec):
         spec["normalizer"] = {"type": "Replace", "pattern": {"String": "x"}, "content": "yy"}
