@@ -397,6 +397,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch.compile backend for --hf-compiled (eager: no compiler, for tests)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument(
+        "--fused-decode",
+        action="store_true",
+        help="decode in our own CUDA kernels where they run, ggml's graphs beside them",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
@@ -421,7 +426,13 @@ def run(args: argparse.Namespace) -> int:
 
             # each engine sized as a user would for its workload: one sequence, or the batch
             engine = functools.partial(
-                FastGPT2, weights, args.device, dtype, n_ctx=1024, n_threads=args.threads
+                FastGPT2,
+                weights,
+                args.device,
+                dtype,
+                n_ctx=1024,
+                n_threads=args.threads,
+                fused_decode=None if args.fused_decode else False,
             )
 
             if decode or "prefill" in wl or "generate" in wl:

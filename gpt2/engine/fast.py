@@ -45,9 +45,10 @@ class FastGPT2(SlotEngine):
     cache of n_ctx positions). ``exact_attention`` and ``pad_prefill``
     default to on for f32 weights on CUDA and off elsewhere; True or False
     forces them, on any device. ``fused_decode``: decode steps in our own CUDA
-    kernels (native/cuda, tinynn.Decoder) instead of ggml graphs; None (default)
-    uses them where they run (CUDA, f16 or q8_0 weights, an sm_90 GPU) and logs
-    why not elsewhere, True requires them, False keeps ggml's graphs.
+    kernels (native/cuda, tinynn.Decoder) instead of ggml graphs, where they run
+    (CUDA, f16 or q8_0 weights, an sm_90 GPU). Off by default until a GPU run has
+    measured them (bench/NOTES.md); True asks for them (an error where they
+    cannot run), None uses them where they run and logs why not elsewhere.
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class FastGPT2(SlotEngine):
         n_threads: int | None = None,
         exact_attention: bool | None = None,
         pad_prefill: bool | None = None,
-        fused_decode: bool | None = None,
+        fused_decode: bool | None = False,
     ):
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
