@@ -79,6 +79,7 @@ asan: $(INSTALLED) $(GGML) ## build with AddressSanitizer + UBSan and run the na
 		-DTINYNN_CPU_ALL_VARIANTS=OFF
 	cmake --build build/asan -j $(JOBS)
 	TINYNN_LIB=$(CURDIR)/build/asan/lib/libtinynn.so ASAN_OPTIONS=detect_leaks=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		PYTHONPATH=$(CURDIR) $(PY) -m pytest tests/native tests/tinynn -q -p no:cacheprovider
 

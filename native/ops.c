@@ -252,6 +252,14 @@ static bool check_view(const struct ggml_tensor *a, const int64_t ne[4], const i
     return true;
 }
 
+/* nb1 * ne1 (the strides of the axes a 2-d or 3-d view leaves at size 1) without signed
+ * overflow, which is undefined: a product past int64 is INT64_MAX. check_view multiplies
+ * such a stride by (size - 1) = 0, and refuses a view whose own strides overflow. */
+static int64_t stride_product(int64_t nb, int64_t ne) {
+    int64_t r;
+    return __builtin_mul_overflow(nb, ne, &r) ? INT64_MAX : r;
+}
+
 tnn_tensor *tnn_view_1d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t offset) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
@@ -266,7 +274,8 @@ tnn_tensor *tnn_view_2d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t n
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
     int64_t ne[4] = {ne0, ne1, 1, 1};
-    int64_t nb[4] = {(int64_t)ggml_type_size(a->type), nb1, nb1 * ne1, nb1 * ne1};
+    int64_t nb12 = stride_product(nb1, ne1);
+    int64_t nb[4] = {(int64_t)ggml_type_size(a->type), nb1, nb12, nb12};
     if (!check_view(a, ne, nb, offset, __func__)) return NULL;
     return ggml_view_2d(sess->ctx, a, ne0, ne1, (size_t)nb1, (size_t)offset);
 }
@@ -276,7 +285,7 @@ tnn_tensor *tnn_view_3d(tnn_session *sess, tnn_tensor *a, int64_t ne0, int64_t n
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
     int64_t ne[4] = {ne0, ne1, ne2, 1};
-    int64_t nb[4] = {(int64_t)ggml_type_size(a->type), nb1, nb2, nb2 * ne2};
+    int64_t nb[4] = {(int64_t)ggml_type_size(a->type), nb1, nb2, stride_product(nb2, ne2)};
     if (!check_view(a, ne, nb, offset, __func__)) return NULL;
     return ggml_view_3d(sess->ctx, a, ne0, ne1, ne2, (size_t)nb1, (size_t)nb2, (size_t)offset);
 }

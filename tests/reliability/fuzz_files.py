@@ -184,8 +184,10 @@ def join_st(header: dict, body: bytes) -> bytes:
 def mutate_hf(folder: Path, muts) -> None:
     st_path = folder / "model.safetensors"
     cfg_path = folder / "config.json"
-    # non-regular files last: the other mutations write files and would block on a FIFO
-    for kind, x, y in sorted(muts, key=lambda m: m[0] == "nonreg"):
+    # holes, then non-regular files, last: the other mutations read the safetensors file
+    # whole (a 4 GiB hole is a MemoryError under the child's RLIMIT_AS) and write files
+    # (they would block on a FIFO)
+    for kind, x, y in sorted(muts, key=lambda m: {"hole": 1, "nonreg": 2}.get(m[0], 0)):
         if kind == "rm":
             p = folder / ["config.json", "model.safetensors", "tokenizer.json"][x % 3]
             p.unlink(missing_ok=True)
@@ -199,6 +201,8 @@ def mutate_hf(folder: Path, muts) -> None:
             cfg_path.write_text(json.dumps(cfg))
         elif kind == "nonreg":  # a FIFO, a link to /dev/zero or a folder in a file's place
             p = folder / ["config.json", "model.safetensors", "model.safetensors.index.json"][x % 3]
+            if p.is_dir() and not p.is_symlink():  # an earlier nonreg made it a folder
+                p.rmdir()
             p.unlink(missing_ok=True)
             if y % 3 == 0:
                 os.mkfifo(p)

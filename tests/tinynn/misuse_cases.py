@@ -104,6 +104,20 @@ def view_3d_past_the_end():
         s.view_3d(s.input_typed("f32", [4, 3, 2]), 4, 3, 2, 16, 48, 4)
 
 
+@case(TinyNNError, "reaches byte")
+def view_2d_stride_product_past_int64():
+    """nb1 * ne1 (the stride of the unused axes) overflowed int64 before the check:
+    undefined behaviour, reported by UBSan (the integer-ranges fuzz family found it)."""
+    with Session() as s:
+        s.view_2d(s.input_typed("f32", [8, 4]), 4, 2**62, 2**62, 0)
+
+
+@case(TinyNNError, "reaches byte")
+def view_3d_stride_product_past_int64():
+    with Session() as s:
+        s.view_3d(s.input_typed("f32", [4, 3, 2]), 4, 3, 2**62, 16, 2**62, 0)
+
+
 @case(TinyNNError, "offset=-4 is negative")
 def view_negative_offset():
     with Session() as s:
