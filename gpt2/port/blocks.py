@@ -103,13 +103,22 @@ class PortEngine(SlotEngine):
     on the host (the original engines download logits)."""
 
     DEVICE = "cpu"
-    sess: Session | None
-    realized: bool
     d_model: int
     d_ff: int
     n_heads: int
     n_layers: int
     vocab_size: int
+
+    def __init__(
+        self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
+    ):
+        self._init_slots(n_slots, "engine")
+        self.sess: Session | None = None
+        self.gelu = check_gelu(gelu)
+        self.n_threads = n_threads
+        self.realized = False
+        self.d_model = self.d_ff = self.n_heads = self.d_head = 0
+        self.n_layers = self.vocab_size = 0
 
     @property
     def device(self) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, check_gelu, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, upload_row_major
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
@@ -40,13 +40,8 @@ class GPT2FullForwardFFICache(PortEngine):
     def __init__(
         self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
     ):
-        self._init_slots(n_slots, "engine")
-        self.sess: Session | None = None
-        self.gelu = check_gelu(gelu)
-        self.n_threads = n_threads
-        self.realized = False
-        self.t_seq = self.t_graph = self.d_model = self.d_ff = self.n_heads = 0
-        self.d_head = self.n_layers = self.vocab_size = 0
+        super().__init__(n_threads, gelu, n_slots)
+        self.t_seq = self.t_graph = 0
         self.gpt2_blocks_ffi: list[GPT2BlockFFI] = []
         self._slot_ids: dict[int, list[int]] = {}  # the ids so far of each slot's sequence
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, check_gelu, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, upload_row_major
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
@@ -53,13 +53,8 @@ class GPT2KVFFICache(PortEngine):
     def __init__(
         self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
     ):
-        self._init_slots(n_slots, "engine")
-        self.sess: Session | None = None
-        self.gelu = check_gelu(gelu)
-        self.n_threads = n_threads
-        self.realized = False
-        self.max_T = self.d_model = self.d_ff = self.n_heads = self.d_head = 0
-        self.n_layers = self.vocab_size = self.context_length = 0
+        super().__init__(n_threads, gelu, n_slots)
+        self.max_T = self.context_length = 0
         self.kv_blocks_ffi: list[GPT2KVBlockFFI] = []
 
     @classmethod
