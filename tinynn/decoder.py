@@ -58,7 +58,7 @@ class Decoder:
             len(layers),
         )
         self.max_batch = int(max_batch)
-        self.n_vocab = wte.shape[-1] if wte.shape else 0
+        self.n_vocab = int(wte.ne[1])  # wte is ne = [n_embd, n_vocab]: the logits row length
         self._ids = np.zeros(self.max_batch, np.int32)
 
     @property
