@@ -118,8 +118,11 @@ def test_fifo_refused_before_reading(tmp_path):
 
 
 def test_sparse_file_reads_only_what_the_header_declares(files, tmp_path):
-    """Issue 15 item 9: a model followed by a 3 GiB hole was copied whole into memory."""
-    import resource
+    """Issue 15 item 9: a model followed by a 3 GiB hole was copied whole into memory.
+
+    The peak is the child's VmHWM, its own image's high-water mark: `ru_maxrss` carries the
+    parent's resident size over fork and exec, so under a full pytest run (torch loaded) it
+    measured pytest, not the loader."""
     import subprocess
     import sys
 
@@ -127,15 +130,14 @@ def test_sparse_file_reads_only_what_the_header_declares(files, tmp_path):
     shutil.copy(files["f32"], path)
     os.truncate(path, path.stat().st_size + 3 * 2**30)
     code = (
-        "import resource, sys; from gpt2.weights import load_model, validate; "
+        "import sys; from gpt2.weights import load_model, validate; "
         "w = load_model(sys.argv[1]).weights; validate(w, 'x'); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     peak_mib = int(out.stdout.split()[-1]) / 1024
-    assert peak_mib < 600, f"peak RSS {peak_mib:.0f} MiB for a tiny model with a hole"
-    del resource
+    assert peak_mib < 256, f"peak RSS {peak_mib:.0f} MiB for a tiny model with a 3 GiB hole"
 
 
 @pytest.mark.parametrize(("dtype", "value"), [("f16", 1e5), ("q8_0", 1e7)])
