@@ -144,6 +144,7 @@ static void session_destroy(tnn_session *s) {
     if (s->root == s) {
         free_session_decoders(s);
         if (s->weights_buf) ggml_backend_buffer_free(s->weights_buf);
+        free_host_weights(s);
         if (s->ctx_w) ggml_free(s->ctx_w);
     }
     free(s);

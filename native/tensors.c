@@ -231,6 +231,10 @@ int tnn_finalize_weights(tnn_session *sess) {
     if (!ggml_get_first_tensor(sess->ctx_w)) {
         return fail(TNN_ESTATE, __func__, "no persistent tensor was declared");
     }
+    if (!sess->is_cuda && (sess->weights_buf = alloc_host_weights(sess))) {
+        sess->finalized = true; /* zeroed already, pages untouched */
+        return TNN_OK;
+    }
     sess->weights_buf = ggml_backend_alloc_ctx_tensors(sess->ctx_w, sess->backend);
     if (!sess->weights_buf) {
         size_t total = 0;

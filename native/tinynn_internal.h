@@ -18,6 +18,7 @@
  *   cuda_specifics.c  what a CUDA session does differently, and why
  *   decoder.c         tnn_decoder_*: our fused CUDA decode step (cuda/decode.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
+ *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
  * Every function here is hidden (C_VISIBILITY_PRESET hidden); only tinynn.h's
  * TNN_API functions leave the library.
  */
@@ -68,6 +69,8 @@ struct tnn_session {
 
     struct ggml_context *ctx_w; /* persistent tensors (root only) */
     ggml_backend_buffer_t weights_buf;
+    void *host_weights; /* the mapping under weights_buf on CPU (host_weights.c) */
+    size_t host_weights_size;
     bool finalized;
 
     struct ggml_context *ctx;       /* compute tensors */
@@ -132,6 +135,15 @@ void adapt_threads(tnn_session *s);
                          (void *)(sess)),                                                      \
                     ret);                                                                      \
     } while (0)
+
+/* ---- host_weights.c ------------------------------------------------------------- */
+
+/* The persistent tensors of a CPU session placed in one anonymous mapping:
+ * zeroed by the kernel, resident only where touched. NULL where the backend
+ * cannot wrap host memory (the caller allocates as ggml does, and clears). */
+ggml_backend_buffer_t alloc_host_weights(tnn_session *sess);
+/* Unmaps it; after the buffer over it is freed. */
+void free_host_weights(tnn_session *sess);
 
 /* ---- tensors.c: ownership and the checks every op makes -------------------- */
 

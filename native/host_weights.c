@@ -1,0 +1,57 @@
+/* host_weights.c - a CPU session's persistent memory: one anonymous mapping.
+ *
+ * The kernel hands out an anonymous mapping's pages zeroed, and only when they
+ * are first touched. So the caches need no clearing at load, and a cache slot
+ * costs resident memory only for the rows a sequence has reached: a model
+ * loaded with 4 slots of 1024 rows holds the weights, not 4 full caches. (A
+ * malloc'd buffer would have to be cleared, touching every page at once.) */
+#include <sys/mman.h>
+
+#include "tinynn_internal.h"
+
+static size_t pad_to(size_t n, size_t align) {
+    return (n + align - 1) / align * align;
+}
+
+ggml_backend_buffer_t alloc_host_weights(tnn_session *sess) {
+    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(sess->backend);
+    ggml_backend_dev_t dev = ggml_backend_get_device(sess->backend);
+    struct ggml_backend_dev_props props;
+    if (!dev || !ggml_backend_buft_is_host(buft)) return NULL;
+    ggml_backend_dev_get_props(dev, &props);
+    if (!props.caps.buffer_from_host_ptr) return NULL;
+    size_t align = ggml_backend_buft_get_alignment(buft);
+    size_t total = 0;
+    for (struct ggml_tensor *t = ggml_get_first_tensor(sess->ctx_w); t;
+         t = ggml_get_next_tensor(sess->ctx_w, t)) {
+        total += pad_to(ggml_nbytes(t), align); /* what ggml_tallocr_alloc takes */
+    }
+    if (total == 0) return NULL;
+    void *map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return NULL;
+    ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(dev, map, total, total);
+    if (!buf) {
+        munmap(map, total);
+        return NULL;
+    }
+    /* Sized above with the same padding, so every tensor fits (tallocr aborts
+     * when one does not). */
+    struct ggml_tallocr talloc = ggml_tallocr_new(buf);
+    for (struct ggml_tensor *t = ggml_get_first_tensor(sess->ctx_w); t;
+         t = ggml_get_next_tensor(sess->ctx_w, t)) {
+        if (ggml_tallocr_alloc(&talloc, t) != GGML_STATUS_SUCCESS) {
+            ggml_backend_buffer_free(buf);
+            munmap(map, total);
+            return NULL;
+        }
+    }
+    sess->host_weights = map;
+    sess->host_weights_size = total;
+    return buf;
+}
+
+void free_host_weights(tnn_session *sess) {
+    if (sess->host_weights) munmap(sess->host_weights, sess->host_weights_size);
+    sess->host_weights = NULL;
+    sess->host_weights_size = 0;
+}
