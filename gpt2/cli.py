@@ -275,6 +275,17 @@ def run_bench(argv: list[str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    name = args.model_name or (Path(str(args.model)).stem if args.model else "gpt2")
+    if args.ray:
+        return _serve_on_ray(args, name)
+    ray_only = {
+        "--replicas": args.replicas,
+        "--num-cpus": args.num_cpus,
+        "--ray-address": args.ray_address,
+    }
+    given = [option for option, value in ray_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only with --ray")
     try:
         from gpt2.serve.app import serve
     except ImportError as e:
@@ -291,7 +302,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         n_slots=args.max_batch + 1,
         n_threads=args.threads,
     )
-    name = args.model_name or (Path(str(args.model)).stem if args.model else "gpt2")
     with model:
         serve(
             model,
@@ -302,6 +312,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             log_level="info" if args.verbose else "warning",
         )
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, name: str) -> int:
+    from gpt2.serve import ray_deployment
+
+    try:
+        app = ray_deployment.build(
+            args.model,
+            replicas=args.replicas or 1,
+            device=args.device,
+            num_cpus=args.num_cpus or 1,
+            model_name=name,
+            dtype=args.dtype,
+            n_ctx=args.n_ctx,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            threads=args.threads,
+        )
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    ray_deployment.run(app, host=args.host, port=args.port, address=args.ray_address)
     return 0
 
 
@@ -492,6 +524,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-ctx", type=_positive_int, default=None, help="positions a sequence may use")
     p.add_argument("--model-name", default=None, help="the id /v1/models shows")
+    ray = p.add_argument_group(
+        "Ray Serve", "scale out: copies of this server behind Ray's HTTP proxy (the ray extra)"
+    )
+    ray.add_argument(
+        "--ray", action="store_true", help="serve on Ray Serve; --device cuda: one GPU per replica"
+    )
+    ray.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=None,
+        help="servers, each loading the model; None = 1",
+    )
+    ray.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="CPUs Ray reserves for a replica (on the CPU also its threads); None = 1",
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help='a running Ray cluster ("auto", "ray://head:10001"); None = start one here',
+    )
     p.set_defaults(func=cmd_serve)
 
     # Parsed by gpt2.bench itself (see run_bench); listed here for --help.

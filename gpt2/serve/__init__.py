@@ -2,7 +2,8 @@
 
 scheduler: one batch over the model's slots, a bounded queue, a step at a time;
 schemas: the request and its checks; app: the FastAPI routes (needs the
-`server` extra: pip install 'tinynn-gpt2[server]').
+`server` extra: pip install 'tinynn-gpt2[server]'); ray_deployment: the same
+routes on Ray Serve, one replica per GPU (the `ray` extra).
 """
 
 from gpt2.serve.scheduler import QueueFullError, Request, Scheduler, SchedulerClosedError
