@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
 PROMPTS = ["The Python", "Once upon a time", "def main():", "The list of", "In the year"]
 
 
@@ -110,6 +112,43 @@ def run_clients(url: str, model: str, n: int, seconds: float, max_tokens: int) -
     }
 
 
+def synthetic_tokenizer(vocab_size: int):
+    """A byte-level BPE of `vocab_size` tokens (256 bytes, then byte pairs, then
+    <|endoftext|>): any id a random model draws decodes to text, so streamed
+    chunks carry text as with a real vocabulary."""
+    from tokenizers import AddedToken, models, pre_tokenizers
+
+    from gpt2.tokenizer import EOS_TOKEN, Tokenizer, _byte_level
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    merges = []
+    for a in alphabet:
+        for b in alphabet:
+            if len(vocab) == vocab_size - 1:
+                break
+            merges.append((a, b))
+            vocab[a + b] = len(vocab)
+    hf = _byte_level(models.BPE(vocab, merges))
+    hf.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
+    return Tokenizer(hf, "synthetic")
+
+
+def random_model_file(shape: str, dtype: str, work: Path) -> Path:
+    """The bench's random weights of `shape` as a GGUF of `dtype`, with a synthetic
+    tokenizer (the GPU machine has no GPT-2 vocabulary and no network)."""
+    from gpt2.bench import SHAPES, WEIGHT_SCALE
+    from gpt2.convert import write_gguf_llama_layout
+    from gpt2.random_weights import random_weights
+
+    path = work / f"random_{shape}_{dtype}.gguf"
+    if not path.is_file():
+        config = SHAPES[shape]
+        weights = random_weights(config, scale=WEIGHT_SCALE)
+        write_gguf_llama_layout(weights, path, dtype, synthetic_tokenizer(config.vocab_size))
+    return path
+
+
 def start_server(args) -> tuple[str, object, object]:
     import uvicorn
 
@@ -156,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=None, help="a running server; default: start one here")
     p.add_argument("--model", default=None, help="model for the server started here")
+    p.add_argument(
+        "--random",
+        default=None,
+        metavar="SHAPE",
+        help="serve the bench's random weights of this shape (gpt2, gpt2-xl) in --dtype "
+        "with a synthetic vocabulary, instead of --model",
+    )
+    p.add_argument("--work", type=Path, default=Path("/tmp/load_test"), help="for --random")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--threads", type=int, default=None)
@@ -169,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     server = model = None
     url = args.url
+    if args.random:
+        args.work.mkdir(parents=True, exist_ok=True)
+        args.model = str(random_model_file(args.random, args.dtype, args.work))
     if url is None:
         url, server, model = start_server(args)
     name = httpx.get(url + "/v1/models").json()["data"][0]["id"]
@@ -190,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "server": {
             "url_given": args.url is not None,
-            "model": args.model or "embedded default",
+            "model": f"random {args.random} weights, synthetic vocabulary"
+            if args.random
+            else args.model or "embedded default",
             "device": args.device,
             "dtype": args.dtype,
             "threads": args.threads,
