@@ -4,8 +4,9 @@
 # skipped), the CUDA parity tables and the benchmarks, each step skipped when
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
-#   OUT=... bash scripts/gpu_run.sh [build] [tests] [profile] [profile-prefill] [floor] [graphs]
-#                                   [parity] [bench] [bench-xl] [bench-f32] [parity-xl] [pack]
+#   OUT=... bash scripts/gpu_run.sh [build] [kernels] [tests] [sanitize] [profile] [profile-prefill]
+#                                   [floor] [graphs] [parity] [fused] [bench] [bench-xl] [bench-f32]
+#                                   [serve] [load] [parity-xl] [pack]
 #
 # The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
 # the built libraries (xz, in 15 MB parts); put them together here with
@@ -64,10 +65,23 @@ step() {
         if [ $status -ne 0 ]; then tail -60 /tmp/build.log; exit 1; fi
         ls build/native/lib
     fi
+    if has kernels; then
+        # our kernels beside their plain references, then memcheck (native/cuda/tests)
+        step kernels 120 bash -c "bash native/cuda/tests/run.sh && bash native/cuda/tests/run_sampling.sh" \
+            > "$OUT/kernels.log" 2>&1
+        tail -12 "$OUT/kernels.log"
+    fi
     if has tests; then
         TINYNN_REQUIRE_CUDA=1 step tests 70 python3 -m pytest tests/tinynn tests/gpt2/test_engines.py \
             tests/gpt2/test_exact_attention.py tests/reliability/test_resources.py -v \
             -p no:cacheprovider -k cuda -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
+    fi
+    if has sanitize; then
+        # the fused decode's CUDA tests under compute-sanitizer's memcheck: zero errors
+        TINYNN_REQUIRE_CUDA=1 step sanitize 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+            python3 -m pytest tests/gpt2/test_fused_decode.py -q -k cuda -p no:cacheprovider \
+            -o addopts="" > "$OUT/sanitize.log" 2>&1
+        grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -4
     fi
     if has profile; then
         step profile 90 python3 scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
@@ -98,6 +112,18 @@ step() {
         step "parity hf" 40 bash -c "python3 scripts/hf_small_folder.py /tmp/hf_small &&
             python3 -m gpt2 parity hf --model /tmp/hf_small --device cuda" 2>&1 | tail -20
     fi
+    if has fused; then
+        # our decode kernels beside ggml's graphs, and what generate() feels (greedy, sampled)
+        step "fused gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f16 q8_0 \
+            --workloads decode generate batch --batch 8 --fused-decode --no-hf \
+            --json "$RES/fused_gpt2_h200.json" 2>&1 | tail -12
+        step "fused gpt2-xl" 90 python3 -m gpt2.bench --device cuda --shapes gpt2-xl \
+            --dtypes f16 q8_0 --workloads decode generate --fused-decode --no-hf \
+            --json "$RES/fused_gpt2-xl_h200.json" 2>&1 | tail -10
+        step "gpt2 f16, 32 sequences" 40 python3 -m gpt2.bench --device cuda --shapes gpt2 \
+            --dtypes f16 --workloads batch --batch 32 --fused-decode --no-hf \
+            --json "$RES/fused_gpt2_b32_h200.json" 2>&1 | tail -3
+    fi
     if has bench; then
         # HF compiled (torch.compile, minutes of compiling) only where the targets cite it: f16
         step "bench gpt2" 60 python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f32 q8_0 \
@@ -113,6 +139,15 @@ step() {
     if has bench-f32; then
         step "bench gpt2 f32 decode" 30 python3 -m gpt2.bench --device cuda --shapes gpt2 \
             --dtypes f32 --workloads decode --no-hf --json "$RES/bench_gpt2_f32_h200.json" 2>&1 | tail -4
+    fi
+    if has serve; then
+        # issue 14's targets: 8 and 32 streaming clients of 128 tokens, gpt2 f16 random weights
+        step serve 60 python3 scripts/load_test.py --random gpt2 --device cuda --dtype f16 \
+            --max-batch 32 --clients 1,8,32 --seconds 10 --max-tokens 128 \
+            --out "$RES/serve_h200.json" 2>&1 | tail -4
+    fi
+    if has load; then
+        step load 120 python3 scripts/bench_load_cuda.py --out "$RES/load_h200.json" 2>&1 | tail -12
     fi
     if has parity-xl; then
         step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$RES/xl" 2>&1 | tail -12

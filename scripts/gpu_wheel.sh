@@ -57,6 +57,13 @@ stamp() { echo "== $(date -u +%H:%M:%S) (${SECONDS}s) $*"; }
     "$PY" -m pip install -q --no-deps "$WORK"/wheel/*.whl || exit 1
     "$PY" -m pip check || echo "(missing dependencies above: add their wheels to .whl/)"
 
+    # packed before the tests: a call cut short by its time limit still returns them
+    stamp pack
+    lib_dir=$(cd "$WORK" && env -u PYTHONPATH "$PY" -c \
+        "import pathlib, tinynn; print(pathlib.Path(tinynn.__file__).parent)")
+    cp "$lib_dir"/libggml*.so* "$lib_dir"/libtinynn.so "$WORK/pack/lib/"  # *.so.0: sonames
+    tar -C "$WORK/pack" -c lib | xz -T0 -6 | split -b 15M -d - "$OUT/native_lib.tar.xz."
+    ls -la "$OUT"
     # the tests, copied away from the checkout (relative paths now name the
     # copies), import the installed tinynn and gpt2
     stamp "CUDA tests against the installed package"
@@ -69,16 +76,10 @@ print('library', tinynn.library_path())
 print('cuda:', tinynn.cuda_unavailable_reason() or 'available')
 here = pathlib.Path(tinynn.__file__).resolve().parent
 assert pathlib.Path(tinynn.library_path()).resolve().parent == here, 'not the installed library'"
-        TINYNN_REQUIRE_CUDA=1 timeout 400 "$PY" -m pytest "$@" -v -k cuda -p no:cacheprovider \
+        TINYNN_REQUIRE_CUDA=1 timeout "${TESTS_SECONDS:-400}" "$PY" -m pytest "$@" -v -k cuda -p no:cacheprovider \
             -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
         echo "-- tests exit ${PIPESTATUS[0]}"
     )
 
-    stamp pack
-    lib_dir=$(cd "$WORK" && env -u PYTHONPATH "$PY" -c \
-        "import pathlib, tinynn; print(pathlib.Path(tinynn.__file__).parent)")
-    cp "$lib_dir"/libggml*.so* "$lib_dir"/libtinynn.so "$WORK/pack/lib/"  # *.so.0: sonames
-    tar -C "$WORK/pack" -c lib | xz -T0 -6 | split -b 15M -d - "$OUT/native_lib.tar.xz."
-    ls -la "$OUT"
     stamp end
 } 2>&1 | tee "$OUT/run.log"
