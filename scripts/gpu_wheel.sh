@@ -38,6 +38,10 @@ stamp() { echo "== $(date -u +%H:%M:%S) (${SECONDS}s) $*"; }
     fi
     stamp "venv (system site packages)"
     python3 -m venv --system-site-packages "$VENV" || exit 1
+    # the machine's packages (torch, numpy, pytest) may sit in a user or extra site
+    # directory that a venv does not see: list them after the venv's own
+    python3 -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
+        > "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine.pth"
     if ls .whl/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-deps .whl/*.whl || echo "(some wheels of .whl/ did not install)"
     fi

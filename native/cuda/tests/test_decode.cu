@@ -35,6 +35,9 @@
     } while (0)
 
 static int g_failures = 0;
+/* --profile: a few batch-1 greedy steps of gpt2 f16 only (for ncu, which times
+ * each kernel of the step alone); --no-pdl: steps captured without PDL edges */
+static bool g_profile = false, g_no_pdl = false;
 
 static void report(const char *what, double err, double tol, double scale) {
     const bool ok = err <= tol && std::isfinite(err);
@@ -604,6 +607,7 @@ static void time_model(const Shape &s, int type) {
         ++g_failures;
         return;
     }
+    if (g_no_pdl) dec->pdl = false;
     printf(" timing %s %s (weights %.1f MB a step, PDL %s):\n", s.name, type ? "q8_0" : "f16", bytes / 1e6,
            dec->pdl ? "on" : "off");
     struct Run {
@@ -616,11 +620,12 @@ static void time_model(const Shape &s, int type) {
     CHECK(cudaEventCreate(&e0));
     CHECK(cudaEventCreate(&e1));
     for (const Run &r : runs) {
+        if (g_profile && (r.nb != 1 || r.pos != 200 || r.sample)) continue;
         std::vector<int32_t> tok(r.nb, 11), pos(r.nb, r.pos), sl(r.nb), ids(r.nb);
         std::vector<tnn_sampling_params> sp(r.nb, tnn_sampling_params{0.8f, 40, 0.95f, 0.3f});
         for (int b = 0; b < r.nb; ++b) sl[b] = b;
         std::vector<double> step_ms, graph_ms;
-        for (int i = 0; i < 210; ++i) {
+        for (int i = 0; i < (g_profile ? 13 : 210); ++i) {
             const auto t0 = std::chrono::steady_clock::now();
             if (tnn_cuda_decoder_step(dec, r.nb, tok.data(), pos.data(), sl.data(), r.sample ? sp.data() : nullptr,
                                       ids.data(), nullptr, err, sizeof err) != 0) {
@@ -634,7 +639,7 @@ static void time_model(const Shape &s, int type) {
         int bi = 0;
         while (dec->bucket_len[bi] < r.pos + 1) ++bi;
         cudaGraphExec_t g = dec->graphs[r.nb - 1][bi][r.sample ? 1 : 0];
-        for (int i = 0; i < 200 && g; ++i) {
+        for (int i = 0; i < (g_profile ? 1 : 200) && g; ++i) {
             CHECK(cudaEventRecord(e0, dec->stream));
             CHECK(cudaGraphLaunch(g, dec->stream));
             CHECK(cudaEventRecord(e1, dec->stream));
@@ -658,7 +663,18 @@ static void time_model(const Shape &s, int type) {
 
 int main(int argc, char **argv) {
     bool quick = false;
-    for (int i = 1; i < argc; ++i) quick |= std::string(argv[i]) == "--quick";
+    for (int i = 1; i < argc; ++i) {
+        quick |= std::string(argv[i]) == "--quick";
+        g_profile |= std::string(argv[i]) == "--profile";
+        g_no_pdl |= std::string(argv[i]) == "--no-pdl";
+    }
+    if (g_profile) {
+        cudaDeviceProp p;
+        CHECK(cudaGetDeviceProperties(&p, 0));
+        printf("device %s, profile: gpt2 f16, batch 1\n", p.name);
+        time_model({"gpt2", 12, 768, 12, 3072, 50257, 1024, 8}, 0);
+        return g_failures ? 1 : 0;
+    }
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device %s, %d SMs, sampling %s\n", prop.name, prop.multiProcessorCount,
