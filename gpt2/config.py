@@ -163,7 +163,8 @@ class GPT2Config:
 
     @classmethod
     def from_gguf(cls, reader: Any, path: str | Path = "<gguf>") -> GPT2Config:
-        """Read the `gpt2.*` metadata of an open `gguf.GGUFReader`."""
+        """Read the `gpt2.*` metadata of a GGUF header: gpt2.gguf_header's, or an open
+        `gguf.GGUFReader` (both give `get_field(key).contents()` and `tensors`)."""
         arch = _field(reader, "general.architecture")
         if arch is not None and arch != "gpt2":
             raise ValueError(f"{path}: general.architecture is {arch!r}, expected 'gpt2'")
@@ -231,11 +232,11 @@ def _field(reader: Any, key: str) -> Any:
 def _gguf_vocab_size(reader: Any, path: str | Path) -> int:
     (wte,) = from_canonical("wte", LAYOUT_GGUF_LLAMA)  # both GGUF layouts name it alike
     for t in reader.tensors:
-        if t.name == wte:
+        if t.name == wte and len(t.shape) == 2:
             return int(t.shape[1])  # GGUF ne = [n_embd, n_vocab]
     tokens = reader.get_field("tokenizer.ggml.tokens")
     if tokens is not None:
-        return len(tokens.data)
+        return len(tokens.contents())
     raise ValueError(
         f"{path}: cannot tell the vocab size (no gpt2.vocab_size, {wte} or tokenizer.ggml.tokens)"
     )

@@ -10,16 +10,13 @@ declares and the file's size allows, and a short read is a ValueError.
         raw = f.pread(offset, n_bytes, what="tensor wte")
     text = read_text(path, limit=MAX_JSON_BYTES)
 
-`header_copy` gives readers that insist on mapping a path (gguf.GGUFReader) a private copy
-of a file's first bytes.
+GGUF headers are parsed from such reads too (gpt2.gguf_header).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json, index files: far past any real one
@@ -118,19 +115,3 @@ def read_text(path: str | Path, limit: int = MAX_JSON_BYTES) -> str:
         return read_bytes(path, limit).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-
-
-@contextlib.contextmanager
-def header_copy(f: ModelFile, n_bytes: int) -> Iterator[Path]:
-    """A path to a private in-memory file (a memfd) holding the first `n_bytes` of `f`, for
-    readers that map a path. Where memfd does not exist (not Linux) the file itself."""
-    if not hasattr(os, "memfd_create"):
-        yield f.path
-        return
-    n_bytes = min(n_bytes, f.size)
-    fd = os.memfd_create(f"gpt2-{f.path.name}", os.MFD_CLOEXEC)
-    try:
-        os.pwrite(fd, f.pread(0, n_bytes, "the header"), 0)
-        yield Path(f"/proc/self/fd/{fd}")  # a map made through it keeps the copy alive
-    finally:
-        os.close(fd)

@@ -3,8 +3,8 @@
     d = describe("model.gguf")        # or an HF snapshot folder
     print(format_description(d))
 
-GGUF files are read with `gguf.GGUFReader` over a private copy of their header (gpt2.files:
-the file itself is never mapped, so cutting it while it is read is a ValueError, not SIGBUS);
+GGUF headers are parsed from plain reads (gpt2.gguf_header: the file is never mapped, so
+cutting it while it is read is a ValueError, not SIGBUS);
 HF folders through `config.json` and the safetensors headers, checked as `load_model` checks
 them (shard names inside the folder only).
 """

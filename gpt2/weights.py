@@ -18,6 +18,7 @@ Readers (the names and orientation of each layout are in `gpt2.names`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,8 @@ import gguf
 import numpy as np
 
 from gpt2.config import GPT2Config
-from gpt2.files import ModelFile, header_copy, read_text
+from gpt2.files import ModelFile, read_text
+from gpt2.gguf_header import read_gguf_header
 from gpt2.names import (
     GGUF_LAYOUTS,
     HF_PREFIX,
@@ -59,9 +61,6 @@ _ST_KINDS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "F64": "F64"}
 _FLOAT = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
 # the engine dtype that keeps a file's type (bf16 -> f32: exact; f16 would clip bf16's range)
 _AUTO = {"F32": "f32", "F64": "f32", "BF16": "f32", "F16": "f16", "Q8_0": "q8_0"}
-GGUF_HEADER_GUESS = 1024 * 1024  # bytes of a GGUF copied for its parser first
-MAX_HEADER_READS = 600_000  # parser reads a GGUF header may take (zeros in a hole are items)
-MAX_GGUF_HEADER = 64 * 1024 * 1024  # a GPT-2 GGUF header (vocab, merges, infos) is ~3 MB
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
 
 
@@ -101,7 +100,10 @@ def to_f32(kind: str, data: np.ndarray, shape: tuple[int, ...] | None = None) ->
 
 def finite(kind: str, data: np.ndarray) -> bool:
     """Whether stored data holds only finite values (q8_0: its block scales)."""
-    if kind in ("F32", "F16", "F64"):
+    if kind == "F16":  # inf/NaN: all exponent bits set (4x faster than isfinite on f16)
+        bits = data.view(np.uint16)
+        return bits.size == 0 or int(np.bitwise_and(bits, 0x7FFF).max()) < 0x7C00
+    if kind in ("F32", "F64"):
         return bool(np.isfinite(data).all())
     if kind == "BF16":
         return bool(((data & 0x7F80) != 0x7F80).all())
@@ -286,94 +288,10 @@ def load_gguf(path: str | Path) -> LoadedModel:
         return _parse_gguf(f)
 
 
-@dataclass(frozen=True)
-class HeaderTensor:
-    """One tensor info of a GGUF header (what gguf.ReaderTensor holds, without the data)."""
-
-    name: str
-    tensor_type: gguf.GGMLQuantizationType
-    shape: np.ndarray  # ggml's ne order: [n_embd, n_vocab] for wte
-    n_bytes: int
-    data_offset: int  # absolute
-
-
-class _PastCopy(Exception):
-    """The header goes on past the bytes copied: `end` bytes are needed."""
-
-    def __init__(self, end: int):
-        self.end = end
-
-
-class _HeaderReader(gguf.GGUFReader):
-    """gguf's reader of the metadata and tensor infos; the tensors are described, not
-    mapped (their bytes are not in the copy it reads, and gpt2.files reads them). A read
-    past the copy's end raises _PastCopy, so that the caller copies more or gives up."""
-
-    reads = 0
-
-    def _get(self, offset, dtype, count=1, override_order=None):
-        end = int(offset) + np.dtype(dtype).itemsize * int(count)
-        if end > len(self.data):
-            raise _PastCopy(end)
-        type(self).reads += 1  # counted over every copy one open_gguf tries
-        if type(self).reads > MAX_HEADER_READS:
-            raise ValueError(
-                f"more than {MAX_HEADER_READS} metadata items (a GPT-2 header takes ~200,000)"
-            )
-        return super()._get(offset, dtype, count, override_order)
-
-    def _build_tensors(self, start_offs: int, fields: list) -> None:
-        tensors = []
-        for info in fields:
-            _, name, _, dims, ggml_type, offset = info.parts
-            qtype = _Q(int(ggml_type[0]))
-            block, size = gguf.GGML_QUANT_SIZES[qtype]
-            n = math.prod(int(d) for d in dims)
-            name = bytes(name).decode("utf-8")
-            at = int(start_offs) + int(offset[0])
-            tensors.append(HeaderTensor(name, qtype, dims, n * size // block, at))
-        self.tensors = tensors
-
-
 def open_gguf(f: ModelFile):
-    """Context: a GGUF header reader over a private copy of `f`'s first bytes (the tensor
-    data is not copied: gpt2.files reads it). The copy starts at GGUF_HEADER_GUESS bytes and
-    grows (4x) while the parse runs off its end, up to MAX_GGUF_HEADER: a corrupt count in a
-    sparse file never makes it read the hole."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        n = min(GGUF_HEADER_GUESS, f.size)
-        reader_type = type("HeaderReader", (_HeaderReader,), {"reads": 0})
-        while True:
-            with header_copy(f, n) as readable:
-                try:
-                    reader = reader_type(readable, "r")
-                except _PastCopy as e:
-                    need = e.end
-                except Exception as e:  # noqa: BLE001 - gguf raises many types on bad bytes
-                    raise ValueError(
-                        f"{f.path}: corrupt GGUF header ({type(e).__name__}: {e})"
-                    ) from None
-                else:
-                    if reader.data_offset <= n:
-                        yield reader
-                        return
-                    need = reader.data_offset
-            if need > f.size:
-                raise ValueError(
-                    f"{f.path}: truncated: the GGUF header needs {need} bytes, the file has "
-                    f"{f.size}"
-                )
-            if need > MAX_GGUF_HEADER:
-                raise ValueError(
-                    f"{f.path}: the GGUF header would be {need} bytes, more than the "
-                    f"{MAX_GGUF_HEADER} a model's metadata takes"
-                )
-            n = max(need, min(n * 4, f.size, MAX_GGUF_HEADER))
-
-    return cm()
+    """Context: the parsed GGUF header of `f` (gpt2.gguf_header: metadata and tensor infos
+    read with plain preads, never the tensor data, never past MAX_GGUF_HEADER)."""
+    return contextlib.nullcontext(read_gguf_header(f))
 
 
 def _gguf_infos(reader, f: ModelFile) -> dict[str, TensorInfo]:

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from gpt2.config import GPT2Config
 from gpt2.names import LAYOUT_GGUF_LLAMA, LAYOUT_GGUF_RUBY, LAYOUT_HF
-from gpt2.weights import GPT2Weights, expected_shapes, load_model, validate
+from gpt2.weights import GPT2Weights, expected_shapes, finite, load_model, validate
 
 
 def gguf_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -329,3 +329,14 @@ def test_hf_corrupt_safetensors(hf_copy):
     path = hf_copy / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     expect_error(hf_copy, str(path), "header length 2592 does not fit the file (100 bytes)")
+
+
+def test_finite_f16_by_bits_agrees_with_isfinite():
+    """gpt2.weights.finite checks f16 through its bits: the same answer as np.isfinite on
+    every one of the 65,536 f16 values, and on arrays holding one of them."""
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    for v in every:
+        a = np.full((2, 3), 1.0, np.float16)
+        a[1, 2] = v
+        assert finite("F16", a) == bool(np.isfinite(v)), repr(v)
+    assert finite("F16", np.zeros((0, 4), np.float16))
