@@ -8,6 +8,7 @@ declares and the file's size allows, and a short read is a ValueError.
 
     with ModelFile(path) as f:
         raw = f.pread(offset, n_bytes, what="tensor wte")
+        f.pread_into(offset, np.empty(n_bytes, np.uint8), what="tensor wte")  # no zero-fill
     text = read_text(path, limit=MAX_JSON_BYTES)
 
 GGUF headers are parsed from such reads too (gpt2.gguf_header).
@@ -18,6 +19,8 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+
+import numpy as np
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json, index files: far past any real one
 
@@ -68,14 +71,30 @@ class ModelFile:
     def pread(self, offset: int, n_bytes: int, what: str = "data") -> bytearray:
         """Exactly `n_bytes` at `offset`; ValueError if the header's range passes the end of
         the file (checked first) or the file was cut while it is read (a short read)."""
+        self._check_range(offset, n_bytes, what)
+        buf = bytearray(n_bytes)
+        self._read_into(offset, memoryview(buf), what)
+        return buf
+
+    def pread_into(self, offset: int, out: np.ndarray, what: str = "data") -> np.ndarray:
+        """Fills `out` (a C-contiguous writeable array, never zero-filled first) with its
+        nbytes at `offset`, as `pread` checks them; returns `out`. Safe from several threads
+        at once (pread has no shared file position)."""
+        if not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError("pread_into needs a writeable C-contiguous array")
+        self._check_range(offset, out.nbytes, what)
+        self._read_into(offset, memoryview(out.reshape(-1).view(np.uint8)), what)
+        return out
+
+    def _check_range(self, offset: int, n_bytes: int, what: str) -> None:
         if offset < 0 or n_bytes < 0 or offset + n_bytes > self.size:
             raise ValueError(
                 f"{self.path}: truncated: {what} needs bytes {offset}..{offset + n_bytes}, "
                 f"the file has {self.size}"
             )
-        buf = bytearray(n_bytes)
-        view = memoryview(buf)
-        done = 0
+
+    def _read_into(self, offset: int, view: memoryview, what: str) -> None:
+        n_bytes, done = len(view), 0
         while done < n_bytes:
             try:
                 got = os.preadv(self.fd, [view[done:]], offset + done)
@@ -87,7 +106,6 @@ class ModelFile:
                     f"bytes at offset {offset}"
                 )
             done += got
-        return buf
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,20 +78,55 @@ class TensorInfo:
     def read(self) -> np.ndarray:
         """The tensor in its own type: float arrays of `shape` (BF16 as uint16), quantized
         types as uint8 blocks of shape (*shape[:-1], bytes per row)."""
-        with ModelFile(self.path) as f:
-            return self.decode(f.pread(self.offset, self.n_bytes, f"tensor {self.name}"))
+        return self.decode(self._pread(0, self.n_bytes))
 
-    def decode(self, raw: bytearray | bytes) -> np.ndarray:
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one slice along the first axis of a tensor of 2 or more axes."""
+        return self.n_bytes // max(self.shape[0], 1)
+
+    def read_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 (along the first axis) of a tensor of 2 or more axes, in its own type
+        as `read` gives the whole (safe from several threads at once)."""
+        raw = self._pread(r0 * self.row_bytes, (r1 - r0) * self.row_bytes)
+        return self.decode(raw, (r1 - r0, *self.shape[1:]))
+
+    def _pread(self, start: int, n_bytes: int) -> np.ndarray:
+        """n_bytes from byte `start` of the tensor, into a fresh array (never zero-filled)."""
+        with ModelFile(self.path) as f:
+            return f.pread_into(self.offset + start, np.empty(n_bytes, np.uint8), self.name)
+
+    def decode(self, raw: bytearray | bytes | np.ndarray, shape=None) -> np.ndarray:
+        """Raw bytes of `shape` (default: the whole tensor's) as `read` gives them."""
+        shape = self.shape if shape is None else shape
+        data = np.frombuffer(raw, np.uint8)
         if self.kind in _FLOAT:
-            return np.frombuffer(raw, _FLOAT[self.kind]).reshape(self.shape)
-        rows = math.prod(self.shape[:-1])
-        return np.frombuffer(raw, np.uint8).reshape(*self.shape[:-1], self.n_bytes // max(rows, 1))
+            return data.view(_FLOAT[self.kind]).reshape(shape)
+        rows = math.prod(shape[:-1])
+        return data.reshape(*shape[:-1], data.size // max(rows, 1))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A 2-D tensor as an engine takes it, read a slice of rows at a time: `read(r0, r1)`
+    gives rows r0..r1 in `kind` (floats in their numpy type, BF16 as uint16, quantized types
+    as uint8 blocks), checked finite, and may be called from several threads at once."""
+
+    kind: str  # F32, F16, BF16, F64, Q8_0, ...
+    shape: tuple[int, int]  # [rows, values per row]
+    read: Callable[[int, int], np.ndarray]
+
+    def f32(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 as a C-contiguous float32 array."""
+        return to_f32(self.kind, self.read(r0, r1), (r1 - r0, self.shape[1]))
 
 
 def to_f32(kind: str, data: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Stored data (see TensorInfo.read) as a C-contiguous float32 array of `shape`."""
     if kind == "BF16":
-        return (data.astype(np.uint32) << 16).view(np.float32)
+        bits = np.array(data, np.uint32, order="C")
+        bits <<= 16
+        return bits.view(np.float32)
     if kind in _FLOAT:
         return np.array(data, np.float32, order="C")
     x = gguf.quants.dequantize(data, _Q[kind])
@@ -140,6 +175,17 @@ class FileTensors(Mapping):
         """One stored tensor in its own type, checked finite."""
         info = self.infos[stored_name]
         data = self._arrays[info.name] if self._arrays is not None else info.read()
+        return self._checked(stored_name, data)
+
+    def read_rows(self, stored_name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of one stored tensor (2-D or more) in its own type, checked finite."""
+        info = self.infos[stored_name]
+        if self._arrays is not None:
+            return self._checked(stored_name, self._arrays[info.name][r0:r1])
+        return self._checked(stored_name, info.read_rows(r0, r1))
+
+    def _checked(self, stored_name: str, data: np.ndarray) -> np.ndarray:
+        info = self.infos[stored_name]
         if not finite(info.kind, data):
             name = to_canonical(stored_name, self.layout)
             also = f" (stored as {info.name})" if info.name != name else ""
@@ -162,20 +208,23 @@ class FileTensors(Mapping):
         x = self.read_f32(stored[0].name)
         return np.ascontiguousarray(x.T) if stored[0].how == TRANSPOSE else x
 
-    def stored(self, name: str, transposed: bool = False) -> tuple[str, np.ndarray] | None:
-        """(kind, data) of canonical tensor `name` (transposed: of name.T, [out, in]) in the
-        file's own type, where the file holds it as one tensor; quantized data only where the
-        file's orientation is the one asked for (rows are blocks)."""
+    def rows(self, name: str, transposed: bool = False) -> Rows | None:
+        """Canonical 2-D tensor `name` (transposed: name.T, [out, in]) as rows in the file's
+        own type, read a slice at a time where the file holds it as one tensor in that
+        orientation; read whole and sliced where it is a float tensor the other way round;
+        None where it is in pieces (split q, k, v) or quantized the other way round."""
         stored = self._parts[name]
         if len(stored) != 1 or stored[0].how == SPLIT_QKV:
             return None
         s = stored[0]
-        kind = self.infos[s.name].kind
-        flip = (s.how == TRANSPOSE) != transposed
-        if flip and kind not in _FLOAT:
+        info = self.infos[s.name]
+        if (s.how == TRANSPOSE) == transposed:
+            shape = (info.shape[0], math.prod(info.shape[1:]))
+            return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1))
+        if info.kind not in _FLOAT:
             return None
-        data = self.read_stored(s.name)
-        return kind, (np.ascontiguousarray(data.T) if flip else data)
+        data = self.read_stored(s.name).T
+        return Rows(info.kind, data.shape, lambda r0, r1: data[r0:r1])
 
 
 @dataclass
@@ -192,12 +241,17 @@ class GPT2Weights:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensors[name]
 
-    def stored(self, name: str, transposed: bool = False) -> tuple[str, np.ndarray] | None:
-        """(kind, data) in the file's own type (see FileTensors.stored); None for weights
-        held in memory or stored in pieces."""
+    def rows(self, name: str, transposed: bool = False) -> Rows:
+        """2-D tensor `name` (transposed: name.T) a slice of rows at a time: in the file's
+        own type where FileTensors.rows can, else as float32 read whole (held in memory, split
+        q, k, v, quantized the other way round)."""
         if isinstance(self.tensors, FileTensors):
-            return self.tensors.stored(name, transposed)
-        return None
+            rows = self.tensors.rows(name, transposed)
+            if rows is not None:
+                return rows
+        x = self.tensors[name]
+        x = x.T if transposed else x
+        return Rows("F32", x.shape, lambda r0, r1: x[r0:r1])
 
     @property
     def file_kind(self) -> str:
