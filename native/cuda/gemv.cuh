@@ -9,9 +9,9 @@
  *
  * Work split. A block of 8 warps owns a tile of RB rows (8 warps x R rows)
  * and one of `splits` slices of the input (split-K). Blocks are numbered
- * split * tiles + tile. gemv_plan picks splits so that the grid is at least
- * two blocks per SM at every GPT-2 shape (gpt2 attn.c_proj: 48 tiles x 3
- * slices at NB = 1). With splits > 1, each block writes its partial sums, and
+ * split * tiles + tile. gemv_plan splits only where the input vectors do not
+ * fit shared memory (8 vectors of 3072 or 6400 inputs), see
+ * TNN_GEMV_BLOCKS_PER_SM below. With splits > 1, each block writes its partial sums, and
  * the block that finishes a tile last (a counter per tile) adds the slices in
  * slice order, so results do not depend on timing, and applies the epilogue.
  *
@@ -284,11 +284,29 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_q8_kernel(GemvArgs a)
     gemv_finish<NB, R>(a, acc, tile, split);
 }
 
-/* Rows a GEMV block owns, by weight type and batch: 2 rows a warp for one or
- * two vectors, 4 above (the input slice is then read from shared memory once
- * for 4 rows, which keeps shared-memory traffic under the weights' rate). */
+/* Launch policy knobs; native/cuda/tests/variants.sh compiles other values
+ * to time them against each other.
+ * TNN_GEMV_BLOCKS_PER_SM: the grid the input is split to reach (split-K);
+ *   0: split only where the input vectors do not fit shared memory. A split
+ *   costs a round of partial sums through L2 and a counter per tile, and the
+ *   first GPU run (H100) found the decode step latency-bound, not
+ *   bandwidth-bound: fewer dependent memory round trips pay more than more
+ *   blocks. (2 was the first design.)
+ * TNN_GEMV_F16_SMALL_R: rows a warp for f16 at one or two vectors (1: more
+ *   tiles, so small products still spread over the SMs without a split). */
+#ifndef TNN_GEMV_BLOCKS_PER_SM
+#define TNN_GEMV_BLOCKS_PER_SM 0
+#endif
+#ifndef TNN_GEMV_F16_SMALL_R
+#define TNN_GEMV_F16_SMALL_R 1
+#endif
+
+/* Rows a GEMV block owns, by weight type and batch: TNN_GEMV_F16_SMALL_R rows
+ * a warp for one or two vectors, 4 above (the input slice is then read from
+ * shared memory once for 4 rows, which keeps shared-memory traffic under the
+ * weights' rate); q8_0: 2. */
 __host__ __device__ constexpr int gemv_rows_per_warp(int type, int nb) {
-    return type == TNN_CUDA_W_Q8_0 ? 2 : (nb <= 2 ? 2 : 4);
+    return type == TNN_CUDA_W_Q8_0 ? 2 : (nb <= 2 ? TNN_GEMV_F16_SMALL_R : 4);
 }
 
 struct GemvPlan {
@@ -296,15 +314,15 @@ struct GemvPlan {
     size_t smem; /* dynamic shared memory bytes */
 };
 
-/* The launch shape of one product: enough blocks for two per SM where the
- * input can be split (slices of at least 256 inputs), and slices small enough
- * that the input fits in 64 KiB of shared memory. */
+/* The launch shape of one product: enough blocks for TNN_GEMV_BLOCKS_PER_SM
+ * per SM where the input can be split (slices of at least 256 inputs), and
+ * slices small enough that the input fits in 64 KiB of shared memory. */
 static inline GemvPlan gemv_plan(int type, int nb, int n_in, int n_out, int n_sm) {
     GemvPlan p;
     const int rb = 8 * gemv_rows_per_warp(type, nb);
     p.tiles = (n_out + rb - 1) / rb;
-    const int target = 2 * n_sm;
-    int splits = (target + p.tiles - 1) / p.tiles;
+    const int target = TNN_GEMV_BLOCKS_PER_SM * n_sm;
+    int splits = std::max(1, (target + p.tiles - 1) / p.tiles);
     splits = std::min(splits, std::max(1, n_in / 256));
     const int by_smem = static_cast<int>((static_cast<int64_t>(nb) * n_in * 4 + 65535) / 65536);
     splits = std::max(std::max(splits, by_smem), 1);

@@ -168,6 +168,21 @@ struct Slice {
     int n;                    // real entries
 };
 
+// hist[digit] += value for every lane with `has`, one atomic per distinct
+// digit in the warp: the lanes of a digit sum their values first (a pass's
+// first byte is often the same for most of a row, and same-address shared
+// atomics serialize). Whole warp, converged. A value is below 2^45 (16
+// weights of at most 2^40), so its 20-bit halves sum over 32 lanes in 32 bits.
+__device__ __forceinline__ void warp_add_to_bin(unsigned long long *hist, bool has, uint32_t digit,
+                                                uint64_t value) {
+    const unsigned group = __match_any_sync(0xFFFFFFFFu, has ? digit : 0xFFFFFFFFu);
+    if (!has) return;
+    const unsigned lo = __reduce_add_sync(group, (unsigned)(value & 0xFFFFFu));
+    const unsigned hi = __reduce_add_sync(group, (unsigned)(value >> 20));
+    if ((int)(threadIdx.x & 31) == __ffs(group) - 1)
+        atomicAdd(&hist[digit], (unsigned long long)(((uint64_t)hi << 20) + lo));
+}
+
 // Cluster-wide radix search (the fast kernel's threshold search): the largest
 // key t such that the value of the elements with lo <= key, key >= t is >= need,
 // where an element's value is 1 (by_mass false: t is the need-th largest key)
@@ -191,18 +206,19 @@ __device__ __forceinline__ uint32_t cluster_radix_search(cg::cluster_group &clus
 #pragma unroll
         for (int e = 0; e < kPerThread; ++e) {
             const uint32_t k = s.key[e];
-            if (e < s.n && k >= lo && (k & hi_mask) == prefix) {
-                const uint64_t v = by_mass ? fix(s.w[e]) : 1ull;
-                const uint32_t d = (k >> shift) & (kBins - 1);
+            const bool in = e < s.n && k >= lo && (k & hi_mask) == prefix;
+            const uint32_t d = (k >> shift) & (kBins - 1);
+            const bool ends = in && d != run_digit && run != 0;
+            if (__any_sync(0xFFFFFFFFu, ends)) warp_add_to_bin(sh.hist[buf], ends, run_digit, run);
+            if (in) {
                 if (d != run_digit) {
-                    if (run) atomicAdd(&sh.hist[buf][run_digit], (unsigned long long)run);
                     run_digit = d;
                     run = 0;
                 }
-                run += v;
+                run += by_mass ? fix(s.w[e]) : 1ull;
             }
         }
-        if (run) atomicAdd(&sh.hist[buf][run_digit], (unsigned long long)run);
+        warp_add_to_bin(sh.hist[buf], run != 0, run_digit, run);
         cluster.sync();
         // Thread i < kBins handles bin kBins-1-i, so an inclusive scan over
         // threads sums the bins from the top down.
