@@ -4,9 +4,11 @@ against HF transformers' `from_pretrained` in the same run (issue 13's CPU targe
     python scripts/bench_load.py --out bench/cpu_DATE_load.json [--work /tmp/bench_load]
 
 Each load runs in a fresh child process (the page cache warm: every file is read once
-before); peak RSS is the child's VmHWM (its own image's high-water mark; `ru_maxrss`, which
-Linux may carry over from before exec, is reported beside it), and its baseline with the
-imports done.
+before), then one forward of 3 tokens (HF maps the safetensors file: its weights become
+resident only when a forward reads them, so its peak after the load alone is not what a
+user's process holds); peak RSS is the child's VmHWM (its own image's high-water mark;
+`ru_maxrss`, which Linux may carry over from before exec, is reported beside it), and its
+baseline with the imports done.
 The model is random (transformers' GPT2LMHeadModel, seed 0): load speed does not depend on
 the values.
 """
@@ -45,7 +47,14 @@ else:
     model = gpt2.load(path, device="cpu")
     dtype = model.engine.dtype
 seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm(), "baseline_rss_mb": base,
+peak_load = hwm()
+if kind == "hf":  # one forward: a mapped file's pages become resident when read
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+else:
+    model.engine.logits([1, 2, 3])
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_load, "baseline_rss_mb": base,
+                  "peak_rss_mb_after_one_forward": hwm(),
                   "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "dtype": dtype}))
 """
@@ -145,6 +154,8 @@ def main() -> int:
         "targets": {
             "hf_f32_time_at_most_2x_hf": ours["seconds"] <= 2 * hf["seconds"],
             "hf_f32_peak_at_most_hf": ours["peak_rss_mb"] <= hf["peak_rss_mb"],
+            "hf_f32_peak_at_most_hf_after_one_forward": ours["peak_rss_mb_after_one_forward"]
+            <= hf["peak_rss_mb_after_one_forward"],
             "q8_0_peak_under_400_mb": rows["q8_0_gguf_ours_no_dtype"]["peak_rss_mb"] < 400,
         },
     }
