@@ -73,7 +73,8 @@ step() {
     fi
     if has tests; then
         TINYNN_REQUIRE_CUDA=1 step tests 70 python3 -m pytest tests/tinynn tests/gpt2/test_engines.py \
-            tests/gpt2/test_exact_attention.py tests/reliability/test_resources.py -v \
+            tests/gpt2/test_exact_attention.py tests/reliability/test_resources.py \
+            tests/gpt2/test_fused_decode.py tests/gpt2/test_sampling.py -v \
             -p no:cacheprovider -k cuda -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
     fi
     if has sanitize; then

@@ -9,9 +9,9 @@
  *
  * Work split. A block of 8 warps owns a tile of RB rows (8 warps x R rows)
  * and one of `splits` slices of the input (split-K). Blocks are numbered
- * split * tiles + tile. gemv_plan splits only where the input vectors do not
- * fit shared memory (8 vectors of 3072 or 6400 inputs), see
- * TNN_GEMV_BLOCKS_PER_SM below. With splits > 1, each block writes its partial sums, and
+ * split * tiles + tile. gemv_plan splits the input until the grid has one
+ * block per SM (TNN_GEMV_BLOCKS_PER_SM below) or the input vectors fit shared
+ * memory. With splits > 1, each block writes its partial sums, and
  * the block that finishes a tile last (a counter per tile) adds the slices in
  * slice order, so results do not depend on timing, and applies the epilogue.
  *
@@ -286,16 +286,17 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_q8_kernel(GemvArgs a)
 
 /* Launch policy knobs; native/cuda/tests/variants.sh compiles other values
  * to time them against each other.
- * TNN_GEMV_BLOCKS_PER_SM: the grid the input is split to reach (split-K);
- *   0: split only where the input vectors do not fit shared memory. A split
- *   costs a round of partial sums through L2 and a counter per tile, and the
- *   first GPU run (H100) found the decode step latency-bound, not
- *   bandwidth-bound: fewer dependent memory round trips pay more than more
- *   blocks. (2 was the first design.)
+ * TNN_GEMV_BLOCKS_PER_SM: the grid the input is split to reach (split-K).
+ *   A split costs a round of partial sums through L2 and a counter per tile;
+ *   the decode step is bound by such dependent round trips more than by
+ *   bytes. On an H100 (bench/h100_2026-12-07_session5), one block per SM
+ *   with one row a warp: gpt2 f16 0.326 ms a step against 0.444 with two
+ *   (the first design), q8_0 0.358 against 0.523, gpt2-xl f16 2.554 against
+ *   2.766. (0, split only where shared memory requires, failed a launch.)
  * TNN_GEMV_F16_SMALL_R: rows a warp for f16 at one or two vectors (1: more
  *   tiles, so small products still spread over the SMs without a split). */
 #ifndef TNN_GEMV_BLOCKS_PER_SM
-#define TNN_GEMV_BLOCKS_PER_SM 0
+#define TNN_GEMV_BLOCKS_PER_SM 1
 #endif
 #ifndef TNN_GEMV_F16_SMALL_R
 #define TNN_GEMV_F16_SMALL_R 1
