@@ -48,7 +48,9 @@ class FastGPT2(SlotEngine):
     kernels (native/cuda, tinynn.Decoder) instead of ggml graphs, where they run
     (CUDA, f16 or q8_0 weights, an sm_90 GPU). Off by default until a GPU run has
     measured them (bench/NOTES.md); True asks for them (an error where they
-    cannot run), None uses them where they run and logs why not elsewhere.
+    cannot run), None uses them where they run and logs why not elsewhere; with
+    None, a step the fused kernels fail (a TinyNNError) is logged, and that step
+    and the rest run as ggml graphs.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class FastGPT2(SlotEngine):
             self.root.finalize_weights()  # zeroed: empty caches
             upload_weights(self.weights, weights, self.n_rows, device)
             upload_mask_table(self.cache)
+            self.fused_decode = fused_decode
             self.decoder = self._fused_decoder(fused_decode)
         except BaseException:
             self.root.close()
@@ -225,8 +228,11 @@ class FastGPT2(SlotEngine):
         n_seq = len(tokens)
         if self.decoder is not None and n_seq <= self.decoder.max_batch:
             slots = first + np.arange(n_seq, dtype=np.int32)
-            ids, logits = self.decoder.step(tokens, positions, slots, logits=not greedy)
-            return ids if greedy else logits
+            try:
+                ids, logits = self.decoder.step(tokens, positions, slots, logits=not greedy)
+                return ids if greedy else logits
+            except TinyNNError as e:
+                self._fused_step_failed(e)
         n_kv = bucket(int(positions.max()) + 1, self.n_ctx)
         g = self._decode_graph(GraphShape(first, n_seq, 1, n_kv, last_only=False))
         return self._run(g, [tokens, positions, self.cache.rows(first, n_seq, positions)], greedy)
@@ -249,7 +255,21 @@ class FastGPT2(SlotEngine):
         records["top_p"] = [p.top_p for p in params]
         records["uniform"] = uniforms
         slots = first + np.arange(n_seq, dtype=np.int32)
-        return self.decoder.step(tokens, positions, slots, sampling=records)[0]
+        try:
+            return self.decoder.step(tokens, positions, slots, sampling=records)[0]
+        except TinyNNError as e:
+            self._fused_step_failed(e)
+        return super()._sample_slots(first, tokens, positions, active, params, uniforms)
+
+    def _fused_step_failed(self, e: TinyNNError) -> None:
+        """A step our kernels failed: an error where they were asked for; where they
+        were only used where they run, ggml's graphs take this step and the rest (the
+        failed step's cache rows are written again)."""
+        if self.fused_decode:
+            raise e
+        log.warning("our fused decode step failed (%s); decoding through ggml's graphs", e)
+        decoder, self.decoder = self.decoder, None
+        decoder.close()
 
     def _free_device(self) -> None:
         if self.decoder is not None:

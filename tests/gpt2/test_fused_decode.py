@@ -59,6 +59,45 @@ def test_decoder_refuses_a_cpu_session(tiny_model):
         )
 
 
+class _FailingDecoder:
+    """A decoder whose every step fails, as a launch or capture error would."""
+
+    max_batch = 8
+
+    def __init__(self):
+        self.steps = 0
+        self.closed = False
+
+    def step(self, *args, **kwargs):
+        self.steps += 1
+        raise TinyNNError("tnn_decoder_step: capturing the decode step: invalid argument")
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_failing_fused_step_falls_back_to_graphs(tiny_model):
+    """fused_decode=None: a step our kernels fail runs as ggml graphs, and so does
+    the rest, greedy and sampled; fused_decode=True: the error reaches the caller."""
+    prompt = _prompt(tiny_model.config, 5, seed=1)
+    sampling = {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3}
+    with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1) as plain:
+        want_greedy = greedy_generate(plain, prompt, 6)
+        want_sampled = list(generate_ids(plain, prompt, 6, **sampling))
+    with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, fused_decode=None) as fast:
+        for run, want in (
+            (lambda: greedy_generate(fast, prompt, 6), want_greedy),
+            (lambda: list(generate_ids(fast, prompt, 6, **sampling)), want_sampled),
+        ):
+            failing = fast.decoder = _FailingDecoder()
+            assert run() == want
+            assert failing.steps == 1 and failing.closed and fast.decoder is None
+        fast.decoder, fast.fused_decode = _FailingDecoder(), True
+        with pytest.raises(TinyNNError, match="capturing the decode step"):
+            greedy_generate(fast, prompt, 6)
+        fast.decoder = None
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_fused_decode_matches_reference_at_every_position(tiny_models, dtype):
