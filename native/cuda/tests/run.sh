@@ -7,7 +7,7 @@
 # real file is absent beside decode.cu (a quoted include looks there first).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${TMPDIR:-/tmp}/tnn_test_decode"
+out="${TNN_TEST_DIR:-/tmp}/tnn_test_decode"
 nvcc -O3 -arch=sm_90 -std=c++17 -Xptxas -v -I "$here/stub" -o "$out" "$here/test_decode.cu" 2> "$out.ptxas.txt" || {
     cat "$out.ptxas.txt"; exit 1; }
 grep -E "Compiling entry|Used|spill" "$out.ptxas.txt" | paste - - - | sed -E "s/.*function .([^']+).*spill stores, ([0-9]+ bytes spill loads).*(Used [0-9]+ registers).*/\1: \3, \2/" | c++filt | cut -c1-150 || true

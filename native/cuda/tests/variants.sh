@@ -7,7 +7,7 @@ set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 for v in "default:" "two-blocks-per-sm-r2:-DTNN_GEMV_BLOCKS_PER_SM=2 -DTNN_GEMV_F16_SMALL_R=2" \
          "one-block-per-sm-r2:-DTNN_GEMV_F16_SMALL_R=2"; do
-    name=${v%%:*} flags=${v#*:} bin="${TMPDIR:-/tmp}/tnn_test_decode_$name"
+    name=${v%%:*} flags=${v#*:} bin="${TNN_TEST_DIR:-/tmp}/tnn_test_decode_$name"
     # shellcheck disable=SC2086  # flags are words
     nvcc -O3 -arch=sm_90 -std=c++17 $flags -o "$bin" "$here/test_decode.cu" || continue
     echo "=== $name ($flags)"
