@@ -58,11 +58,11 @@ def download_sdist(pin: dict[str, str], workdir: Path) -> Path:
         str(workdir),
         f"{pin['package']}=={pin['version']}",
     ]
-    print("fetch_ggml:", " ".join(cmd), flush=True)
+    print(f"{pin['package']}:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     found = sorted(workdir.glob("*.tar.gz"))
     if len(found) != 1:
-        raise SystemExit(f"fetch_ggml: expected one sdist in {workdir}, found {found}")
+        raise SystemExit(f"{pin['package']}: expected one sdist in {workdir}, found {found}")
     return found[0]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "native"))
-from fetch_ggml import read_pin, sha256_of  # noqa: E402 - the same pin format and check
+from fetch_ggml import download_sdist, read_pin, sha256_of  # noqa: E402 - the same pin, download, check
 
 PIN_FILE = ROOT / "scripts" / "llama_cpp.pin"
 TOP = "llama.cpp"  # the folder name inside the tarball
@@ -51,19 +50,6 @@ def keep(rel: PurePosixPath) -> bool:
     if parts[:2] == ("ggml", "src") and len(parts) > 3 and parts[2].startswith("ggml-"):
         return parts[2] in KEEP_BACKENDS
     return True
-
-
-def download_sdist(pin: dict[str, str], workdir: Path) -> Path:
-    # --no-binary for this one package: we want its source; its build requirements
-    # (needed to read its metadata) stay binary.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin["package"]]
-    cmd += ["--dest", str(workdir), f"{pin['package']}=={pin['version']}"]
-    print("llama_cpp_source:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    found = sorted(workdir.glob("*.tar.gz"))
-    if len(found) != 1:
-        raise SystemExit(f"llama_cpp_source: expected one sdist in {workdir}, found {found}")
-    return found[0]
 
 
 def repack(sdist: Path, out: Path, pin: dict[str, str]) -> tuple[int, int, int]:
