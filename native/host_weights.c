@@ -24,7 +24,7 @@ ggml_backend_buffer_t alloc_host_weights(tnn_session *sess) {
     size_t total = 0;
     for (struct ggml_tensor *t = ggml_get_first_tensor(sess->ctx_w); t;
          t = ggml_get_next_tensor(sess->ctx_w, t)) {
-        total += pad_to(ggml_nbytes(t), align); /* what ggml_tallocr_alloc takes */
+        total += pad_to(ggml_backend_buft_get_alloc_size(buft, t), align); /* as ggml_tallocr_alloc sizes it */
     }
     if (total == 0) return NULL;
     void *map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
