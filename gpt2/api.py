@@ -21,6 +21,8 @@ import numpy as np
 
 from gpt2.completion import Completion
 from gpt2.engine import FastGPT2
+from gpt2.engine.base import Engine
+from gpt2.engine.fast import DECODE_MODES
 from gpt2.generate import Member, complete, complete_batch, generate_ids, stream_text
 from gpt2.params import GenerationParams, resolve_params
 from gpt2.port import (
@@ -29,7 +31,6 @@ from gpt2.port import (
     GPT2KVFFICache,
     GPT2KVFFICacheCuda,
 )
-from gpt2.protocol import Engine
 from gpt2.resolve import resolve_model
 from gpt2.slots import DEFAULT_SLOTS
 from gpt2.weights import GPT2Weights, LoadedModel, load_model
@@ -206,6 +207,7 @@ def load(
     n_slots: int | None = None,
     n_threads: int | None = None,
     max_batch: int | None = None,
+    decode: str = "auto",
 ) -> GPT2Model:
     """Loads a GGUF file, an HF snapshot folder or an HF hub id (None: the
     embedded default model) onto "cpu", "cuda" or "auto".
@@ -215,6 +217,10 @@ def load(
     n_slots: how many sequences (generations, streams, batch members) may be
     alive at once (default gpt2.slots.DEFAULT_SLOTS); each holds a KV cache
     of n_ctx positions. max_batch is its older name: n_slots at least that.
+    decode (fast engine): "auto" decodes in our fused CUDA kernels where they
+    run (CUDA, f16 or q8_0 weights) and through ggml's graphs elsewhere, logging
+    why; "fused" insists on our kernels (an error where they cannot run);
+    "graphs" always uses ggml's graphs.
     """
     if max_batch is not None:
         n_slots = max(n_slots or DEFAULT_SLOTS, max_batch)
@@ -228,6 +234,7 @@ def load(
         n_ctx=n_ctx,
         n_slots=n_slots,
         n_threads=n_threads,
+        decode=decode,
     )
     return GPT2Model(loaded, impl, device, engine)
 
@@ -242,6 +249,7 @@ def make_engine(
     n_slots: int | None = None,
     n_threads: int | None = None,
     gelu: str = "exact",
+    decode: str = "auto",
 ) -> Engine:
     """One engine over canonical weights on "cpu" or "cuda". n_ctx bounds the
     positions (T_SEQ of the full-forward port, max_T of the KV port); gelu
@@ -251,7 +259,13 @@ def make_engine(
     if engine == "fast":
         if gelu != "exact":
             raise ValueError("the fast engine always uses the exact GELU")
-        return FastGPT2(weights, device, dtype, n_ctx=n_ctx, n_slots=n_slots, n_threads=n_threads)
+        return FastGPT2(
+            weights, device, dtype, n_ctx=n_ctx, n_slots=n_slots, n_threads=n_threads, decode=decode
+        )
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+    if decode == "fused":
+        raise ValueError(f"decode='fused' needs the fast engine, not {engine!r}")
     if dtype != "f32":
         raise ValueError(f"the {engine} engine computes in f32 only (got dtype={dtype!r})")
     cuda = device == "cuda"

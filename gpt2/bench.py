@@ -26,6 +26,7 @@ import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.engine import WEIGHT_DTYPES, FastGPT2
+from gpt2.engine.fast import DECODE_MODES
 from gpt2.generate import generate_ids
 from gpt2.random_weights import random_weights
 
@@ -398,9 +399,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument(
-        "--fused-decode",
-        action="store_true",
-        help="decode in our own CUDA kernels where they run, ggml's graphs beside them",
+        "--decode",
+        choices=DECODE_MODES,
+        default="auto",
+        help="auto: our fused CUDA kernels where they run (ggml's graphs beside them, for "
+        "comparison); fused: only ours; graphs: only ggml's",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
@@ -432,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
                 dtype,
                 n_ctx=1024,
                 n_threads=args.threads,
-                fused_decode=None if args.fused_decode else False,
+                decode=args.decode,
             )
 
             if decode or "prefill" in wl or "generate" in wl:
@@ -448,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
                         add("ours", "generate sampled", stats)
                     fused = one.decoder is not None
                 if decode and fused:  # the same decode through ggml's graphs, for comparison
-                    with engine(n_slots=1, fused_decode=False) as graphs:
+                    with engine(n_slots=1, decode="graphs") as graphs:
                         stats = ours_decode(graphs, args.prompt_len, decode_tokens)
                         add("ours-ggml", "decode b1", stats)
             if "batch" in wl:

@@ -29,6 +29,7 @@ import numpy as np
 import gpt2
 from gpt2.api import DEVICES, ENGINES, GPT2Model, make_engine, pick_device
 from gpt2.engine import WEIGHT_DTYPES
+from gpt2.engine.fast import DECODE_MODES
 from gpt2.generate import StepTimings
 from gpt2.params import DEFAULT_PARAMS
 from gpt2.resolve import resolve_model
@@ -69,7 +70,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     device = choose_device(args.device)
     t0 = time.perf_counter()
-    model = gpt2.load(args.model, device, args.dtype, engine=args.engine, n_threads=args.threads)
+    model = gpt2.load(
+        args.model,
+        device,
+        args.dtype,
+        engine=args.engine,
+        n_threads=args.threads,
+        decode=args.decode,
+    )
     load_s = time.perf_counter() - t0
     with model:
         timed = StepTimings()
@@ -301,6 +309,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         n_ctx=args.n_ctx,
         n_slots=args.max_batch + 1,
         n_threads=args.threads,
+        decode=args.decode,
     )
     with model:
         serve(
@@ -359,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prompt", metavar="PROMPT", help="text to continue")
     _model_device_dtype(p)
+    _decode(p)
     # the library's defaults (gpt2.params): greedy unless --temperature is given
     p.add_argument(
         "--max-new-tokens",
@@ -514,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _model_device_dtype(p)
+    _decode(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
     p.add_argument(
@@ -565,6 +576,16 @@ def _model_device_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when usable")
     p.add_argument("--dtype", choices=("auto", *WEIGHT_DTYPES), default="auto", help="weight type")
     _threads(p)
+
+
+def _decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default="auto",
+        help="auto: our fused CUDA kernels where they run, ggml's graphs elsewhere; "
+        "fused: ours or an error; graphs: ggml's",
+    )
 
 
 def _threads(p: argparse.ArgumentParser) -> None:

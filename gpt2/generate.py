@@ -1,17 +1,15 @@
-"""Generation over any engine of the protocol (gpt2.protocol).
+"""One generation loop over any engine's step plans (gpt2.engine.step).
 
-Each call opens its own sequence (a cache slot and a position), so calls on
-one model, interleaved or from several threads, never see each other's state.
-Greedy decoding picks on the engine's device (one id a token); sampling
-chooses by the rule of gpt2.sampling with one uniform draw a token from the
-seeded generator, on the device where the engine can (the fused CUDA step),
-else on the host from the step's logits: the same rule on the same draws.
-
-Completions (text, finish reason, log-probabilities) are `Member`s of a batch,
-one or many: `prefill_member` starts one, `step_members` advances all the
-active ones by a token. A single completion, `generate_batch` and the server's
-scheduler (gpt2.serve.scheduler) run the same two calls, so a completion is
-the same whichever way it runs.
+A completion is a `Member`: its prompt, parameters, seeded draws and the
+`Continuation` that decides its text and end. Each step, every member still
+going gives one row to one plan (`member.row`): its prompt from position 0
+when it starts, else its last token at its position, with its sampling
+parameters, its uniform draw and the log-probabilities it wants; one
+`engine.step` runs them all and each member takes its chosen token back.
+Token choice happens in native code for the whole step (the device, or the
+shim's C sampler), by the rule of gpt2.sampling. A single completion, a
+batch, id prompts (`generate_ids`) and the server's scheduler all run this
+loop, so a completion is the same whichever way it runs.
 """
 
 from __future__ import annotations
@@ -22,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpt2.completion import Completion, Continuation
+from gpt2.completion import Completion, Continuation, TokenLogprob
+from gpt2.engine.base import Engine
+from gpt2.engine.step import StepPlan, StepResult, StepRow
 from gpt2.params import GenerationParams
-from gpt2.protocol import Engine
-from gpt2.sampling import SamplingParams, choose, draw_uniform, sample
+from gpt2.sampling import draw_uniform
 
 
 @dataclass
@@ -52,39 +51,24 @@ def generate_ids(
     """Yields new token ids; stops after max_new_tokens, at eos_id (which is
     yielded), or when the context is full. The sequence's slot is taken at the
     first token and given back when the generator ends or is closed."""
-    if max_new_tokens < 0:
+    if isinstance(max_new_tokens, int) and max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if len(prompt_ids) == 0:
-        raise ValueError("the prompt is empty: give at least one token")
-    if len(prompt_ids) > engine.max_positions:
-        raise ValueError(
-            f"the prompt has {len(prompt_ids)} tokens, the context holds {engine.max_positions}"
-        )
-    params = SamplingParams(temperature, top_k, top_p)  # checked once, not every token
-    if max_new_tokens == 0:
-        return
-    rng = np.random.default_rng(seed)
-    greedy = params.greedy
-    timings = timings if timings is not None else StepTimings()
-    with engine.sequence() as seq:
-        t0 = time.perf_counter()
-        if greedy:
-            token = seq.start_greedy(prompt_ids)
-        else:
-            token = sample(seq.start(prompt_ids), params, rng)
-        timings.prefill_s = time.perf_counter() - t0
-        for produced in range(1, max_new_tokens + 1):
-            yield token
-            if token == eos_id or produced == max_new_tokens:
-                return
-            if seq.position >= engine.max_positions:
-                return  # the next token would need a position past the context
-            t0 = time.perf_counter()
-            if greedy:
-                token = seq.step_greedy(token)
-            else:
-                token = seq.step_sample(token, params, draw_uniform(rng))
-            timings.step_s.append(time.perf_counter() - t0)
+    params = GenerationParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    member = Member(engine, None, prompt_ids, params, eos_id)
+    return _new_ids(engine, member, timings)
+
+
+def _new_ids(engine: Engine, member: Member, timings: StepTimings | None) -> Iterator[int]:
+    sent = 0
+    for _ in completion_pieces(engine, member, timings, every_token=True):
+        ids = member.cont.token_ids
+        while sent < len(ids):
+            yield ids[sent]
+            sent += 1
+    if member.cont.finish_reason == "eos":
+        yield member.cont.eos_id
 
 
 def greedy_generate(
@@ -104,31 +88,12 @@ def greedy_generate_batch(
     each), each equal to greedy_generate of that prompt alone: a sequence ends
     after max_new_tokens, at eos_id (kept), or at the end of its own context,
     while the others go on."""
-    if max_new_tokens < 0:
+    if isinstance(max_new_tokens, int) and max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if len(prompts) == 0:
-        raise ValueError("no prompts: give at least one")
-    for p in prompts:
-        if len(p) > engine.max_positions:
-            raise ValueError(
-                f"a prompt has {len(p)} tokens, the context holds {engine.max_positions}"
-            )
-    out: list[list[int]] = [[] for _ in prompts]
-    if max_new_tokens == 0:
-        return out
-    with engine.batch(len(prompts)) as batch:
-        tokens: list[int | None] = list(batch.start_greedy(prompts))
-        while True:
-            for i, token in enumerate(tokens):
-                if token is None:
-                    continue
-                out[i].append(token)
-                full = batch.positions[i] >= engine.max_positions
-                if token == eos_id or len(out[i]) == max_new_tokens or full:
-                    tokens[i] = None  # finished: not fed again
-            if all(t is None for t in tokens):
-                return out
-            tokens = batch.step_greedy(tokens)
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    members = [Member(engine, None, p, params, eos_id) for p in prompts]
+    done = complete_batch(engine, members)
+    return [c.token_ids + ([eos_id] if c.finish_reason == "eos" else []) for c in done]
 
 
 def check_prompt_length(engine: Engine, prompt_ids: Sequence[int]) -> None:
@@ -142,9 +107,9 @@ def check_prompt_length(engine: Engine, prompt_ids: Sequence[int]) -> None:
 
 
 class Member:
-    """One completion's sequence in a batch: its parameters, its draws (a
-    generator seeded by params.seed), its continuation and the token it feeds
-    at the next step (None once it has finished)."""
+    """One completion's sequence: its parameters, its draws (a generator seeded
+    by params.seed), its continuation and the token it feeds at the next step
+    (None once it has finished, or before it starts)."""
 
     def __init__(
         self,
@@ -155,92 +120,99 @@ class Member:
         eos_id: int | None = None,
     ):
         check_prompt_length(engine, prompt_ids)
-        self.prompt_ids = list(prompt_ids)
+        self.prompt_ids = engine.check_prompt(prompt_ids)
         self.params = params
         self.sampling = params.sampling
         self.rng = np.random.default_rng(params.seed)
         self.cont = Continuation(tokenizer, len(prompt_ids), params, engine.max_positions, eos_id)
+        self._decode = tokenizer.decode if tokenizer is not None else None
         self.next_token: int | None = None
-
-    @property
-    def wants_logits(self) -> bool:
-        return self.params.logprobs is not None
+        self.started = False
 
     def draw(self) -> float:
         """The uniform of this token: one draw when sampling, none when greedy."""
         return 0.0 if self.sampling.greedy else draw_uniform(self.rng)
 
-    def choose(self, logits: np.ndarray) -> int:
-        return choose(logits, self.sampling, self.draw())
+    def row(self, slot: int, position: int) -> StepRow:
+        """This member's row of the next step: its prompt from position 0 when it
+        has not started, else its last token at position."""
+        if self.started:
+            tokens, position = (self.next_token,), position
+        else:
+            tokens, position = self.prompt_ids, 0
+        return StepRow(slot, tokens, position, self.sampling, self.draw(), self.params.logprobs)
 
-    def take(self, token: int, logits: np.ndarray | None) -> str:
-        """Feeds the chosen token to the continuation; the text it shows."""
-        piece = self.cont.feed(int(token), logits)
-        self.next_token = None if self.cont.done else int(token)
+    def take(self, result: StepResult, k: int) -> str:
+        """Feeds row k's chosen token to the continuation; the text it shows."""
+        self.started = True
+        token = int(result.tokens[k])
+        logprob = None
+        if self.params.logprobs is not None:
+            logprob = self._logprob(token, result, k)
+        piece = self.cont.feed(token, logprob=logprob)
+        self.next_token = None if self.cont.done else token
         return piece
 
-
-def prefill_member(batch, i: int, member: Member) -> str:
-    """Starts member i of a running batch (gpt2.sequence.SequenceBatch.start_member)
-    and takes its first token; the text it shows."""
-    greedy = member.sampling.greedy and not member.wants_logits
-    out = batch.start_member(i, member.prompt_ids, greedy=greedy)
-    if greedy:
-        return member.take(out, None)
-    return member.take(member.choose(out), out)
+    def _logprob(self, token: int, result: StepResult, k: int) -> TokenLogprob:
+        text = self._decode or (lambda ids: "")
+        top_ids, top_lps = result.top_ids[k], result.top_logprobs[k]
+        top = tuple(
+            (int(i), text([int(i)]), float(lp)) for i, lp in zip(top_ids, top_lps, strict=True)
+        )
+        return TokenLogprob(token, text([token]), float(result.logprobs[k]), top)
 
 
 def step_members(batch, members: Sequence[Member | None]) -> list[str | None]:
-    """One step of every member still going (None, or a finished one: idle);
-    the text each shows (None for the idle ones). Greedy ids are picked on the
-    device; sampled ones there too where the engine can, each with its own
-    params and draw; a member that asks for log-probabilities makes the step
-    return logits, and every member then chooses on the host by the same rule."""
-    tokens = [m.next_token if m is not None else None for m in members]
-    live = [(i, m) for i, m in enumerate(members) if tokens[i] is not None]
+    """One step of every member of the batch that is still going or has yet to
+    start (member i in slot batch.first + i; None, or a finished one: idle);
+    the text each shows (None for the idle ones)."""
+    table = batch.engine.context.positions
+    rows, live = [], []
+    for i, m in enumerate(members):
+        if m is None or m.cont.done or (m.started and m.next_token is None):
+            continue
+        slot = batch.first + i
+        rows.append(m.row(slot, int(table[slot])))
+        live.append(i)
     pieces: list[str | None] = [None] * len(members)
-    if not live:
+    if not rows:
         return pieces
-    if any(m.wants_logits for _, m in live):
-        logits = batch.step(tokens)
-        for i, m in live:
-            pieces[i] = m.take(m.choose(logits[i]), logits[i])
-    elif all(m.sampling.greedy for _, m in live):
-        ids = batch.step_greedy(tokens)
-        for i, m in live:
-            pieces[i] = m.take(ids[i], None)
-    else:
-        params: list[SamplingParams | None] = [None] * len(members)
-        uniforms = [0.0] * len(members)
-        for i, m in live:
-            params[i], uniforms[i] = m.sampling, m.draw()
-        ids = batch.step_sample(tokens, params, uniforms)
-        for i, m in live:
-            pieces[i] = m.take(ids[i], None)
+    result = batch.engine.step(StepPlan(rows))
+    for k, i in enumerate(live):
+        pieces[i] = members[i].take(result, k)
     return pieces
 
 
+def prefill_member(batch, i: int, member: Member) -> str:
+    """Starts member i of a running batch alone (the others keep their
+    positions) and takes its first token; the text it shows."""
+    members: list[Member | None] = [None] * batch.n
+    members[i] = member
+    return step_members(batch, members)[i] or ""
+
+
 def completion_pieces(
-    engine: Engine, member: Member, timings: StepTimings | None = None
+    engine: Engine,
+    member: Member,
+    timings: StepTimings | None = None,
+    every_token: bool = False,
 ) -> Iterator[str]:
     """Runs one completion in a sequence of its own, yielding its text as it is
-    decided; member.cont holds the rest (ids, finish reason, log-probabilities).
-    The slot is taken at the first piece and given back when the generator ends
-    or is closed."""
+    decided (every_token: a piece, maybe empty, for every token); member.cont
+    holds the rest (ids, finish reason, log-probabilities). The slot is taken
+    at the first piece and given back when the generator ends or is closed."""
     if member.cont.done:
         return
     timings = timings if timings is not None else StepTimings()
     with engine.batch(1) as batch:
-        t0 = time.perf_counter()
-        piece = prefill_member(batch, 0, member)
-        timings.prefill_s = time.perf_counter() - t0
-        if piece:
-            yield piece
         while not member.cont.done:
             t0 = time.perf_counter()
             piece = step_members(batch, [member])[0]
-            timings.step_s.append(time.perf_counter() - t0)
-            if piece:
+            if timings.prefill_s is None:
+                timings.prefill_s = time.perf_counter() - t0
+            else:
+                timings.step_s.append(time.perf_counter() - t0)
+            if piece or every_token:
                 yield piece
 
 
@@ -257,16 +229,7 @@ def complete_batch(engine: Engine, members: Sequence[Member]) -> list[Completion
     if len(members) == 0:
         raise ValueError("no prompts: give at least one")
     with engine.batch(len(members)) as batch:
-        greedy = all(m.sampling.greedy and not m.wants_logits for m in members)
-        out = batch.start([m.prompt_ids for m in members], greedy=greedy)
-        for i, m in enumerate(members):
-            if m.cont.done:
-                continue  # max_new_tokens 0
-            if greedy:
-                m.take(out[i], None)
-            else:
-                m.take(m.choose(out[i]), out[i])
-        while any(m.next_token is not None for m in members):
+        while any(not m.cont.done for m in members):
             step_members(batch, members)
     return [m.cont.result() for m in members]
 

@@ -1,23 +1,12 @@
-"""Sequences and batches over any engine's cache slots (gpt2.protocol).
+"""Sequences and batches: slots of an engine's context, stepped through plans.
 
-An engine derives from `SlotEngine` and implements three slot-level calls,
-each run under the pool's lock with validated arguments:
-
-- `_prefill_slots(first, prompts, greedy)`: prompts[i] from position 0 into
-  slot first+i; the greedy ids [n] or the last-token logits [n, vocab].
-- `_step_slots(first, tokens, positions, active, greedy)`: one token of each
-  sequence at its position; inactive ones are finished and their results are
-  not read (an engine may compute them anyway, in their own slot).
-- `_logits_slot(slot, ids)`: logits [T, vocab] of ids from position 0.
-
-And `_sample_slots(first, tokens, positions, active, params, uniforms)`, one
-step that chooses each next token by the sampling rule with params[i] and
-uniforms[i]: on the host from the step's logits unless the engine overrides it.
-
-Positions live here, in the sequence, never in the engine. A batch's members
-may start together (`start`) or one at a time while the others keep their
-positions (`start_member`: continuous batching, gpt2.serve.scheduler); a
-member given None in a step is idle (finished or not yet started).
+A `SequenceBatch` holds n adjacent slots of the engine's context (gpt2.engine
+.context) for as long as it lives; each of its calls is one step plan
+(gpt2.engine.step) with a row for every member it moves. Positions are read
+from the context's table, never kept here. Members may start together
+(`start`) or one at a time while the others keep their positions
+(`start_member`); a member given None in a step is idle (finished or not
+yet started) and has no row in the plan.
 """
 
 from __future__ import annotations
@@ -26,127 +15,37 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.sampling import SamplingParams, choose
-from gpt2.slots import DEFAULT_SLOTS, SlotPool
-from gpt2.token_ids import check_token_ids
-
-
-class SlotEngine:
-    """The protocol's public half, shared by every engine (see module doc)."""
-
-    device: str
-    vocab_size: int
-    pool: SlotPool
-
-    def _init_slots(self, n_slots: int | None, what: str) -> None:
-        self.pool = SlotPool(DEFAULT_SLOTS if n_slots is None else n_slots, what)
-
-    # -- what each engine implements ------------------------------------------------
-    @property
-    def max_positions(self) -> int:
-        raise NotImplementedError
-
-    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
-        raise NotImplementedError
-
-    def _step_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        greedy: bool,
-    ) -> np.ndarray:
-        raise NotImplementedError
-
-    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _sample_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        params: list[SamplingParams],
-        uniforms: np.ndarray,
-    ) -> np.ndarray:
-        """One step choosing each next token by the sampling rule with its own
-        params and draw: here on the host, from the step's logits; an engine that
-        can choose on its device overrides this."""
-        logits = self._step_slots(first, tokens, positions, active, greedy=False)
-        ids = np.zeros(len(tokens), dtype=np.int32)
-        for i in np.flatnonzero(active):
-            ids[i] = choose(logits[i], params[i], float(uniforms[i]))
-        return ids
-
-    def _free_device(self) -> None:
-        """Frees the native sessions (called once, under the lock)."""
-        raise NotImplementedError
-
-    # -- the protocol ---------------------------------------------------------------
-    @property
-    def n_slots(self) -> int:
-        return self.pool.n_slots
-
-    @property
-    def closed(self) -> bool:
-        return self.pool.closed
-
-    def check_prompt(self, token_ids: Sequence[int]) -> np.ndarray:
-        ids = check_token_ids(token_ids, self.vocab_size)
-        if len(ids) > self.max_positions:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens, the context holds {self.max_positions}"
-            )
-        return ids
-
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits [T, vocab] (float32) of every position, in a slot of their own."""
-        ids = self.check_prompt(token_ids)
-        slot = self.pool.acquire(1)
-        try:
-            with self.pool.lock:
-                self.pool.check_open()
-                return self._logits_slot(slot, ids)
-        finally:
-            self.pool.release(slot, 1)
-
-    def sequence(self, timeout: float | None = None) -> SingleSequence:
-        return SingleSequence(SequenceBatch(self, 1, timeout))
-
-    def batch(self, n: int, timeout: float | None = None) -> SequenceBatch:
-        return SequenceBatch(self, n, timeout)
-
-    def close(self) -> None:
-        """Waits for a step in flight, then frees the device; later calls raise."""
-        self.pool.close()
-        with self.pool.lock:
-            if not getattr(self, "_device_freed", False):
-                self._device_freed = True
-                self._free_device()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+from gpt2.engine.step import GREEDY, StepPlan, StepRow
+from gpt2.sampling import SamplingParams
 
 
 class SequenceBatch:
     """n sequences in n adjacent slots, each at its own position."""
 
-    def __init__(self, engine: SlotEngine, n: int, timeout: float | None = None):
+    def __init__(self, engine, n: int, timeout: float | None = None):
         self.engine = engine
-        self.first = engine.pool.acquire(n, timeout)
+        self.first = engine.context.acquire(n, timeout)
         self.n = n
-        self.positions = [0] * n  # the next position of each sequence
         self._started = False
         self._open = True
+
+    @property
+    def positions(self) -> list[int]:
+        """The next position of each member (the context's table)."""
+        table = self.engine.context.positions
+        return [int(p) for p in table[self.first : self.first + self.n]]
 
     def _check(self) -> None:
         if not self._open:
             raise ValueError("the sequence is closed")
+
+    def _prompt_row(self, i: int, prompt: Sequence[int], greedy: bool) -> StepRow:
+        ids = self.engine.check_prompt(prompt)
+        if len(ids) == 0:
+            raise ValueError("the prompt is empty: give at least one token")
+        if greedy:
+            return StepRow(self.first + i, ids, 0)
+        return StepRow(self.first + i, ids, 0, sampling=None, logits="last")
 
     def start(self, prompts: Sequence[Sequence[int]], greedy: bool = False) -> np.ndarray:
         """Prefills sequence i with prompts[i] from position 0: the greedy ids [n]
@@ -154,15 +53,12 @@ class SequenceBatch:
         self._check()
         if len(prompts) != self.n:
             raise ValueError(f"this batch holds {self.n} sequences, got {len(prompts)} prompts")
-        ids = [self.engine.check_prompt(p) for p in prompts]
-        with self.engine.pool.lock:
-            self.engine.pool.check_open()
-            out = self.engine._prefill_slots(self.first, ids, greedy)
-        self.positions = [len(i) for i in ids]
+        plan = StepPlan([self._prompt_row(i, p, greedy) for i, p in enumerate(prompts)])
+        out = self.engine.step(plan)
         self._started = True
-        return out
+        return out.tokens.copy() if greedy else np.stack(out.logits)
 
-    def start_member(self, i: int, prompt: Sequence[int], greedy: bool = False) -> np.ndarray:
+    def start_member(self, i: int, prompt: Sequence[int], greedy: bool = False):
         """Prefills member i alone with prompt from position 0 (its slot only; the
         other members keep their positions): the greedy id (an int) or the last
         token's logits [vocab]. Between steps, this is how a new sequence joins a
@@ -170,24 +66,51 @@ class SequenceBatch:
         self._check()
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n:
             raise ValueError(f"member must be an int in 0..{self.n - 1}, got {i!r}")
-        ids = self.engine.check_prompt(prompt)
-        with self.engine.pool.lock:
-            self.engine.pool.check_open()
-            out = self.engine._prefill_slots(self.first + i, [ids], greedy)
-        self.positions[i] = len(ids)
+        out = self.engine.step(StepPlan([self._prompt_row(i, prompt, greedy)]))
         self._started = True
-        return int(out[0]) if greedy else out[0]
+        return int(out.tokens[0]) if greedy else out.logits[0]
+
+    def _decode_plan(self, token_ids: Sequence[int | None], make_row) -> tuple[StepPlan, list[int]]:
+        """A row for each active member (make_row(i, slot, token, position))."""
+        self._check()
+        if not self._started:
+            raise ValueError("no sequence started: call start() first")
+        if len(token_ids) != self.n:
+            raise ValueError(f"expected {self.n} token ids, got {len(token_ids)}")
+        active = [i for i, t in enumerate(token_ids) if t is not None]
+        if not active:
+            raise ValueError("every sequence of the batch is finished")
+        table = self.engine.context.positions
+        limit = self.engine.max_positions
+        rows = []
+        for i in active:
+            p = int(table[self.first + i])
+            if p >= limit:
+                raise ValueError(f"position {p} is past the context ({limit}) of sequence {i}")
+            t = token_ids[i]
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise ValueError(f"token ids must be ints, got {t!r}")
+            rows.append(make_row(i, self.first + i, [int(t)], p))
+        return StepPlan(rows), active
 
     def step(self, token_ids: Sequence[int | None], greedy: bool = False) -> np.ndarray:
         """One token for each sequence at its position (None: a finished one, left
         where it is); the greedy ids [n] or logits [n, vocab] (rows of finished
-        sequences are not meaningful)."""
-        return self._advance(
-            token_ids,
-            lambda first, tokens, positions, active: self.engine._step_slots(
-                first, tokens, positions, active, greedy
-            ),
-        )
+        sequences are zero)."""
+        if greedy:
+            plan, active = self._decode_plan(token_ids, lambda i, s, t, p: StepRow(s, t, p))
+        else:
+            plan, active = self._decode_plan(
+                token_ids, lambda i, s, t, p: StepRow(s, t, p, sampling=None, logits="last")
+            )
+        res = self.engine.step(plan)
+        if greedy:
+            ids = np.zeros(self.n, dtype=np.int32)
+            ids[active] = res.tokens
+            return ids
+        logits = np.zeros((self.n, self.engine.vocab_size), dtype=np.float32)
+        logits[active] = np.stack(res.logits)
+        return logits
 
     def step_sample(
         self,
@@ -209,49 +132,16 @@ class SequenceBatch:
             for t, p in zip(token_ids, per_member, strict=False):
                 if t is not None and not isinstance(p, SamplingParams):
                     raise ValueError(f"an active member needs SamplingParams, got {p!r}")
-        greedy = SamplingParams()
-        per_member = [greedy if p is None else p for p in per_member]
-        draws = np.asarray(uniforms, dtype=np.float64)
-        out = self._advance(
+        plan, active = self._decode_plan(
             token_ids,
-            lambda first, tokens, positions, active: self.engine._sample_slots(
-                first, tokens, positions, active, per_member[: len(tokens)], draws[: len(tokens)]
+            lambda i, s, t, p: StepRow(
+                s, t, p, sampling=per_member[i] or GREEDY, uniform=float(uniforms[i])
             ),
         )
-        return [None if t is None else int(o) for t, o in zip(token_ids, out, strict=True)]
-
-    def _advance(self, token_ids: Sequence[int | None], run) -> np.ndarray:
-        """Checks the step, runs it under the device lock, moves positions on."""
-        self._check()
-        if not self._started:
-            raise ValueError("no sequence started: call start() first")
-        if len(token_ids) != self.n:
-            raise ValueError(f"expected {self.n} token ids, got {len(token_ids)}")
-        active = np.array([t is not None for t in token_ids])
-        if not active.any():
-            raise ValueError("every sequence of the batch is finished")
-        live = [t for t in token_ids if t is not None]
-        tokens = np.zeros(self.n, dtype=np.int32)
-        tokens[active] = check_token_ids(live, self.engine.vocab_size)
-        limit = self.engine.max_positions
-        for i in np.flatnonzero(active):
-            if self.positions[i] >= limit:
-                raise ValueError(
-                    f"position {self.positions[i]} is past the context ({limit}) of sequence {i}"
-                )
-        # an idle member recomputes its last position, in its own slot; idle
-        # members after the last active one are left out of the step
-        positions = np.array([min(p, limit - 1) for p in self.positions], dtype=np.int32)
-        m = int(np.flatnonzero(active)[-1]) + 1
-        with self.engine.pool.lock:
-            self.engine.pool.check_open()
-            part = run(self.first, tokens[:m], positions[:m], active[:m])
-        for i in np.flatnonzero(active):
-            self.positions[i] += 1
-        if m == self.n:
-            return part
-        out = np.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
-        out[:m] = part
+        res = self.engine.step(plan)
+        out: list[int | None] = [None] * self.n
+        for k, i in enumerate(active):
+            out[i] = int(res.tokens[k])
         return out
 
     def start_greedy(self, prompts: Sequence[Sequence[int]]) -> list[int]:
@@ -264,7 +154,7 @@ class SequenceBatch:
     def close(self) -> None:
         if self._open:
             self._open = False
-            self.engine.pool.release(self.first, self.n)
+            self.engine.context.release(self.first, self.n)
 
     def __enter__(self) -> SequenceBatch:
         return self
@@ -283,6 +173,10 @@ class SingleSequence:
 
     def __init__(self, batch: SequenceBatch):
         self._batch = batch
+
+    @property
+    def slot(self) -> int:
+        return self._batch.first
 
     @property
     def position(self) -> int:

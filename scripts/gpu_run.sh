@@ -5,8 +5,8 @@
 # the time left (GPU_RUN_SECONDS, default 580) would not cover it.
 #
 #   OUT=... bash scripts/gpu_run.sh [build] [kernels] [tests] [sanitize] [profile] [profile-prefill]
-#                                   [floor] [graphs] [parity] [fused] [bench] [bench-xl] [bench-f32]
-#                                   [serve] [load] [parity-xl] [pack]
+#                                   [floor] [graphs] [parity] [fused] [user] [llama] [bench]
+#                                   [bench-xl] [bench-f32] [serve] [load] [parity-xl] [pack]
 #
 # The CUDA build takes about 4 of the 10 minutes a call may run. `pack` returns
 # the built libraries (xz, in 15 MB parts); put them together here with
@@ -116,14 +116,31 @@ step() {
     if has fused; then
         # our decode kernels beside ggml's graphs, and what generate() feels (greedy, sampled)
         step "fused gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f16 q8_0 \
-            --workloads decode generate batch --batch 8 --fused-decode --no-hf \
+            --workloads decode generate batch --batch 8 --decode auto --no-hf \
             --json "$RES/fused_gpt2_h200.json" 2>&1 | tail -12
         step "fused gpt2-xl" 90 python3 -m gpt2.bench --device cuda --shapes gpt2-xl \
-            --dtypes f16 q8_0 --workloads decode generate --fused-decode --no-hf \
+            --dtypes f16 q8_0 --workloads decode generate --decode auto --no-hf \
             --json "$RES/fused_gpt2-xl_h200.json" 2>&1 | tail -10
         step "gpt2 f16, 32 sequences" 40 python3 -m gpt2.bench --device cuda --shapes gpt2 \
-            --dtypes f16 --workloads batch --batch 32 --fused-decode --no-hf \
+            --dtypes f16 --workloads batch --batch 32 --decode auto --no-hf \
             --json "$RES/fused_gpt2_b32_h200.json" 2>&1 | tail -3
+    fi
+    if has user; then
+        # what a user gets: gpt2.load + complete() per token, our kernels (auto) and ggml's
+        # graphs, on the bench's GGUFs (the files llama-bench reads in the llama step)
+        step "write GGUFs" 90 python3 scripts/write_bench_ggufs.py --shapes gpt2 gpt2-xl \
+            --dtypes f16 q8_0 --out /tmp/ggufs 2>&1 | tail -2
+        step "user path" 240 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2_f16.gguf \
+            /tmp/ggufs/gpt2_q8_0.gguf --device cuda --out "$RES/user_gpt2.json" 2>&1 | tail -6
+        step "user path xl" 150 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2-xl_f16.gguf \
+            /tmp/ggufs/gpt2-xl_q8_0.gguf --device cuda --batch 0 --out "$RES/user_gpt2-xl.json" \
+            2>&1 | tail -6
+    fi
+    if has llama; then
+        # llama.cpp's llama-bench on the same GGUFs, in the same call (LLAMA_SRC carried)
+        step llama 420 env OUT="$RES/llama" LLAMA_BENCH_ARGS="-ngl 99 -fa 1 -p 512 -n 128 -r 3" \
+            bash scripts/llama_bench.sh /tmp/ggufs/gpt2_f16.gguf /tmp/ggufs/gpt2_q8_0.gguf \
+            /tmp/ggufs/gpt2-xl_f16.gguf /tmp/ggufs/gpt2-xl_q8_0.gguf 2>&1 | tail -20
     fi
     if has bench; then
         # HF compiled (torch.compile, minutes of compiling) only where the targets cite it: f16

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import TinyModel, build_tiny_models
+from tests.tiny_models import GPT2_HEAD_SPECS, TinyModel, build_tiny_models
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -21,6 +21,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[TinyModel]:
 def tiny_model(tiny_models: list[TinyModel]) -> TinyModel:
     """The first tiny model (2 layers, n_embd 64, 4 heads, vocab 300, context 64)."""
     return tiny_models[0]
+
+
+@pytest.fixture(scope="session")
+def gpt2_head_models(tmp_path_factory: pytest.TempPathFactory) -> list[TinyModel]:
+    """Tiny models with GPT-2's 64-wide heads (2 and 3 of them): what our fused
+    CUDA decode step takes."""
+    return build_tiny_models(tmp_path_factory.mktemp("gpt2_heads"), GPT2_HEAD_SPECS)
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,20 @@ SPECS = [
     ),
 ]
 
+# GPT-2's own head width, 64 (every release has it; our fused CUDA kernels take only it)
+GPT2_HEAD_SPECS = [
+    TinySpec(
+        "tiny_heads64",
+        GPT2Config(n_layer=2, n_embd=128, n_head=2, n_positions=64, vocab_size=320),
+        44,
+    ),
+    TinySpec(
+        "tiny_heads64_3",
+        GPT2Config(n_layer=3, n_embd=192, n_head=3, n_positions=48, vocab_size=300),
+        55,
+    ),
+]
+
 
 @dataclass(frozen=True)
 class TinyModel:
@@ -169,9 +183,9 @@ def build_tiny_model(spec: TinySpec, root: Path) -> TinyModel:
     return TinyModel(spec.name, spec.config, weights, hf_dir, gguf_ruby, gguf_llama, tokenizer)
 
 
-def build_tiny_models(root: Path) -> list[TinyModel]:
-    """All tiny models, written under `root`."""
-    return [build_tiny_model(spec, root) for spec in SPECS]
+def build_tiny_models(root: Path, specs: list[TinySpec] = SPECS) -> list[TinyModel]:
+    """The tiny models of specs, written under `root`."""
+    return [build_tiny_model(spec, root) for spec in specs]
 
 
 def check_close(ours: np.ndarray, ref: np.ndarray, tol: float, what: str) -> float:

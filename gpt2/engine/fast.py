@@ -19,24 +19,25 @@ from collections import OrderedDict
 
 import numpy as np
 
+from gpt2.engine.base import Engine
+from gpt2.engine.choice import all_greedy, choose_rows, sampling_records
 from gpt2.engine.graph import Graph, GraphShape, bucket, build_graph
 from gpt2.engine.kv_cache import declare_cache, upload_mask_table
 from gpt2.engine.memory import check_fits, default_n_ctx
+from gpt2.engine.step import StepResult, StepRow
 from gpt2.engine.upload import WEIGHT_DTYPES, declare_weights, upload_weights
-from gpt2.sampling import SamplingParams
-from gpt2.sequence import SlotEngine
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tinynn import Decoder, Session, TinyNNError
-from tinynn.decoder import SAMPLING_DTYPE
 
 MAX_PREFILL_GRAPHS = 8  # prefill graphs kept, by shape (least recently used go)
 MAX_FUSED_BATCH = 8  # sequences our fused decode step takes at once (native/cuda/decode.h)
+DECODE_MODES = ("auto", "fused", "graphs")
 
 log = logging.getLogger("gpt2")
 
 
-class FastGPT2(SlotEngine):
+class FastGPT2(Engine):
     """GPT-2 on one device with f32, f16 or q8_0 weights.
 
     ``n_ctx`` bounds positions (default: the model's context, at most
@@ -44,13 +45,13 @@ class FastGPT2(SlotEngine):
     is how many sequences may be alive at once (gpt2.slots; each holds a
     cache of n_ctx positions). ``exact_attention`` and ``pad_prefill``
     default to on for f32 weights on CUDA and off elsewhere; True or False
-    forces them, on any device. ``fused_decode``: decode steps in our own CUDA
-    kernels (native/cuda, tinynn.Decoder) instead of ggml graphs, where they run
-    (CUDA, f16 or q8_0 weights, an sm_90 GPU). Off by default until a GPU run has
-    measured them (bench/NOTES.md); True asks for them (an error where they
-    cannot run), None uses them where they run and logs why not elsewhere; with
-    None, a step the fused kernels fail (a TinyNNError) is logged, and that step
-    and the rest run as ggml graphs.
+    forces them, on any device. ``decode``: "fused" runs decode steps in our
+    own CUDA kernels (native/cuda, tinynn.Decoder), an error where they cannot run
+    (they need CUDA, f16 or q8_0 weights, 64-wide heads and an sm_90 GPU); "graphs"
+    runs them as ggml graphs; "auto" (default) takes our kernels where they run and
+    logs once why not elsewhere, and where a step fails in them (a TinyNNError) logs
+    it and runs that step and the rest as graphs. Batches of more than
+    MAX_FUSED_BATCH sequences always step as graphs.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class FastGPT2(SlotEngine):
         n_threads: int | None = None,
         exact_attention: bool | None = None,
         pad_prefill: bool | None = None,
-        fused_decode: bool | None = False,
+        decode: str = "auto",
     ):
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
@@ -73,7 +74,7 @@ class FastGPT2(SlotEngine):
         self.n_ctx = n_ctx or default_n_ctx(c.n_positions)
         if not 0 < self.n_ctx <= c.n_positions:
             raise ValueError(f"n_ctx={self.n_ctx} must be in 1..{c.n_positions}")
-        self._init_slots(n_slots, "model")
+        self._init_context(n_slots, "model")
         self.device, self.dtype = device, dtype
         cuda_f32 = device == "cuda" and dtype == "f32"
         self.exact_attention = cuda_f32 if exact_attention is None else exact_attention
@@ -97,8 +98,10 @@ class FastGPT2(SlotEngine):
             self.root.finalize_weights()  # zeroed: empty caches
             upload_weights(self.weights, weights, self.n_rows, device)
             upload_mask_table(self.cache)
-            self.fused_decode = fused_decode
-            self.decoder = self._fused_decoder(fused_decode)
+            if decode not in DECODE_MODES:
+                raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+            self.decode_mode = decode
+            self.decoder = self._fused_decoder(decode)
         except BaseException:
             self.root.close()
             raise
@@ -106,9 +109,9 @@ class FastGPT2(SlotEngine):
         self._decode_graphs: dict[GraphShape, Graph] = {}
         self.decode_graph_builds = 0
 
-    def _fused_decoder(self, wanted: bool | None) -> Decoder | None:
+    def _fused_decoder(self, mode: str) -> Decoder | None:
         """Our fused decode step where it runs and is wanted, else None."""
-        if wanted is False:
+        if mode == "graphs":
             return None
         why_not = None
         if self.device != "cuda":
@@ -135,9 +138,10 @@ class FastGPT2(SlotEngine):
                 )
             except TinyNNError as e:
                 why_not = str(e)
-        if wanted:
-            raise ValueError(f"fused_decode=True, but our fused decode step cannot run: {why_not}")
-        log.debug("decode steps run as ggml graphs: the fused step %s", why_not)
+        if mode == "fused":
+            raise ValueError(f"decode='fused', but our fused decode step cannot run: {why_not}")
+        level = logging.INFO if self.device == "cuda" else logging.DEBUG
+        log.log(level, "decode steps run as ggml graphs: our fused step %s", why_not)
         return None
 
     @property
@@ -169,37 +173,139 @@ class FastGPT2(SlotEngine):
             self.decode_graph_builds += 1
         return self._decode_graphs[shape]
 
-    def _run(self, g: Graph, ints: list[np.ndarray], greedy: bool) -> np.ndarray:
+    def _compute(self, g: Graph, ints: list[np.ndarray], device_choice: bool) -> np.ndarray:
         """Uploads tokens, positions, cache rows (and last rows), computes, and
-        returns the greedy ids or the logits rows [rows, vocab]: one native
+        returns the argmax ids or the logits rows [rows, vocab]: one native
         call, one wait for the device."""
         data = np.concatenate(ints).astype(np.int32)
-        if greedy:
+        if device_choice:
             return g.sess.compute_io(g.ints, data, g.out_ids)
         return g.sess.compute_io(g.ints, data, g.logits).reshape(-1, self.vocab_size)
 
-    # -- slot calls (gpt2.sequence) ---------------------------------------------
-    def _prefill(
-        self, first: int, prompts: list[np.ndarray], all_logits: bool, greedy: bool
-    ) -> np.ndarray:
-        """Runs the prompts from position 0 in one graph, prompt i into slot
-        first+i. Shorter prompts are padded to the longest."""
-        lengths = np.array([len(p) for p in prompts])
-        n_seq = len(prompts)
+    # -- the step (gpt2.engine.base) ------------------------------------------------
+    def _run(self, rows: list[StepRow], tokens: np.ndarray) -> StepResult:
+        """Decode rows first (one fused step or one graph), then the prefill rows
+        (a graph for each run of adjacent slots): a decode graph's idle members
+        write a stale row of their own slot, which a prefill in the same step
+        must overwrite, never the other way round."""
+        result = StepResult.empty(len(rows))
+        decode = [i for i, r in enumerate(rows) if len(r.tokens) == 1 and r.logits != "all"]
+        if decode:
+            self._decode(rows, decode, result)
+        if len(decode) < len(rows):
+            taken = set(decode)
+            prefill = sorted(
+                (i for i in range(len(rows)) if i not in taken), key=lambda i: rows[i].slot
+            )
+            for group in self._prefill_groups(rows, prefill):
+                self._prefill(rows, group, result)
+        return result
+
+    def _decode(self, rows: list[StepRow], index: list[int], result: StepResult) -> None:
+        """One token of each rows[index]: our fused step where it runs, else one
+        graph over the run of slots they sit in (slots between them idle)."""
+        part = [rows[i] for i in index]
+        tokens = np.array([r.tokens[0] for r in part], dtype=np.int32)
+        positions = np.array([r.position for r in part], dtype=np.int32)
+        slots = np.array([r.slot for r in part], dtype=np.int32)
+        host = [r.needs_logits for r in part]
+        device_choice = all_greedy(part) or not any(host)
+        if self.decoder is not None and len(part) <= self.decoder.max_batch:
+            records = None if all_greedy(part) else sampling_records(part)
+            try:
+                ids, logits = self.decoder.step(
+                    tokens, positions, slots, sampling=records, logits=any(host)
+                )
+            except TinyNNError as e:
+                self._fused_step_failed(e)
+            else:
+                self._take(part, index, result, ids if device_choice else None, logits)
+                return
+        first, last = int(slots.min()), int(slots.max())
+        n_seq = last - first + 1
+        all_tokens = np.zeros(n_seq, dtype=np.int32)
+        all_positions = self.context.positions[first : last + 1].astype(np.int32)
+        np.minimum(all_positions, self.n_rows - 1, out=all_positions)  # idle full slots
+        member = slots - first
+        all_tokens[member] = tokens
+        all_positions[member] = positions
+        n_kv = bucket(int(positions.max()) + 1, self.n_ctx)
+        g = self._decode_graph(GraphShape(first, n_seq, 1, n_kv, last_only=False))
+        ints = [all_tokens, all_positions, self.cache.rows(first, n_seq, all_positions)]
+        device_choice = all_greedy(part)
+        out = self._compute(g, ints, device_choice)
+        if device_choice:
+            self._take(part, index, result, out[member], None)
+        else:
+            self._take(part, index, result, None, out[member])
+
+    def _take(
+        self,
+        part: list[StepRow],
+        index: list[int],
+        result: StepResult,
+        ids: np.ndarray | None,
+        logits: np.ndarray | None,
+    ) -> None:
+        """Fills the result rows of part: the device's ids where it chose, else the
+        native sampler's over the logits; logits where asked."""
+        if logits is not None:
+            for k, (i, r) in enumerate(zip(index, part, strict=True)):
+                if r.logits == "last":
+                    result.logits[i] = logits[k]
+        if ids is not None:
+            result.tokens[index] = ids
+            return
+        choose_rows(result, part, index, logits)
+
+    def _prefill_groups(self, rows: list[StepRow], order: list[int]) -> list[list[int]]:
+        """The prefill rows (sorted by slot) in runs of adjacent slots whose padded
+        tokens fit the cache; a row that does not fit with others goes alone."""
+        groups: list[list[int]] = []
+        for i in order:
+            g = groups[-1] if groups else None
+            if g is not None and rows[g[-1]].slot + 1 == rows[i].slot:
+                trial = g + [i]
+                n_q = self._prefill_length(len(trial), max(len(rows[j].tokens) for j in trial))
+                if all(rows[j].position + n_q <= self.n_rows for j in trial):
+                    g.append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    def _prefill(self, rows: list[StepRow], index: list[int], result: StepResult) -> None:
+        """rows[index] (adjacent slots) in one graph, each from its own position,
+        padded to the longest: id 0 past a row's tokens, written to those cache
+        rows of its own slot. Real queries never attend past themselves, and
+        the row at position p is written again before any query reads it."""
+        part = [rows[i] for i in index]
+        first, n_seq = part[0].slot, len(part)
+        lengths = np.array([len(r.tokens) for r in part])
+        starts = np.array([r.position for r in part])
         n_q = self._prefill_length(n_seq, int(lengths.max()))
-        n_kv = bucket(n_q, self.n_rows)
-        g = self._prefill_graph(GraphShape(first, n_seq, n_q, n_kv, last_only=not all_logits))
-        # Padding: id 0 at positions t..n_q-1, written to those cache rows of its
-        # own slot. Real queries never attend past themselves, and decode at
-        # position p overwrites row p before any query reads it.
+        if n_seq == 1 and starts[0] + n_q > self.n_rows:
+            n_q = int(lengths[0])  # no room to pad
+        every = any(r.logits == "all" for r in part)
+        n_kv = bucket(int((starts + n_q).max()), self.n_rows)
+        g = self._prefill_graph(GraphShape(first, n_seq, n_q, n_kv, last_only=not every))
         tokens = np.zeros((n_seq, n_q), dtype=np.int32)
-        for i, seq in enumerate(prompts):
-            tokens[i, : len(seq)] = seq
-        positions = np.tile(np.arange(n_q), n_seq)
+        for k, r in enumerate(part):
+            tokens[k, : lengths[k]] = r.tokens
+        positions = (starts[:, None] + np.arange(n_q)[None, :]).reshape(-1)
         ints = [tokens.reshape(-1), positions, self.cache.rows(first, n_seq, positions)]
-        if not all_logits:
-            ints.append(np.arange(n_seq) * n_q + lengths - 1)  # the real last tokens
-        return self._run(g, ints, greedy)
+        last = np.arange(n_seq) * n_q + lengths - 1  # each row's last real token
+        if not every:
+            ints.append(last)
+        device_choice = all_greedy(part)
+        out = self._compute(g, ints, device_choice)
+        if device_choice:
+            result.tokens[index] = out if not every else out[last]
+            return
+        lasts = out if not every else out[last]
+        for k, (i, r) in enumerate(zip(index, part, strict=True)):
+            if r.logits == "all":
+                result.logits[i] = out[k * n_q : k * n_q + lengths[k]]
+        self._take(part, index, result, None, lasts)
 
     def _prefill_length(self, n_seq: int, t: int) -> int:
         """Tokens per sequence that a prefill of n_seq prompts of t computes:
@@ -210,62 +316,11 @@ class FastGPT2(SlotEngine):
         tf32 = t in TF32_COLUMNS or n_seq * t in TF32_COLUMNS  # attention, weights
         return padded if self.pad_prefill and tf32 and padded <= self.n_rows else t
 
-    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
-        return self._prefill(first, prompts, all_logits=False, greedy=greedy)
-
-    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
-        rows = self._prefill(slot, [ids], all_logits=True, greedy=False)
-        return rows[: len(ids)]  # without the padding
-
-    def _step_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        greedy: bool,
-    ) -> np.ndarray:
-        n_seq = len(tokens)
-        if self.decoder is not None and n_seq <= self.decoder.max_batch:
-            slots = first + np.arange(n_seq, dtype=np.int32)
-            try:
-                ids, logits = self.decoder.step(tokens, positions, slots, logits=not greedy)
-                return ids if greedy else logits
-            except TinyNNError as e:
-                self._fused_step_failed(e)
-        n_kv = bucket(int(positions.max()) + 1, self.n_ctx)
-        g = self._decode_graph(GraphShape(first, n_seq, 1, n_kv, last_only=False))
-        return self._run(g, [tokens, positions, self.cache.rows(first, n_seq, positions)], greedy)
-
-    def _sample_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        params: list[SamplingParams],
-        uniforms: np.ndarray,
-    ) -> np.ndarray:
-        n_seq = len(tokens)
-        if self.decoder is None or n_seq > self.decoder.max_batch:
-            return super()._sample_slots(first, tokens, positions, active, params, uniforms)
-        records = np.zeros(n_seq, dtype=SAMPLING_DTYPE)  # one record a sequence
-        records["temperature"] = [p.temperature for p in params]
-        records["top_k"] = [p.top_k for p in params]
-        records["top_p"] = [p.top_p for p in params]
-        records["uniform"] = uniforms
-        slots = first + np.arange(n_seq, dtype=np.int32)
-        try:
-            return self.decoder.step(tokens, positions, slots, sampling=records)[0]
-        except TinyNNError as e:
-            self._fused_step_failed(e)
-        return super()._sample_slots(first, tokens, positions, active, params, uniforms)
-
     def _fused_step_failed(self, e: TinyNNError) -> None:
         """A step our kernels failed: an error where they were asked for; where they
         were only used where they run, ggml's graphs take this step and the rest (the
         failed step's cache rows are written again)."""
-        if self.fused_decode:
+        if self.decode_mode == "fused":
             raise e
         log.warning("our fused decode step failed (%s); decoding through ggml's graphs", e)
         decoder, self.decoder = self.decoder, None

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.sequence import SlotEngine
+from gpt2.engine.base import Engine
+from gpt2.engine.choice import choose_rows
+from gpt2.engine.step import StepResult, StepRow
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
 
@@ -97,7 +99,7 @@ class GPT2BlockFFI:
         return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
 
 
-class PortEngine(SlotEngine):
+class PortEngine(Engine):
     """What the two port engines share: the session's lifetime, the check that
     weights fit the dimensions the engine was realized for, and greedy picks
     on the host (the original engines download logits)."""
@@ -112,7 +114,7 @@ class PortEngine(SlotEngine):
     def __init__(
         self, n_threads: int | None = None, gelu: str = "exact", n_slots: int | None = None
     ):
-        self._init_slots(n_slots, "engine")
+        self._init_context(n_slots, "engine")
         self.sess: Session | None = None
         self.gelu = check_gelu(gelu)
         self.n_threads = n_threads
@@ -139,10 +141,22 @@ class PortEngine(SlotEngine):
         if not self.realized or self.sess is None or self.sess.closed:
             raise ValueError("engine is not realized (call realize_for) or is closed")
 
-    @staticmethod
-    def _pick(logits: np.ndarray, greedy: bool) -> np.ndarray:
-        """Logits rows [n, vocab], or their argmax [n] when greedy."""
-        return np.argmax(logits, axis=1).astype(np.int32) if greedy else logits
+    def _row_logits(self, row: StepRow) -> np.ndarray:
+        """Logits [T, vocab] of row.tokens fed from row.position in row.slot."""
+        raise NotImplementedError
+
+    def _run(self, rows: list[StepRow], tokens: np.ndarray) -> StepResult:
+        """Each row through the original graph, in turn; the choices on the host
+        (the original engines download logits), all rows in one native call."""
+        result = StepResult.empty(len(rows))
+        every = [self._row_logits(r) for r in rows]
+        for i, r in enumerate(rows):
+            if r.logits == "all":
+                result.logits[i] = every[i]
+            elif r.logits == "last":
+                result.logits[i] = every[i][-1]
+        choose_rows(result, rows, list(range(len(rows))), np.stack([x[-1] for x in every]))
+        return result
 
     def _free_device(self) -> None:
         if self.sess is not None:

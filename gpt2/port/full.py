@@ -169,30 +169,10 @@ class GPT2FullForwardFFICache(PortEngine):
     def max_positions(self) -> int:
         return self.t_seq
 
-    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
-        rows = []
-        for i, ids in enumerate(prompts):
-            self._slot_ids[first + i] = [int(t) for t in ids]
-            rows.append(self.forward(ids)[-1])
-        return self._pick(np.stack(rows), greedy)
-
-    def _step_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        greedy: bool,
-    ) -> np.ndarray:
-        rows = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
-        for i in np.flatnonzero(active):
-            ids = self._slot_ids[first + i][: int(positions[i])] + [int(tokens[i])]
-            self._slot_ids[first + i] = ids
-            rows[i] = self.forward(ids)[-1]
-        return self._pick(rows, greedy)
-
-    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
-        return self.forward(ids)
+    def _row_logits(self, row) -> np.ndarray:
+        ids = self._slot_ids.get(row.slot, [])[: row.position] + [int(t) for t in row.tokens]
+        self._slot_ids[row.slot] = ids
+        return self.forward(ids)[row.position :]
 
 
 class GPT2FullForwardFFICacheCuda(GPT2FullForwardFFICache):

@@ -207,25 +207,8 @@ class GPT2KVFFICache(PortEngine):
     def max_positions(self) -> int:
         return self.max_T
 
-    def _prefill_slots(self, first: int, prompts: list[np.ndarray], greedy: bool) -> np.ndarray:
-        rows = [self.logits_for(ids, 0, first + i)[-1] for i, ids in enumerate(prompts)]
-        return self._pick(np.stack(rows), greedy)
-
-    def _step_slots(
-        self,
-        first: int,
-        tokens: np.ndarray,
-        positions: np.ndarray,
-        active: np.ndarray,
-        greedy: bool,
-    ) -> np.ndarray:
-        rows = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
-        for i in np.flatnonzero(active):
-            rows[i] = self.decode_step(int(tokens[i]), int(positions[i]), first + i)
-        return self._pick(rows, greedy)
-
-    def _logits_slot(self, slot: int, ids: np.ndarray) -> np.ndarray:
-        return self.logits_for(ids, 0, slot)
+    def _row_logits(self, row) -> np.ndarray:
+        return self.logits_for(row.tokens, row.position, row.slot)
 
 
 class GPT2KVFFICacheCuda(GPT2KVFFICache):

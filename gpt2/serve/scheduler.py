@@ -1,10 +1,10 @@
 """Continuous batching: one batch over all the model's slots, a step at a time.
 
 A worker thread owns a `SequenceBatch` of max_batch members. Between steps it
-admits queued requests into free members (`prefill_member`: that member
-alone is prefilled, the others keep their positions), drops cancelled ones
-(their member is free at the next step), then runs one step for every active
-member (`step_members`: each with its own sampling params and draws). So a
+admits queued requests into free members and drops cancelled ones (their
+member is free at the next step), then runs one step plan for every member
+(`step_members`): the admitted prompts' prefill rows beside the running
+members' decode rows, each with its own sampling params and draws. So a
 request gives what `model.complete()` gives alone, whoever shares its steps.
 
 Each request reports through its `sink`, called on the worker thread with an
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpt2.completion import Completion, TokenLogprob
-from gpt2.generate import Member, prefill_member, step_members
+from gpt2.generate import Member, step_members
 from gpt2.params import GenerationParams
 
 log = logging.getLogger("gpt2.serve")
@@ -229,25 +229,19 @@ class Scheduler:
             if r.cancelled:
                 self.stats.requests["cancelled"] += 1
                 continue
-            members[i] = r
+            members[i] = r  # prefilled in the step below, beside the running ones
             self.stats.prompt_tokens += len(r.member.prompt_ids)
-            try:
-                piece = prefill_member(batch, i, r.member)
-            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
-                self._end(members, i, "error", f"prefill failed: {e}")
-                continue
-            self._after_token(members, i, piece)
         active = [r.member if r is not None else None for r in members]
-        self.stats.active = sum(m is not None and m.next_token is not None for m in active)
+        self.stats.active = sum(m is not None and not m.cont.done for m in active)
         if self.stats.active:
             try:
                 pieces = step_members(batch, active)
             except Exception as e:  # noqa: BLE001 - fail the step's requests, keep serving
                 self.model.engine.pool.check_open()  # a closed model ends the worker
-                log.exception("a decode step failed")
+                log.exception("a step failed")
                 for i, r in enumerate(members):
                     if r is not None:
-                        self._end(members, i, "error", f"decode step failed: {e}")
+                        self._end(members, i, "error", f"step failed: {e}")
                 return True
             self.stats.steps += 1
             for i, piece in enumerate(pieces):

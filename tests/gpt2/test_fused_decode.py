@@ -50,8 +50,10 @@ def test_decoder_refuses_a_cpu_session(tiny_model):
                 lm_bias=w.lm_bias,
                 layers=layers,
             )
-    with pytest.raises(ValueError, match="fused_decode=True"):
-        FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, fused_decode=True)
+    with pytest.raises(ValueError, match="decode='fused'"):
+        FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, decode="fused")
+    with pytest.raises(ValueError, match="decode must be one of"):
+        FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, decode="fast")
     with Session("cpu") as s, pytest.raises(ValueError, match="9 tensors"):
         t = s.input_typed_persistent("f32", (4,))
         Decoder(
@@ -77,14 +79,14 @@ class _FailingDecoder:
 
 
 def test_a_failing_fused_step_falls_back_to_graphs(tiny_model):
-    """fused_decode=None: a step our kernels fail runs as ggml graphs, and so does
-    the rest, greedy and sampled; fused_decode=True: the error reaches the caller."""
+    """decode="auto": a step our kernels fail runs as ggml graphs, and so does
+    the rest, greedy and sampled; decode="fused": the error reaches the caller."""
     prompt = _prompt(tiny_model.config, 5, seed=1)
     sampling = {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3}
     with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1) as plain:
         want_greedy = greedy_generate(plain, prompt, 6)
         want_sampled = list(generate_ids(plain, prompt, 6, **sampling))
-    with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, fused_decode=None) as fast:
+    with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, decode="auto") as fast:
         for run, want in (
             (lambda: greedy_generate(fast, prompt, 6), want_greedy),
             (lambda: list(generate_ids(fast, prompt, 6, **sampling)), want_sampled),
@@ -92,7 +94,7 @@ def test_a_failing_fused_step_falls_back_to_graphs(tiny_model):
             failing = fast.decoder = _FailingDecoder()
             assert run() == want
             assert failing.steps == 1 and failing.closed and fast.decoder is None
-        fast.decoder, fast.fused_decode = _FailingDecoder(), True
+        fast.decoder, fast.decode_mode = _FailingDecoder(), "fused"
         with pytest.raises(TinyNNError, match="capturing the decode step"):
             greedy_generate(fast, prompt, 6)
         fast.decoder = None
@@ -100,12 +102,12 @@ def test_a_failing_fused_step_falls_back_to_graphs(tiny_model):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_fused_decode_matches_reference_at_every_position(tiny_models, dtype):
+def test_fused_decode_matches_reference_at_every_position(gpt2_head_models, dtype):
     use_device("cuda")
-    for m in tiny_models:
+    for m in gpt2_head_models:
         ids = _prompt(m.config, m.config.n_positions, seed=3)
         ref = GPT2Reference(m.weights).logits(ids)
-        with FastGPT2(m.weights, "cuda", dtype, fused_decode=True) as fast:
+        with FastGPT2(m.weights, "cuda", dtype, decode="fused") as fast:
             assert fast.decoder is not None
             with fast.sequence() as seq:
                 rows = [seq.start(ids[:4])]
@@ -115,15 +117,16 @@ def test_fused_decode_matches_reference_at_every_position(tiny_models, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_fused_greedy_and_batches_equal_the_graph_path(tiny_model, dtype):
+def test_fused_greedy_and_batches_equal_the_graph_path(gpt2_head_models, dtype):
     """Greedy continuations, alone and as a batch of 3 (distinct slots, unequal
     prompts), from our kernels and from ggml's graphs."""
     use_device("cuda")
-    m = tiny_model
+    m = gpt2_head_models[0]
     prompts = [_prompt(m.config, n, seed=s) for s, n in enumerate((5, 9, 2))]
     outs = {}
     for fused in (True, False):
-        with FastGPT2(m.weights, "cuda", dtype, n_slots=4, fused_decode=fused) as fast:
+        mode = "fused" if fused else "graphs"
+        with FastGPT2(m.weights, "cuda", dtype, n_slots=4, decode=mode) as fast:
             assert (fast.decoder is not None) == fused
             alone = [greedy_generate(fast, p, 24) for p in prompts]
             with fast.batch(3) as batch:
@@ -141,13 +144,13 @@ def test_fused_greedy_and_batches_equal_the_graph_path(tiny_model, dtype):
 
 
 @pytest.mark.cuda
-def test_device_sampling_follows_the_host_rule(tiny_model):
+def test_device_sampling_follows_the_host_rule(gpt2_head_models):
     """The token the device draws equals the host's choice on the same logits
     and uniform, except where the draw falls within rounding of a boundary."""
     use_device("cuda")
-    m = tiny_model
+    m = gpt2_head_models[0]
     rng = np.random.default_rng(9)
-    with FastGPT2(m.weights, "cuda", "f16", n_slots=8, fused_decode=True) as fast:
+    with FastGPT2(m.weights, "cuda", "f16", n_slots=8, decode="fused") as fast:
         with fast.batch(8) as batch:
             batch.start_greedy([_prompt(m.config, 6, seed=s) for s in range(8)])
         dec = fast.decoder
@@ -171,14 +174,14 @@ def test_device_sampling_follows_the_host_rule(tiny_model):
 
 
 @pytest.mark.cuda
-def test_seeded_sampling_reproduces_and_matches_the_graph_path(tiny_model):
+def test_seeded_sampling_reproduces_and_matches_the_graph_path(gpt2_head_models):
     use_device("cuda")
-    m = tiny_model
+    m = gpt2_head_models[0]
     prompt = _prompt(m.config, 7, seed=1)
     kw = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 4}
     runs = {}
     for fused in (True, False):
-        with FastGPT2(m.weights, "cuda", "f16", fused_decode=fused) as fast:
+        with FastGPT2(m.weights, "cuda", "f16", decode="fused" if fused else "graphs") as fast:
             runs[fused] = [list(generate_ids(fast, prompt, 30, **kw)) for _ in range(2)]
     assert runs[True][0] == runs[True][1]  # the same seed, the same text
     same = np.mean([a == b for a, b in zip(runs[True][0], runs[False][0], strict=True)])
@@ -186,10 +189,10 @@ def test_seeded_sampling_reproduces_and_matches_the_graph_path(tiny_model):
 
 
 @pytest.mark.cuda
-def test_bad_steps_raise_and_leave_the_decoder_usable(tiny_model):
+def test_bad_steps_raise_and_leave_the_decoder_usable(gpt2_head_models):
     use_device("cuda")
-    m = tiny_model
-    with FastGPT2(m.weights, "cuda", "f16", n_slots=2, fused_decode=True) as fast:
+    m = gpt2_head_models[0]
+    with FastGPT2(m.weights, "cuda", "f16", n_slots=2, decode="fused") as fast:
         dec = fast.decoder
         ok = (np.array([1], np.int32), np.array([0], np.int32), np.array([0], np.int32))
         want, _ = dec.step(*ok)
@@ -211,3 +214,37 @@ def test_bad_steps_raise_and_leave_the_decoder_usable(tiny_model):
         assert again.tolist() == want.tolist()
     with pytest.raises(ValueError, match="closed"):
         dec.step(*ok)
+
+
+@pytest.mark.cuda
+def test_other_head_widths_fall_back_to_graphs_cleanly(tiny_model):
+    """16-wide heads: "auto" decodes through ggml's graphs (and says why),
+    "fused" refuses with the reason."""
+    use_device("cuda")
+    m = tiny_model  # n_embd 64, 4 heads
+    prompt = _prompt(m.config, 5, seed=2)
+    with FastGPT2(m.weights, "cuda", "f16") as fast:
+        assert fast.decoder is None
+        assert len(greedy_generate(fast, prompt, 4)) == 4
+    with pytest.raises(ValueError, match="decode='fused'"):
+        FastGPT2(m.weights, "cuda", "f16", decode="fused")
+
+
+@pytest.mark.cuda
+def test_gpt2_load_decodes_in_our_kernels_by_default(gpt2_head_models, tmp_path):
+    """What a user gets: gpt2.load on CUDA with f16 weights steps in our kernels,
+    greedy and sampled, and gives what ggml's graphs give."""
+    import gpt2
+
+    use_device("cuda")
+    m = gpt2_head_models[0]
+    kw = {"max_new_tokens": 12, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": 5}
+    ids = _prompt(m.config, 6, seed=4)
+    outs = {}
+    for mode in ("auto", "graphs"):
+        with gpt2.load(m.hf_dir, device="cuda", dtype="f16", decode=mode) as model:
+            assert (model.engine.decoder is not None) == (mode == "auto")
+            outs[mode] = (model.generate(ids, max_new_tokens=12), model.generate(ids, **kw))
+    assert outs["auto"][0] == outs["graphs"][0]
+    same = np.mean([a == b for a, b in zip(outs["auto"][1], outs["graphs"][1], strict=False)])
+    assert same >= 0.75, outs

@@ -16,8 +16,10 @@ import pytest
 
 import gpt2
 from gpt2.api import make_engine
+from gpt2.engine.base import Engine
+from gpt2.engine.step import StepPlan, StepRow
 from gpt2.generate import greedy_generate, greedy_generate_batch
-from gpt2.protocol import Engine, EngineBatch, EngineSequence
+from gpt2.sequence import SequenceBatch, SingleSequence
 from gpt2.slots import NoFreeSlotError
 
 ENGINE_NAMES = ("fast", "full", "kv")
@@ -35,16 +37,61 @@ def _prompts(config, n: int, length: int = 5) -> list[list[int]]:
     return [rng.integers(0, config.vocab_size, length + i).tolist() for i in range(n)]
 
 
-def test_every_engine_speaks_the_protocol(model):
+def test_every_engine_speaks_the_one_interface(model):
     engine = model.engine
     assert isinstance(engine, Engine)
     with engine.sequence() as seq:
-        assert isinstance(seq, EngineSequence)
+        assert isinstance(seq, SingleSequence)
         assert seq.position == 0
         seq.start_greedy([1, 2, 3])
         assert seq.position == 3
+        assert engine.context.positions[seq.slot] == 3  # the one table
     with engine.batch(2) as batch:
-        assert isinstance(batch, EngineBatch)
+        assert isinstance(batch, SequenceBatch)
+
+
+def test_one_step_mixes_prefill_and_decode_rows(model):
+    """A plan's prefill and decode rows run in one step, and each row gets what
+    it gets alone: the greedy id, the last logits, or every position's."""
+    engine = model.engine
+    a, b = [5, 6, 7, 8], [9, 10, 11]
+    want_a = engine.logits(a + [3])
+    want_b = engine.logits(b)
+    with engine.batch(2) as batch:
+        first = batch.first
+        batch.start_member(0, a, greedy=True)
+        plan = StepPlan(
+            [
+                StepRow(first, [3], 4, sampling=None, logits="last"),
+                StepRow(first + 1, b, 0, logits="all"),
+            ]
+        )
+        out = engine.step(plan)
+        np.testing.assert_allclose(out.logits[0], want_a[-1], atol=1e-5)
+        np.testing.assert_allclose(out.logits[1], want_b, atol=1e-5)
+        assert out.tokens[0] == -1  # it asked for no choice
+        assert out.tokens[1] == int(np.argmax(want_b[-1]))
+        assert batch.positions == [5, 3]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (StepRow(0, [1], 3), "position"),  # past the slot's next position
+        (StepRow(0, [], 0), "non-empty"),
+        (StepRow(0, [10**6], 0), "vocabulary"),
+        (StepRow(99, [1], 0), "slot"),
+        (StepRow(0, [1], 0, uniform=1.0), "uniform"),
+        (StepRow(0, [1], 0, sampling=None, logprobs=2), "chosen token"),
+        (StepRow(0, [1], 0, logits="every"), "logits"),
+    ],
+)
+def test_a_bad_row_is_refused_before_the_device_runs(model, row, message):
+    engine = model.engine
+    with engine.sequence():
+        with pytest.raises(ValueError, match=message):
+            engine.step(StepPlan([row]))
+        assert int(engine.context.positions[0]) == 0
 
 
 def test_interleaved_streams_equal_each_alone(model):
