@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpt2.detokenizer import Detokenizer
 from gpt2.params import GenerationParams
 from gpt2.sampling import StopChecker
 
@@ -84,7 +85,9 @@ def _no_text(ids: list[int]) -> str:
 
 @dataclass
 class Continuation:
-    """The decided part of one completion (see the module docstring)."""
+    """The decided part of one completion (see the module docstring). A step's text
+    work is the token's own: a Detokenizer turns it into its final text, and
+    `text` keeps the shown pieces, joined when read."""
 
     tokenizer: object | None  # gpt2.tokenizer.Tokenizer, or None: ids only, no text
     n_prompt: int
@@ -94,14 +97,20 @@ class Continuation:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
-    text: str = ""  # shown so far
 
     def __post_init__(self) -> None:
         if self.params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer: the model has none")
         self._decode = self.tokenizer.decode if self.tokenizer is not None else _no_text
-        self._checker = StopChecker(self.params.stop)
-        self._shown = ""  # decoded text handed to the stop checker
+        self._detok = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
+        # no stop strings: every piece is shown as it comes (the checker would keep a
+        # copy of the whole text, grown at every step)
+        self._checker = StopChecker(self.params.stop) if self.params.stop else None
+        # final text not yet shown, because it ends in U+FFFD: the text is shown once
+        # the ids so far decode to a text that does not end in U+FFFD, as when each step
+        # decoded them all, so the stop checker gets the same pieces
+        self._held: list[str] = []
+        self._pieces: list[str] = []  # the text shown so far, in pieces
         if self.params.logprobs is not None:
             self.logprobs = []
         if self.params.max_new_tokens == 0:
@@ -110,6 +119,13 @@ class Continuation:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        """The text shown so far."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     def feed(self, token: int, logits: np.ndarray | None = None) -> str:
         """Takes the next chosen token (and the logits it was chosen from, needed
@@ -125,36 +141,47 @@ class Continuation:
                 raise ValueError("log-probabilities need the step's logits")
             self.logprobs.append(token_logprob(logits, token, self.params.logprobs, self._decode))
         piece = ""
-        if self.tokenizer is not None:
-            text = self._decode(self.token_ids)
-            if not text.endswith("\ufffd"):  # else a character split across tokens: wait
-                piece = self._checker.feed(text[len(self._shown) :])
-                self._shown = text
-                if self._checker.stopped:
+        if self._detok is not None:
+            new = self._detok.feed(token)
+            if new:
+                self._held.append(new)
+            if self._held and not (self._detok.pending or self._held[-1].endswith("\ufffd")):
+                piece = self._check("".join(self._held))
+                self._held.clear()
+                if self._checker is not None and self._checker.stopped:
                     self.finish_reason = "stop"
-                    self.text += piece
+                    self._show(piece)
                     return piece
         if len(self.token_ids) >= self.params.max_new_tokens:
             self.finish_reason = "length"
         elif self.n_prompt + len(self.token_ids) > self.max_positions:
             self.finish_reason = "context"  # the next token needs a position past it
-        self.text += piece
+        self._show(piece)
         if self.done:
             return piece + self._end()
         return piece
 
+    def _check(self, new: str) -> str:
+        """The part of the new final text that the stop strings let show now."""
+        return self._checker.feed(new) if self._checker is not None else new
+
+    def _show(self, piece: str) -> None:
+        if piece:
+            self._pieces.append(piece)
+
     def _end(self) -> str:
         """The held-back text at the end (a stop string's possible start)."""
-        if self.tokenizer is None:
+        if self._detok is None:
             return ""
-        text = self._decode(self.token_ids)
-        tail = self._checker.feed(text[len(self._shown) :]) if len(text) > len(self._shown) else ""
-        self._shown = text
-        if self._checker.stopped:
-            self.finish_reason = "stop"
-        else:
-            tail += self._checker.flush()
-        self.text += tail
+        rest = "".join(self._held) + self._detok.flush()
+        self._held.clear()
+        tail = self._check(rest) if rest else ""
+        if self._checker is not None:
+            if self._checker.stopped:
+                self.finish_reason = "stop"
+            else:
+                tail += self._checker.flush()
+        self._show(tail)
         return tail
 
     def result(self) -> Completion:

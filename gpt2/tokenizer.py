@@ -79,6 +79,7 @@ class Tokenizer:
         # characters one token can cover at most (byte-level: one char per byte), so a
         # text longer than max_tokens times this has more than max_tokens tokens
         self._max_token_chars = max(map(len, vocab), default=1) or 1
+        self._bytes_table: tuple[bytes, ...] | None = None  # built on first use
 
     @classmethod
     def from_folder(cls, path: str | Path) -> Tokenizer:
@@ -198,6 +199,49 @@ class Tokenizer:
         """The vocabulary string of id `i` (byte-level alphabet, e.g. 'Ġthe')."""
         return self._id_to_token[i]
 
+    @property
+    def byte_level(self) -> bool:
+        """Whether decode is byte-level: each id stands for bytes of its own (token_bytes)."""
+        return isinstance(self._tok.decoder, decoders.ByteLevel)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes id `i` stands for in decode: `decode(ids)` is
+        `b"".join(map(token_bytes, ids)).decode("utf-8", "replace")`. A token may hold
+        part of a character (an emoji's first byte). ValueError where decode is not
+        byte-level (see bytes_table)."""
+        table = self.bytes_table()
+        if table is None:
+            raise ValueError(
+                f"{self.source}: decode is not byte-level ({type(self._tok.decoder).__name__}): "
+                "a token has no bytes of its own"
+            )
+        return table[i]
+
+    def bytes_table(self) -> tuple[bytes, ...] | None:
+        """token_bytes of every id, indexed by id; None where the decoder is not
+        byte-level (no per-token table can reproduce it). Built once, on first use.
+
+        What `tokenizers`' ByteLevel decoder does, token by token: a token whose
+        characters are all in the byte-level alphabet stands for those bytes (an added
+        token '<|ü|>' too: 'ü' is byte 0xFC there, so it decodes to '<|\ufffd|>'); any
+        other (an added '€uro') for its UTF-8 bytes. Special and added tokens go through
+        the decoder like the others (decode keeps them), so '<|endoftext|>', plain
+        ASCII, stands for itself. The bytes of the whole list are
+        then decoded as Rust's String::from_utf8_lossy does, which replaces each maximal
+        invalid subpart by one U+FFFD, as Python's errors="replace" does; there is no
+        clean-up of spaces (that is transformers', not tokenizers')."""
+        if self._bytes_table is None and self.byte_level:
+            to_byte = _byte_level_decoder()
+            table = []
+            for i in range(self.vocab_size):
+                token = self._tok.id_to_token(i)  # decode's lookup: added tokens first
+                try:
+                    table.append(bytes(to_byte[c] for c in token))
+                except KeyError:
+                    table.append(token.encode("utf-8"))
+            self._bytes_table = tuple(table)
+        return self._bytes_table
+
     def merges(self) -> list[str]:
         """BPE merges in rank order as 'left right' strings."""
         model: dict[str, Any] = json.loads(self._tok.to_str())["model"]
@@ -233,6 +277,17 @@ def _byte_level(bpe: models.BPE) -> _HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte (openai/gpt-2's bytes_to_unicode,
+    reversed): the 188 printable bytes stand for themselves, the other 68 (controls,
+    space, 0x7f-0xa0, 0xad) for U+0100 onwards in byte order ('Ġ' is the space)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [b for b in range(256) if b not in printable]
+    chars = {chr(b): b for b in printable}
+    chars.update({chr(0x100 + n): b for n, b in enumerate(shifted)})
+    return chars
 
 
 def _guarded(source: str | Path, what: str, fn, *args, **kwargs):
