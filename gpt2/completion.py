@@ -127,9 +127,12 @@ class Continuation:
             self._pieces[:] = ["".join(self._pieces)]
         return self._pieces[0] if self._pieces else ""
 
-    def feed(self, token: int, logits: np.ndarray | None = None) -> str:
-        """Takes the next chosen token (and the logits it was chosen from, needed
-        for log-probabilities); returns the new text that may be shown."""
+    def feed(
+        self, token: int, logits: np.ndarray | None = None, logprob: TokenLogprob | None = None
+    ) -> str:
+        """Takes the next chosen token and, where log-probabilities are asked, its
+        TokenLogprob (from the step's native sampler) or the logits it was chosen
+        from; returns the new text that may be shown."""
         if self.done:
             raise ValueError(f"the completion has finished ({self.finish_reason})")
         if token == self.eos_id:
@@ -137,9 +140,11 @@ class Continuation:
             return self._end()
         self.token_ids.append(int(token))
         if self.logprobs is not None:
-            if logits is None:
-                raise ValueError("log-probabilities need the step's logits")
-            self.logprobs.append(token_logprob(logits, token, self.params.logprobs, self._decode))
+            if logprob is None:
+                if logits is None:
+                    raise ValueError("log-probabilities need the step's logits")
+                logprob = token_logprob(logits, token, self.params.logprobs, self._decode)
+            self.logprobs.append(logprob)
         piece = ""
         if self._detok is not None:
             new = self._detok.feed(token)

@@ -24,7 +24,7 @@ class SequenceBatch:
 
     def __init__(self, engine, n: int, timeout: float | None = None):
         self.engine = engine
-        self.first = engine.context.acquire(n, timeout)
+        self.first = engine.context.acquire(n, timeout, owner=self)
         self.n = n
         self._started = False
         self._open = True
@@ -154,7 +154,7 @@ class SequenceBatch:
     def close(self) -> None:
         if self._open:
             self._open = False
-            self.engine.context.release(self.first, self.n)
+            self.engine.context.release(self.first, self.n, owner=self)
 
     def __enter__(self) -> SequenceBatch:
         return self

@@ -34,16 +34,16 @@ class Context:
         return self.pool.lock
 
     def acquire(self, count: int, timeout: float | None = None, owner: object = None) -> int:
-        """count adjacent free slots, each at position 0; the first one."""
-        if owner is None:
-            first = self.pool.acquire(count, timeout)
-        else:
-            first = self.pool.acquire(count, timeout, owner=owner)
+        """count adjacent free slots, each at position 0; the first one. With an
+        owner (an object the caller keeps), the slots come back when it is
+        collected without release (gpt2.slots)."""
+        first = self.pool.acquire(count, timeout, owner=owner)
         self.positions[first : first + count] = 0
         return first
 
-    def release(self, first: int, count: int) -> None:
-        self.pool.release(first, count)
+    def release(self, first: int, count: int, owner: object = None) -> None:
+        """Gives the slots back (pass the owner acquire was given, or none)."""
+        self.pool.release(first, count, owner=owner)
 
     def check_plan(self, plan: StepPlan, vocab_size: int, max_positions: int) -> np.ndarray:
         """Checks every row against the table and the model; the tokens of all
