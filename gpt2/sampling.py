@@ -360,7 +360,10 @@ def find_stop(text: str, stops: Sequence[str]) -> StopMatch:
     The holdback is the longest suffix of `text` that is a proper prefix of a stop string:
     those characters might become a stop string once more text arrives.
     """
-    stops = _validate_stops(stops)
+    return _find_stop(text, _validate_stops(stops))
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> StopMatch:
     cut: int | None = None
     for s in stops:
         at = text.find(s)
@@ -387,36 +390,47 @@ class StopChecker:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = _validate_stops(stops)
-        self.text = ""  # everything fed so far
-        self.emitted = 0  # characters of `text` already handed out
+        self._emitted: list[str] = []  # text handed out, in pieces
+        self._held = ""  # text fed and not handed out: a stop string's possible start
+        self._rest = ""  # after a stop: the text from the stop string on
         self.stopped = False
 
     def feed(self, piece: str) -> str:
-        """Add `piece`; return the new text that can be streamed now (maybe empty)."""
+        """Add `piece`; return the new text that can be streamed now (maybe empty).
+        Only the held-back tail and the new piece are scanned: everything handed
+        out was checked already, so a step's work does not grow with the text."""
         if self.stopped:
+            self._rest += piece
             return ""
-        # Only the tail that could hold a new match needs scanning: a match cannot start
-        # before the held-back region, since everything emitted was checked already.
-        self.text += piece
-        match = find_stop(self.text[self.emitted :], self.stops)
+        text = self._held + piece
+        match = _find_stop(text, self.stops)
         if match.cut is not None:
             self.stopped = True
-            end = self.emitted + match.cut
+            end = match.cut
+            self._rest = text[end:]
         else:
-            end = len(self.text) - match.holdback
-        out = self.text[self.emitted : end]
-        self.emitted = end
+            end = len(text) - match.holdback
+        out = text[:end]
+        self._held = "" if self.stopped else text[end:]
+        if out:
+            self._emitted.append(out)
         return out
 
     def flush(self) -> str:
         """At the end of generation: the held-back text, which turned out not to stop."""
         if self.stopped:
             return ""
-        out = self.text[self.emitted :]
-        self.emitted = len(self.text)
+        out, self._held = self._held, ""
+        if out:
+            self._emitted.append(out)
         return out
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return "".join(self._emitted) + self._held + self._rest
 
     @property
     def final_text(self) -> str:
         """The whole text, cut at the stop string if one occurred."""
-        return self.text[: self.emitted] if self.stopped else self.text
+        return "".join(self._emitted) if self.stopped else self.text
