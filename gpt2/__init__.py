@@ -6,8 +6,9 @@ with gpt2.load(device="auto") as model:      # the embedded default model
 
 What is here, a concern a module:
 - api (load, GPT2Model), generate, sampling, tokenizer: text in, text out.
-- protocol (the Engine every engine speaks), sequence and slots (a model's
-  sequences: cache slots, positions, the lock that serializes device work).
+- engine.base (the Engine every engine implements: step(plan)), engine.step
+  (the plan), engine.context (cache slots, the position table, the lock that
+  serializes device work), sequence and slots (a model's sequences).
 - engine/ (FastGPT2: weights upload with LayerNorm folding, graph, KV cache;
   our fused CUDA decode step through tinynn.Decoder), port/ (the close port of
   the Ruby engine classes).

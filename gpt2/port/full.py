@@ -164,7 +164,7 @@ class GPT2FullForwardFFICache(PortEngine):
             self.sess.compute()
             return self.t_logits.download()[: len(ids)]
 
-    # -- the engine protocol (gpt2.sequence): a sequence is its ids so far --------
+    # -- the step (gpt2.engine.base): a slot's sequence is its ids so far --------------
     @property
     def max_positions(self) -> int:
         return self.t_seq

@@ -202,7 +202,7 @@ class GPT2KVFFICache(PortEngine):
             )
         return np.stack([self.decode_step(int(t), start_pos + i, slot) for i, t in enumerate(ids)])
 
-    # -- the engine protocol (gpt2.sequence) ---------------------------------------
+    # -- the step (gpt2.engine.base) ---------------------------------------------------
     @property
     def max_positions(self) -> int:
         return self.max_T
