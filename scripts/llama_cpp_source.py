@@ -68,6 +68,11 @@ def repack(sdist: Path, out: Path, pin: dict[str, str]) -> tuple[int, int, int]:
                 dropped += m.isfile()
                 continue
             m.name = str(PurePosixPath(TOP, rel))
+            # tarfile writes a PAX "path" header it read over the new name: drop it, or
+            # long paths keep their old vendor/... names (llama.cpp's CMake then misses files)
+            m.pax_headers = {
+                k: v for k, v in m.pax_headers.items() if k not in ("path", "linkpath")
+            }
             m.uid = m.gid = 0
             m.uname = m.gname = ""
             if m.isfile():
