@@ -7,7 +7,8 @@ below 2^-40; top-k keeps the logits >= the k-th largest (ties all kept); top-p
 keeps, among those, the logits >= the largest t whose kept mass at or above t
 reaches top_p of theirs; then one uniform u draws the first kept id (ascending)
 whose running weight exceeds u * sum. Parameters are float32 values, as the
-device sees them.
+device sees them. The native sampler (native/sampler.c, `tinynn.sample_rows`) applies
+the same rule to a batch of rows in C, with the same choice for the same uniform.
 
 Every random choice takes an explicit `np.random.Generator` (one `rng.random()`
 a sampled token, none for greedy), so a seed reproduces a run. Filters return

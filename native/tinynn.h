@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 3
+#define TNN_ABI_VERSION 4
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -295,6 +295,38 @@ TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64
 TNN_API int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data,
                            int64_t in_nbytes, tnn_tensor *out, void *out_data,
                            int64_t out_nbytes);
+
+/* ---- token choice and log-probabilities on the host (sampler.c) ---------- */
+
+/* The most log-probabilities tnn_sample_rows ranks a row. */
+#define TNN_SAMPLE_MAX_TOP 100
+
+/* For each of n_rows rows of logits (f32, row-major [n_rows, n_vocab]; n_vocab
+ * 1..INT32_MAX), the token chosen by THE SAMPLING RULE of cuda/sampling.h in
+ * float64, the same id as gpt2/sampling.py's choose() for the same uniform:
+ *   params  n_rows records of {float temperature; int32 top_k; float top_p;
+ *           float uniform} (tnn_sampling_params, 16 bytes), or NULL (with
+ *           params_nbytes 0) for greedy rows. temperature finite and >= 0 (0:
+ *           greedy, the lowest id of the largest logit), top_k >= 0 (0 or >=
+ *           n_vocab: off), top_p in (0, 1] (1: off), uniform in [0, 1).
+ *   out_ids             int32 [n_rows]: the chosen ids.
+ *   out_logprobs        f32 [n_rows] or NULL: the chosen id's log_softmax of
+ *                       the raw logits (temperature 1), computed in float64.
+ *   out_top_ids,        int32 and f32 [n_rows, n_top], when n_top > 0 (0..
+ *   out_top_logprobs    min(n_vocab, TNN_SAMPLE_MAX_TOP)): each row's n_top most
+ *                       likely ids, most likely first (ties: the lower id first),
+ *                       and their log-probabilities; NULL when n_top is 0.
+ * Each *_nbytes is its buffer's size in bytes and must equal what the shapes
+ * give (an optional buffer left out: NULL and 0). A NaN or +inf logit, a row of
+ * -inf only, or a parameter out of range fails with the row (and index) named;
+ * the outputs of the rows before it are written, the others are not. Uses
+ * O(n_vocab) memory of its own, freed before it returns. Thread-safe. */
+TNN_API int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t n_rows,
+                            int64_t n_vocab, const void *params, int64_t params_nbytes,
+                            int32_t *out_ids, int64_t ids_nbytes, float *out_logprobs,
+                            int64_t logprobs_nbytes, int64_t n_top, int32_t *out_top_ids,
+                            int64_t top_ids_nbytes, float *out_top_logprobs,
+                            int64_t top_logprobs_nbytes);
 
 /* ---- our fused CUDA decode step (native/cuda/decode.h) ------------------- */
 

@@ -18,15 +18,19 @@ with tinynn.Session("cpu") as s:
 from ._lib import ABI_VERSION, library_path
 from .decoder import Decoder
 from .errors import TinyNNError
+from .sampler import SAMPLING_DTYPE, SampledRows, sample_rows
 from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
 
 __all__ = [
     "ABI_VERSION",
     "Decoder",
+    "SAMPLING_DTYPE",
+    "SampledRows",
     "Session",
     "Tensor",
     "TinyNNError",
     "cuda_available",
     "cuda_unavailable_reason",
     "library_path",
+    "sample_rows",
 ]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -196,6 +196,18 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     #                      float *out_logits);
     "tnn_decoder_step": (
         [c_void_p, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p],
+        c_int,
+        STATUS,
+    ),
+    # int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t n_rows,
+    #                     int64_t n_vocab, const void *params, int64_t params_nbytes,
+    #                     int32_t *out_ids, int64_t ids_nbytes, float *out_logprobs,
+    #                     int64_t logprobs_nbytes, int64_t n_top, int32_t *out_top_ids,
+    #                     int64_t top_ids_nbytes, float *out_top_logprobs,
+    #                     int64_t top_logprobs_nbytes);
+    "tnn_sample_rows": (
+        [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_void_p, c_int64]
+        + [c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p, c_int64],
         c_int,
         STATUS,
     ),
