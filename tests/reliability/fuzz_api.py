@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 import tinynn
 from tinynn import TinyNNError
 from tinynn._lib import FUNCTIONS
+from tinynn.dtypes import SAMPLING_DTYPE
 
 from .child import fuzz_settings, summary
 
@@ -42,7 +43,10 @@ LIB = tinynn._lib.load()
 
 # Left out: the log callback (a Python callable, not data) and the calls that take no
 # argument and cannot fail (they are called in every sanity check anyway).
-SKIP = {"tnn_set_log_callback", "tnn_abi_version", "tnn_last_error"}
+# tnn_sample_rows reads and writes host buffers through raw pointers whose sizes the
+# caller states: fuzzed handles there would be fuzzing ctypes, not the shim; its own
+# error cases are tests/tinynn/test_sampler.py's.
+SKIP = {"tnn_set_log_callback", "tnn_abi_version", "tnn_last_error", "tnn_sample_rows"}
 NAMES = sorted(n for n in FUNCTIONS if n not in SKIP)
 # The calls that move a session through its states appear more often.
 WEIGHTED = NAMES + [
@@ -136,6 +140,16 @@ def tensor_nbytes(sess: int, t: int) -> int | None:
     return int(nb[3] * ne[3])
 
 
+def tensor_rows(sess: int, t: int) -> int | None:
+    """ne[1] of t, or None where t is not a tensor of sess."""
+    ne = (ctypes.c_int64 * 4)()
+    try:
+        LIB.tnn_tensor_info(sess, t, ne, None, None)
+    except TinyNNError:
+        return None
+    return int(ne[1])
+
+
 def raw(w: World, name: str, *args):
     """One traced call; the result, or None when it raised TinyNNError."""
     w.trace(f"{name}{args!r}")
@@ -226,6 +240,33 @@ def call(w: World, name: str, choices: list[int]) -> None:
                 keep.append(np.zeros(max(nbytes, 1), np.uint8))
                 data = keep[-1].ctypes.data
             args += [t, data, nbytes]
+    elif name == "tnn_compute_io_sample":
+        # in as for tnn_compute_io; logits a tensor (or NULL); the records and the ids
+        # real buffers of at least their nbytes, or NULL: records greedy (valid), or all
+        # zero (top_p 0: refused), so that on a GPU the call also gets through
+        sess, keep = w.session(next(it)), []
+        c_t, c_n, c_d = next(it), next(it), next(it)
+        t = w.tensor(c_t) if c_t % 5 else None
+        exact = tensor_nbytes(sess, t) if t and c_n % 3 == 0 else None
+        nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
+        data = None
+        if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
+            keep.append(np.zeros(max(nbytes, 1), np.uint8))
+            data = keep[-1].ctypes.data
+        c_l = next(it)
+        logits = w.tensor(c_l) if c_l % 5 else None
+        rows = tensor_rows(sess, logits) if logits else None
+        args = [sess, t, data, nbytes, logits]
+        for size in (SAMPLING_DTYPE.itemsize, 4):  # the records, then the ids
+            c_n, c_d = next(it), next(it)
+            exact = rows * size if rows is not None and c_n % 3 else None
+            nbytes = exact if exact is not None else wrap64(i64(c_n) * size)
+            data = None
+            if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
+                keep.append(np.zeros(max(nbytes, 1) // size + 1, SAMPLING_DTYPE))
+                keep[-1]["top_p"] = 1.0 if c_d % 3 else 0.0
+                data = keep[-1].ctypes.data
+            args += [data, nbytes]
     elif name == "tnn_tensor_info":
         bufs = [(ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)(), ctypes.c_int()]
         c = next(it)
