@@ -135,6 +135,7 @@ static struct ggml_context *new_compute_ctx(void) {
 }
 
 static void session_destroy(tnn_session *s) {
+    free_session_logits_sampler(s); /* its own memory and stream; it holds no ggml memory */
     if (s->staging) ggml_backend_buffer_free(s->staging);
     if (s->sched) ggml_backend_sched_free(s->sched);
     if (s->ctx) ggml_free(s->ctx);

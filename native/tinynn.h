@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 4
+#define TNN_ABI_VERSION 5
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -327,6 +327,42 @@ TNN_API int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t 
                             int64_t logprobs_nbytes, int64_t n_top, int32_t *out_top_ids,
                             int64_t top_ids_nbytes, float *out_top_logprobs,
                             int64_t top_logprobs_nbytes);
+
+/* ---- token choice on the device over a graph's logits (device_sampler.c) - */
+
+/* 1 when tnn_compute_io_sample can run for this session: a CUDA session, a
+ * library built with our CUDA kernels and a device they run on (compute
+ * capability 9.0 or newer); 0 when not, with tnn_last_error saying why;
+ * negative for a NULL or stale session. Answering 1 the first time makes the
+ * session's sampler (a CUDA stream). */
+TNN_API int tnn_can_sample_on_device(tnn_session *sess);
+
+/* tnn_compute_io without a download (in may be NULL), then THE SAMPLING RULE of
+ * cuda/sampling.h on the device over logits: f32 ne = [n_vocab, n_rows],
+ * contiguous, n_rows 1..65535, an output of the realized graph (tnn_set_output
+ * on it, or on the tensor it views; or the graph's result) in device memory.
+ *   sampling  n_rows records of {float temperature; int32 top_k; float top_p;
+ *             float uniform} (16 bytes), sampling_nbytes = 16 * n_rows, in the
+ *             ranges of tnn_sample_rows: temperature finite and >= 0 (0: greedy,
+ *             the lowest id of the largest logit), top_k >= 0 (0 or >= n_vocab:
+ *             off), top_p in (0, 1] (1: off), uniform in [0, 1).
+ *   out_ids   int32 [n_rows], out_ids_nbytes = 4 * n_rows: the chosen ids.
+ * Every argument, and every record (a bad one named by its row), is checked
+ * before ggml or the device does anything; the step's checks are those of
+ * tnn_compute_io. The rows are sampled on a stream of the session's own after
+ * ggml's compute has finished; the call returns when the ids are on the host.
+ * The ids equal tnn_sample_rows' wherever u * W and top_p * W do not fall
+ * within rounding (~1e-6 relative) of a running sum (sampling.h); the device
+ * reads a NaN logit as -inf, where the host refuses it. Where
+ * tnn_can_sample_on_device answers 0 (a CPU session, a build without our
+ * kernels) or the logits are in host memory (an op ggml-cuda lacks ran on the
+ * CPU): TNN_EBACKEND saying why, nothing computed; download the logits and use
+ * tnn_sample_rows. The session owns the sampler's device memory (grown to the
+ * most rows asked) and frees it with itself. */
+TNN_API int tnn_compute_io_sample(tnn_session *sess, tnn_tensor *in, const void *in_data,
+                                  int64_t in_nbytes, tnn_tensor *logits, const void *sampling,
+                                  int64_t sampling_nbytes, int32_t *out_ids,
+                                  int64_t out_ids_nbytes);
 
 /* ---- our fused CUDA decode step (native/cuda/decode.h) ------------------- */
 

@@ -17,6 +17,8 @@
  *   transfers.c       upload, download, tnn_compute_io
  *   cuda_specifics.c  what a CUDA session does differently, and why
  *   decoder.c         tnn_decoder_*: our fused CUDA decode step (cuda/decode.h)
+ *   device_sampler.c  tnn_compute_io_sample: a step, then token choice on the
+ *                     device over the graph's logits (cuda/sample_logits.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
  * Every function here is hidden (C_VISIBILITY_PRESET hidden); only tinynn.h's
@@ -92,6 +94,11 @@ struct tnn_session {
     /* Our fused decode steps over this root's tensors (decoder.c), freed
      * before the memory they read. */
     struct tnn_decoder *decoders;
+
+    /* Token choice on the device over this session's logits (device_sampler.c):
+     * a stream and buffers of its own, made on first use, freed with the
+     * session. NULL until then, and always without our CUDA kernels. */
+    struct tnn_cuda_logits_sampler *logits_sampler;
 };
 
 /* ---- errors.c -------------------------------------------------------------- */
@@ -212,10 +219,24 @@ int check_realized(tnn_session *s, const char *func);
 /* The error for a failed compute: TNN_EBACKEND. */
 int compute_failed(enum ggml_status status, const char *func);
 
+/* ---- transfers.c ------------------------------------------------------------ */
+
+/* tnn_compute_io in two parts, under func's name: every check (sess already
+ * live), then the upload, compute and download, one wait (checks done). */
+int compute_io_check(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                     tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func);
+int compute_io_run(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                   tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func);
+
 /* ---- decoder.c -------------------------------------------------------------- */
 
 /* Frees every decoder of a root session. */
 void free_session_decoders(tnn_session *root);
+
+/* ---- device_sampler.c -------------------------------------------------------- */
+
+/* Frees the session's device sampler, if it has one (any session, fork or root). */
+void free_session_logits_sampler(tnn_session *s);
 
 /* ---- cuda_specifics.c ------------------------------------------------------ */
 

@@ -134,16 +134,19 @@ static char *staging_memory(tnn_session *sess, size_t need) {
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
-                   tnn_tensor *out, void *out_data, int64_t out_nbytes) {
-    CHECK_SESS(sess, TNN_EINVAL);
-    /* Every check first (tnn_upload_raw's, tnn_download_raw's, tnn_compute's),
-     * so a failure copies nothing. */
-    int rc = check_realized(sess, __func__);
-    if (rc == TNN_OK && in) rc = check_upload(sess, in, in_data, in_nbytes, 0, -1, __func__);
-    if (rc == TNN_OK && out) rc = check_transfer(sess, out, out_data, out_nbytes, 0, -1, __func__);
-    if (rc == TNN_OK) rc = check_persistent_indices(sess, __func__);
-    if (rc != TNN_OK) return rc;
+/* Every check of a step (tnn_upload_raw's, tnn_download_raw's, tnn_compute's),
+ * so that a failure copies nothing; sess is live (CHECK_SESS done). */
+int compute_io_check(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                     tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func) {
+    int rc = check_realized(sess, func);
+    if (rc == TNN_OK && in) rc = check_upload(sess, in, in_data, in_nbytes, 0, -1, func);
+    if (rc == TNN_OK && out) rc = check_transfer(sess, out, out_data, out_nbytes, 0, -1, func);
+    if (rc == TNN_OK) rc = check_persistent_indices(sess, func);
+    return rc;
+}
+
+int compute_io_run(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                   tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func) {
     size_t n_in = in ? (size_t)in_nbytes : 0, n_out = out ? (size_t)out_nbytes : 0;
     bool async_in = n_in > 0 && on_session_backend(sess, in);
     bool async_out = n_out > 0 && on_session_backend(sess, out);
@@ -164,11 +167,19 @@ int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data, int64
         ggml_backend_tensor_get_async(sess->backend, out, stage ? stage + out_at : out_data, 0, n_out);
     }
     ggml_backend_sched_synchronize(sess->sched);
-    if (status != GGML_STATUS_SUCCESS) return compute_failed(status, __func__);
+    if (status != GGML_STATUS_SUCCESS) return compute_failed(status, func);
     if (async_out && stage) {
         memcpy(out_data, stage + out_at, n_out);
     } else if (n_out > 0 && !async_out) {
         ggml_backend_tensor_get(out, out_data, 0, n_out);
     }
     return TNN_OK;
+}
+
+int tnn_compute_io(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
+                   tnn_tensor *out, void *out_data, int64_t out_nbytes) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    int rc = compute_io_check(sess, in, in_data, in_nbytes, out, out_data, out_nbytes, __func__);
+    if (rc != TNN_OK) return rc;
+    return compute_io_run(sess, in, in_data, in_nbytes, out, out_data, out_nbytes, __func__);
 }

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -181,6 +181,16 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     #                    out, void *out_data, int64_t out_nbytes);
     "tnn_compute_io": (
         [c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int64],
+        c_int,
+        STATUS,
+    ),
+    # int tnn_can_sample_on_device(tnn_session *sess);
+    "tnn_can_sample_on_device": ([c_void_p], c_int, STATUS),
+    # int tnn_compute_io_sample(sess, in, const void *in_data, int64_t in_nbytes, logits,
+    #                           const void *sampling, int64_t sampling_nbytes,
+    #                           int32_t *out_ids, int64_t out_ids_nbytes);
+    "tnn_compute_io_sample": (
+        [c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int64, c_void_p, c_int64],
         c_int,
         STATUS,
     ),

@@ -16,12 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .dtypes import SAMPLING_DTYPE  # tnn_sampling_params; imported from here by callers
 from .session import INT32, Session, Tensor, c_integer
 
-# tnn_sampling_params, one record a sequence
-SAMPLING_DTYPE = np.dtype(
-    [("temperature", "<f4"), ("top_k", "<i4"), ("top_p", "<f4"), ("uniform", "<f4")]
-)
 LAYER_TENSORS = 9  # w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj, kv
 
 

@@ -13,3 +13,10 @@ _NAMES = {v: k for k, v in GGML_TYPE_IDS.items()}
 def dtype_name(type_id: int) -> str:
     """Our name of a ggml type id ("ggml:<id>" for types we do not handle)."""
     return _NAMES.get(type_id, f"ggml:{type_id}")
+
+
+# tnn_sampling_params (native/cuda/sampling.h): one record a row or sequence,
+# for the fused decode step, the device sampler and the host sampler alike.
+SAMPLING_DTYPE = np.dtype(
+    [("temperature", "<f4"), ("top_k", "<i4"), ("top_p", "<f4"), ("uniform", "<f4")]
+)

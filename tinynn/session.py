@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._lib import cuda_build_hint, load
-from .dtypes import DTYPES, GGML_TYPE_IDS, dtype_name
+from .dtypes import DTYPES, GGML_TYPE_IDS, SAMPLING_DTYPE, dtype_name
 from .errors import TinyNNError
 
 
@@ -170,6 +170,15 @@ def _as_buffer(data, dtype: str) -> np.ndarray:
 
 def _t(x: Tensor | None) -> int | None:
     return None if x is None else x.handle
+
+
+def _input_buffer(inp: Tensor | None, data) -> np.ndarray | None:
+    """The bytes a step uploads into ``inp`` (None without an input tensor)."""
+    if inp is not None:
+        return _as_buffer(data, inp.dtype)
+    if data is not None:
+        raise ValueError("data given without an input tensor")
+    return None
 
 
 class Session:
@@ -458,12 +467,8 @@ class Session:
         of out's shape), waiting for the device once where ``upload``,
         ``compute`` and ``download`` wait three times: a decode step's host
         overhead on CUDA. Checks as those three calls do, before any copy."""
-        in_ptr, in_nbytes, keep = None, 0, None
-        if inp is not None:
-            keep = _as_buffer(data, inp.dtype)
-            in_ptr, in_nbytes = keep.ctypes.data, keep.nbytes
-        elif data is not None:
-            raise ValueError("data given without an input tensor")
+        keep = _input_buffer(inp, data)
+        in_ptr, in_nbytes = (None, 0) if keep is None else (keep.ctypes.data, keep.nbytes)
         if out is None:
             if into is not None:
                 raise ValueError("into given without an output tensor")
@@ -475,6 +480,70 @@ class Session:
             out._check_host_array(into, "into")
         self._lib.tnn_compute_io(
             self._ptr(), _t(inp), in_ptr, in_nbytes, out.handle, into.ctypes.data, into.nbytes
+        )
+        return into
+
+    @property
+    def can_sample_on_device(self) -> bool:
+        """True when ``compute_io_sample`` runs here: a CUDA session of a library
+        built with our CUDA kernels, on a device they run on (compute capability
+        9.0 or newer). Elsewhere download the logits and choose on the host
+        (``tinynn.sample_rows``)."""
+        return self._lib.tnn_can_sample_on_device(self._ptr()) == 1
+
+    def device_sampling_unavailable_reason(self) -> str | None:
+        """Why ``compute_io_sample`` cannot run for this session; None when it can."""
+        if self._lib.tnn_can_sample_on_device(self._ptr()) == 1:
+            return None
+        return self._lib.tnn_last_error().decode("utf-8", "replace")
+
+    def compute_io_sample(
+        self,
+        inp: Tensor | None,
+        data: np.ndarray | Sequence | None,
+        logits: Tensor,
+        records: np.ndarray,
+        into: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One step (as ``compute_io``, without a download), then the token of
+        each row of ``logits`` chosen on the device by THE SAMPLING RULE
+        (native/cuda/sampling.h): int32 ids [rows], into ``into`` when given.
+
+        logits: f32 ne = [vocab, rows] (numpy shape (rows, vocab)), an output of
+        the realized graph (``set_output``) computed on the device. records: rows
+        records of ``SAMPLING_DTYPE`` (temperature, top_k, top_p, uniform; the
+        ranges of ``tinynn.sample_rows``), record i for row i. Only the ids come
+        back (4 bytes a row), not the logits. Every argument is checked before
+        anything runs: TinyNNError for a record out of range (naming its row), a
+        tensor or byte count that does not fit, and where ``can_sample_on_device``
+        is False (a CPU session, a library without our kernels)."""
+        keep = _input_buffer(inp, data)
+        in_ptr, in_nbytes = (None, 0) if keep is None else (keep.ctypes.data, keep.nbytes)
+        # records with SAMPLING_DTYPE's fields (numpy would turn plain numbers into
+        # records with every field set to the number)
+        names = getattr(getattr(records, "dtype", None), "names", None)
+        if names != SAMPLING_DTYPE.names:
+            raise ValueError(
+                f"records must be an array of SAMPLING_DTYPE {SAMPLING_DTYPE.names}, "
+                f"got {getattr(records, 'dtype', type(records).__name__)}"
+            )
+        records = np.ascontiguousarray(records, dtype=SAMPLING_DTYPE)
+        if records.ndim != 1:
+            raise ValueError(f"records must be 1-D (one a row), got shape {records.shape}")
+        if into is None:
+            into = np.empty(logits.ne[1], np.int32)
+        elif into.dtype != np.int32 or not into.flags.c_contiguous or not into.flags.writeable:
+            raise ValueError("into must be a writeable C-contiguous int32 array")
+        self._lib.tnn_compute_io_sample(
+            self._ptr(),
+            _t(inp),
+            in_ptr,
+            in_nbytes,
+            logits.handle,
+            records.ctypes.data,
+            records.nbytes,
+            into.ctypes.data,
+            into.nbytes,
         )
         return into
 
