@@ -318,13 +318,15 @@ def load() -> ctypes.CDLL:
         except OSError as exc:
             tried.append(f"{path} ({exc})")
             continue
-        _declare(lib)
-        version = lib.tnn_abi_version()
+        # the version first: a stale library lacks the newer functions _declare names
+        abi = getattr(lib, "tnn_abi_version", None)
+        version = abi() if abi is not None else "unknown"
         if version != ABI_VERSION:
             raise TinyNNError(
                 f"{path} has ABI version {version}, this package needs {ABI_VERSION}: "
                 "rebuild it with `make native`"
             )
+        _declare(lib)
         lib.tnn_set_log_callback(_forward_log, None)
         _lib = lib
         return lib

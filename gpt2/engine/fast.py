@@ -29,6 +29,7 @@ from gpt2.engine.upload import WEIGHT_DTYPES, declare_weights, upload_weights
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tinynn import Decoder, Session, TinyNNError
+from tinynn.dtypes import SAMPLING_DTYPE
 
 MAX_PREFILL_GRAPHS = 8  # prefill graphs kept, by shape (least recently used go)
 MAX_FUSED_BATCH = 8  # sequences our fused decode step takes at once (native/cuda/decode.h)
@@ -102,6 +103,8 @@ class FastGPT2(Engine):
                 raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
             self.decode_mode = decode
             self.decoder = self._fused_decoder(decode)
+            # sampled rows of a graph step are chosen by our CUDA sampler where it runs
+            self.device_sampling = device == "cuda" and self.root.can_sample_on_device
         except BaseException:
             self.root.close()
             raise
@@ -173,14 +176,23 @@ class FastGPT2(Engine):
             self.decode_graph_builds += 1
         return self._decode_graphs[shape]
 
-    def _compute(self, g: Graph, ints: list[np.ndarray], device_choice: bool) -> np.ndarray:
+    def _compute(
+        self, g: Graph, ints: list[np.ndarray], part: list[StepRow], member: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Uploads tokens, positions, cache rows (and last rows), computes, and
-        returns the argmax ids or the logits rows [rows, vocab]: one native
-        call, one wait for the device."""
+        returns (ids, logits) of the graph's output rows `member` (the rows of
+        part): the argmax where every row is greedy; our CUDA sampler's choice
+        where the rows only choose and the device can; else the logits rows
+        [rows, vocab] for the host. One native call, one wait for the device."""
         data = np.concatenate(ints).astype(np.int32)
-        if device_choice:
-            return g.sess.compute_io(g.ints, data, g.out_ids)
-        return g.sess.compute_io(g.ints, data, g.logits).reshape(-1, self.vocab_size)
+        if all_greedy(part):
+            return g.sess.compute_io(g.ints, data, g.out_ids)[member], None
+        if self.device_sampling and not any(r.needs_logits for r in part):
+            records = np.zeros(g.logits.ne[1], dtype=SAMPLING_DTYPE)  # other rows: greedy
+            records[member] = sampling_records(part)
+            return g.sess.compute_io_sample(g.ints, data, g.logits, records)[member], None
+        logits = g.sess.compute_io(g.ints, data, g.logits).reshape(-1, self.vocab_size)
+        return None, logits[member]
 
     # -- the step (gpt2.engine.base) ------------------------------------------------
     def _run(self, rows: list[StepRow], tokens: np.ndarray) -> StepResult:
@@ -232,12 +244,8 @@ class FastGPT2(Engine):
         n_kv = bucket(int(positions.max()) + 1, self.n_ctx)
         g = self._decode_graph(GraphShape(first, n_seq, 1, n_kv, last_only=False))
         ints = [all_tokens, all_positions, self.cache.rows(first, n_seq, all_positions)]
-        device_choice = all_greedy(part)
-        out = self._compute(g, ints, device_choice)
-        if device_choice:
-            self._take(part, index, result, out[member], None)
-        else:
-            self._take(part, index, result, None, out[member])
+        ids, logits = self._compute(g, ints, part, member)
+        self._take(part, index, result, ids, logits)
 
     def _take(
         self,
@@ -296,16 +304,16 @@ class FastGPT2(Engine):
         last = np.arange(n_seq) * n_q + lengths - 1  # each row's last real token
         if not every:
             ints.append(last)
-        device_choice = all_greedy(part)
-        out = self._compute(g, ints, device_choice)
-        if device_choice:
-            result.tokens[index] = out if not every else out[last]
+        if every:  # every row's logits, for the host
+            out = g.sess.compute_io(g.ints, np.concatenate(ints).astype(np.int32), g.logits)
+            out = out.reshape(-1, self.vocab_size)
+            for k, (i, r) in enumerate(zip(index, part, strict=True)):
+                if r.logits == "all":
+                    result.logits[i] = out[k * n_q : k * n_q + lengths[k]]
+            self._take(part, index, result, None, out[last])
             return
-        lasts = out if not every else out[last]
-        for k, (i, r) in enumerate(zip(index, part, strict=True)):
-            if r.logits == "all":
-                result.logits[i] = out[k * n_q : k * n_q + lengths[k]]
-        self._take(part, index, result, None, lasts)
+        ids, logits = self._compute(g, ints, part, np.arange(n_seq))
+        self._take(part, index, result, ids, logits)
 
     def _prefill_length(self, n_seq: int, t: int) -> int:
         """Tokens per sequence that a prefill of n_seq prompts of t computes:
