@@ -229,8 +229,12 @@ class Scheduler:
             if r.cancelled:
                 self.stats.requests["cancelled"] += 1
                 continue
-            members[i] = r  # prefilled in the step below, beside the running ones
             self.stats.prompt_tokens += len(r.member.prompt_ids)
+            if r.member.cont.done:  # max_tokens 0: finished before any step
+                self.stats.requests[r.member.cont.finish_reason] += 1
+                r._report("")
+                continue
+            members[i] = r  # prefilled in the step below, beside the running ones
         active = [r.member if r is not None else None for r in members]
         self.stats.active = sum(m is not None and not m.cont.done for m in active)
         if self.stats.active:

@@ -179,6 +179,19 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(server, client, b
     assert client.completions.create(model="tiny", prompt="the", max_tokens=2).choices[0].text
 
 
+def test_max_tokens_0_answers_with_the_prompts_usage(client):
+    """Finished before any step: answered at once (streamed or not), never left waiting."""
+    r = client.completions.create(model="tiny", prompt="the cat", max_tokens=0, timeout=10)
+    assert r.choices[0].text == "" and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens > 0
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="the cat", max_tokens=0, stream=True, timeout=10
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ""
+
+
 def test_too_long_prompt_through_the_client(client, tiny_model):
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="tiny", prompt=[1] * (tiny_model.config.n_positions + 1))
