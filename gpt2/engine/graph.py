@@ -14,17 +14,59 @@
 Each graph is built once in its own forked session, then recomputed with new
 inputs, which lets ggml-cuda replay it as a CUDA graph. The slots a graph
 attends over are fixed when it is built (`first_slot`); rows are runtime.
+
+Batch invariance on the CPU: a sequence's logits do not depend on the other
+rows of its graph (how many, which slots, their positions). ggml-cpu picks
+its kernels by shape, and they sum in different orders, so the graph gives
+each kind of row one kernel whatever the batch. A graph of one token a
+sequence is a decode step; one of two or more tokens a sequence, a prefill.
+So the engine must give a row the same kind of graph whatever shares its
+step (a one-token row sent to a prefill graph beside longer rows, past
+position 0, gets other bits than in a decode graph).
+- Products. With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu multiplies
+  two or more columns in tinyBLAS (llamafile_sgemm) where a weight's shape
+  suits it, with the same sum for an element whatever the tile shape, and one
+  column in ggml's vec_dot: for f32 and f16 another order, for q8_0 on x86
+  with AVX2 the same. Where one column alone would get other bits than among
+  others (`_alone_as_among` asks ggml once a weight), a decode step lays its
+  activations out [k, 1, N] (`_linear`): tinyBLAS sees one column N times and
+  declines, so every batch size runs vec_dot, as one sequence always did. A
+  prefill's products have two or more columns: tinyBLAS. The unembedding, whose
+  rows vary with the batch in every graph, follows the same rule everywhere.
+- Attention. ggml-cpu's flash attention runs a query-by-query kernel below
+  64 queries a sequence (GGML_FA_TILE_Q), a tiled one from 64, and, for one
+  query of one sequence over 512 cache rows or more, splits the cache across
+  threads. A decode step stays on the first: a lone sequence gets a second
+  query with every cache row masked, which costs nothing. A prefill repeats
+  its queries to 64, so all its rows take the tiled kernel. Both skip masked
+  cache rows: the cache bucket (set by the batch's longest position) changes
+  nothing. (A one-token prompt at position 0 gets the same bits from both:
+  it attends to itself only.)
+Norms, GELU and the adds work row by row. tests/gpt2/test_batch_invariance.py
+checks all of it bit for bit. On CUDA the graph is as written; ggml-cuda also
+picks kernels by batch size and is not made invariant here.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.engine.kv_cache import F32_BYTES, I32_BYTES, KVCache
 from gpt2.engine.upload import FastWeights
 from tinynn import Session, Tensor
+
+# ggml-cpu's flash attention takes its tiled kernel for a node of at least this
+# many queries a sequence (GGML_FA_TILE_Q, ggml-cpu/common.h)
+CPU_FA_TILE = 64
+
+# root session -> {weight handle: whether a column of x W gets the same bits alone
+# as among others} (_alone_as_among)
+_ALONE_AS_AMONG: weakref.WeakKeyDictionary[Session, dict[int, bool]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -57,6 +99,17 @@ def build_graph(
     d, dh, nh = c.n_embd, c.d_head, c.n_head
     n_seq, n_q, n_kv = shape.n_seq, shape.n_q, shape.n_kv
     n = n_seq * n_q
+    # batch invariance on the CPU (module doc)
+    cpu = root.device == "cpu"
+    decode = cpu and n_q == 1
+    lw = w.layers[0]  # every layer's weights have layer 0's types and shapes
+    by_column = {  # a decode step's products that run a column at a time
+        role: decode and not _alone_as_among(root, getattr(lw, role))
+        for role in ("w_qkv", "w_o", "w_fc", "w_proj")
+    }
+    masked_query = decode and n_seq == 1 and not exact_attention  # a second, masked query
+    padded = cpu and n_q > 1 and not exact_attention  # queries repeated to CPU_FA_TILE
+    n_fa = max(n_q, CPU_FA_TILE) if padded else n_q + masked_query  # queries in attention
     s = root.fork()
     try:
         ints = s.input_typed("i32", (3 * n + (n_seq if shape.last_only else 0),))
@@ -65,16 +118,22 @@ def build_graph(
         rows = s.view_1d(ints, n, 2 * n * I32_BYTES)
         x = s.add(s.get_rows(w.wte, tokens), s.get_rows(w.wpe, positions))  # [d, N]
         mask = s.get_rows(cache.mask_table, positions)  # [n_rows, N]
-        mask = s.view_2d(mask, n_kv, n, cache.n_rows * F32_BYTES, 0)  # [n_kv, N]
+        row = cache.n_rows * F32_BYTES
+        # [n_kv, n_q, 1, B]: broadcast over heads
+        mask = s.view_4d(mask, (n_kv, n_q, 1, n_seq), (row, n_q * row, n_q * row), 0)
+        if masked_query:  # the table's row 0 from its second key on: -inf (where n_kv
+            # is n_rows, its last key is row 1's first, 0: one cache row read, finite)
+            none = s.view_4d(cache.mask_table, (n_kv, 1, 1, 1), (row, row, row), F32_BYTES)
+            mask = s.concat(mask, none, 1)  # [n_kv, 2, 1, 1]
+        mask = _repeat_queries(s, mask, n_fa)  # [n_kv, n_fa, 1, B]
         # soft_max_ext takes the f32 mask; flash attention wants f16
         mask = s.cont(mask) if exact_attention else s.cast(mask, "f16")
-        mask = s.reshape(mask, n_kv, n_q, 1, n_seq)  # broadcast over heads
         scale = 1.0 / math.sqrt(dh)
         kv_size = cache.element_bytes
         kv_offset = shape.first_slot * cache.slot_bytes
         for layer, kv_cache in zip(w.layers, cache.layers, strict=True):
             h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
-            qkv = s.add(s.matmul(layer.w_qkv, h), layer.b_qkv)  # [3d, N]
+            qkv = _linear(s, layer.w_qkv, layer.b_qkv, h, by_column["w_qkv"])  # [3d, N]
             q = s.view_4d(
                 qkv,
                 (dh, n_q, nh, n_seq),
@@ -95,16 +154,27 @@ def build_graph(
                 if n_q > 1:  # with one query both orders are the same memory
                     attn = s.cont(s.permute(attn, 0, 2, 1, 3))  # [dh, nh, n_q, B]
             else:
-                attn = s.flash_attn_ext(q, k, v, mask, scale)  # [dh, nh, n_q, B]
+                q = _repeat_queries(s, q, n_fa)  # [dh, n_fa, nh, B]
+                attn = s.flash_attn_ext(q, k, v, mask, scale)  # [dh, nh, n_fa, B]
+                if n_fa > n_q:  # the rows of the added queries are dropped
+                    attn = s.cont(
+                        s.view_4d(
+                            attn,
+                            (dh, nh, n_q, n_seq),
+                            (dh * F32_BYTES, d * F32_BYTES, n_fa * d * F32_BYTES),
+                            0,
+                        )
+                    )  # [dh, nh, n_q, B]
             attn = s.reshape(attn, d, n)  # [d, N]
-            x = s.add(x, s.add(s.matmul(layer.w_o, attn), layer.b_o))
+            x = s.add(x, _linear(s, layer.w_o, layer.b_o, attn, by_column["w_o"]))
             h = s.layer_norm(x, None, None, c.layer_norm_epsilon)
-            u = s.gelu_exact(s.add(s.matmul(layer.w_fc, h), layer.b_fc))  # [d_ff, N]
-            x = s.add(x, s.add(s.matmul(layer.w_proj, u), layer.b_proj))  # [d, N]
+            u = s.gelu_exact(_linear(s, layer.w_fc, layer.b_fc, h, by_column["w_fc"]))  # [d_ff, N]
+            x = s.add(x, _linear(s, layer.w_proj, layer.b_proj, u, by_column["w_proj"]))  # [d, N]
         if shape.last_only:  # only the last real token of each sequence needs logits
             x = s.get_rows(x, s.view_1d(ints, n_seq, 3 * n * I32_BYTES))  # [d, n_seq]
         x = s.layer_norm(x, None, None, c.layer_norm_epsilon)
-        logits = s.add(s.matmul(w.lm_head, x), w.lm_bias)  # [V, rows]
+        lm_by_column = cpu and not _alone_as_among(root, w.lm_head)
+        logits = _linear(s, w.lm_head, w.lm_bias, x, lm_by_column)  # [V, rows]
         s.set_output(logits)
         out_ids = s.set_output(s.argmax(logits))  # [rows]
         s.realize(out_ids)
@@ -112,6 +182,51 @@ def build_graph(
         s.close()
         raise
     return Graph(s, ints, out_ids, logits)
+
+
+def _linear(s: Session, w: Tensor, b: Tensor, x: Tensor, by_column: bool) -> Tensor:
+    """x W + b, [n_out, cols] from x [n_in, cols]. by_column: x is laid out
+    [n_in, 1, cols], so ggml-cpu runs each column alone (vec_dot), never
+    several together (tinyBLAS): the same sum for a column whatever cols."""
+    if not by_column:
+        return s.add(s.matmul(w, x), b)
+    n_in, cols = x.ne[0], x.ne[1]
+    y = s.matmul(w, s.reshape(x, n_in, 1, cols))  # [n_out, 1, cols]
+    return s.add(s.reshape(y, w.ne[1], cols), b)
+
+
+def _alone_as_among(root: Session, w: Tensor) -> bool:
+    """Whether ggml, as built and on this CPU, gives a column of x W the same
+    bits alone as among others: asked once a weight, with a random column
+    alone and twice (tinyBLAS sums in another order than vec_dot or it does
+    not: one column shows it)."""
+    known = _ALONE_AS_AMONG.setdefault(root, {})
+    if w.handle not in known:
+        n_in = w.ne[0]
+        x = np.random.default_rng(0).standard_normal(n_in, dtype=np.float32)
+        with root.fork() as s:
+            xs = s.input_2d_f32(2, n_in)  # [n_in, 2]: x twice
+            alone = s.matmul(w, s.view_2d(xs, n_in, 1, n_in * F32_BYTES, 0))  # [n_out, 1]
+            y = s.concat(alone, s.matmul(w, xs), 1)  # [n_out, 3]
+            s.set_output(y)
+            s.realize(y)
+            out = s.compute_io(xs, np.stack([x, x]), y)  # [3, n_out]
+        known[w.handle] = bool(np.array_equal(out[0], out[1]))
+    return known[w.handle]
+
+
+def _repeat_queries(s: Session, t: Tensor, n: int) -> Tensor:
+    """t [a, q, b, c] with its q axis repeated (whole copies, then the first rows
+    of one more) to n: [a, n, b, c]. t itself where q == n."""
+    a, have, b, c = t.ne
+    if have == n:
+        return t
+    reps = have
+    while reps < n:
+        t = s.concat(t, t, 1)  # contiguous [a, 2 reps, b, c]
+        reps *= 2
+    nb1 = a * t.nb[0]
+    return s.view_4d(t, (a, n, b, c), (nb1, reps * nb1, b * reps * nb1), 0)
 
 
 def bucket(n: int, limit: int) -> int:
