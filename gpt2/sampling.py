@@ -169,7 +169,8 @@ def _top_p_threshold(vals: np.ndarray, w: np.ndarray, top_p: float) -> float:
     top = float(v.max())
     span = top - float(v.min())
     n_buckets = max(1, min(1024, v.size // 16))
-    if span > 0.0 and n_buckets > 1:
+    # a span so small (subnormal) that n_buckets / span overflows has one bucket
+    if span > 0.0 and n_buckets > 1 and math.isfinite(n_buckets / span):
         bucket = np.minimum(((top - v) * (n_buckets / span)).astype(np.int64), n_buckets - 1)
         cum = np.cumsum(np.bincount(bucket, weights=wb, minlength=n_buckets))
         j = min(int(np.searchsorted(cum, target, side="left")), n_buckets - 1)

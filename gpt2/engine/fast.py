@@ -201,7 +201,9 @@ class FastGPT2(Engine):
         write a stale row of their own slot, which a prefill in the same step
         must overwrite, never the other way round."""
         result = StepResult.empty(len(rows))
-        decode = [i for i, r in enumerate(rows) if len(r.tokens) == 1 and r.logits != "all"]
+        # every one-token row is a decode row ("all" logits of one token are its last):
+        # a prefill graph shared with longer rows would give it other bits
+        decode = [i for i, r in enumerate(rows) if len(r.tokens) == 1]
         if decode:
             self._decode(rows, decode, result)
         if len(decode) < len(rows):
@@ -261,6 +263,8 @@ class FastGPT2(Engine):
             for k, (i, r) in enumerate(zip(index, part, strict=True)):
                 if r.logits == "last":
                     result.logits[i] = logits[k]
+                elif r.logits == "all" and len(r.tokens) == 1:  # a decode row's one token
+                    result.logits[i] = logits[k][None, :]
         if ids is not None:
             result.tokens[index] = ids
             return

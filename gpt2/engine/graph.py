@@ -107,7 +107,8 @@ def build_graph(
         role: decode and not _alone_as_among(root, getattr(lw, role))
         for role in ("w_qkv", "w_o", "w_fc", "w_proj")
     }
-    masked_query = decode and n_seq == 1 and not exact_attention  # a second, masked query
+    # a second, masked query (a cache of one row has no masked key: nothing to split there)
+    masked_query = decode and n_seq == 1 and not exact_attention and cache.n_rows > 1
     padded = cpu and n_q > 1 and not exact_attention  # queries repeated to CPU_FA_TILE
     n_fa = max(n_q, CPU_FA_TILE) if padded else n_q + masked_query  # queries in attention
     s = root.fork()
