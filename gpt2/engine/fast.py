@@ -2,14 +2,21 @@
 
 The weights (gpt2.engine.upload) and the KV cache with its sequence slots
 (gpt2.engine.kv_cache) live in one root session; every graph
-(gpt2.engine.graph) is a fork of it. Generation state (positions) lives in
-the sequences (gpt2.sequence), never here.
+(gpt2.engine.graph) is a fork of it. Positions live in the context's table
+(gpt2.engine.context), never in a graph.
+
+A step plan (gpt2.engine.step) runs as: its decode rows in our fused CUDA
+step (up to 8 sequences, tinynn.Decoder) or one graph over their run of
+slots, then its prefill rows, a graph for each run of adjacent slots. Token
+choice stays on the device where it can (the graph's argmax for greedy rows,
+our CUDA sampler for sampled ones): a step then downloads one int32 id a
+row; rows that want logits or log-probabilities bring their logits to the
+shim's C sampler.
 
 Except for f32 weights on CUDA, which compute in f32 throughout: attention
 there is softmax(K^T Q) V as separate f32 nodes over f32 caches
 (`exact_attention`), and prefills of 4..16 tokens are padded off ggml-cuda's
-TF32 kernel (`pad_prefill`, gpt2.tf32). Greedy picks happen on the device: a
-step downloads one int32 id a sequence.
+TF32 kernel (`pad_prefill`, gpt2.tf32).
 """
 
 from __future__ import annotations
