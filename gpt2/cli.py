@@ -312,16 +312,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         decode=args.decode,
     )
     with model:
-        serve(
+        return serve(  # 0 after SIGTERM (drained), 130 after SIGINT
             model,
             args.host,
             args.port,
             model_name=name,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
+            max_request_bytes=args.max_request_bytes,
+            shutdown_grace=args.shutdown_grace,
             log_level="info" if args.verbose else "warning",
         )
-    return 0
 
 
 def _serve_on_ray(args: argparse.Namespace, name: str) -> int:
@@ -535,6 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-ctx", type=_positive_int, default=None, help="positions a sequence may use")
     p.add_argument("--model-name", default=None, help="the id /v1/models shows")
+    p.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=8 << 20,
+        metavar="N",
+        help="a larger request body is answered 413, unread",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, requests still running after this are cut; "
+        "exit 0 after SIGTERM, 130 after SIGINT",
+    )
     ray = p.add_argument_group(
         "Ray Serve", "scale out: copies of this server behind Ray's HTTP proxy (the ray extra)"
     )

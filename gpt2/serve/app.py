@@ -4,11 +4,18 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)   # or `gpt2 serve`
 
 Completions run on the scheduler (gpt2.serve.scheduler); a streamed one is sent
-as server-sent events, a token at a time. A client that goes away has its
-requests cancelled at the next step. Every error is OpenAI's error JSON: 400
-for a bad request (wrong types, malformed JSON, a prompt or max_tokens past the
-context), 404 for another model's name, 429 with Retry-After when the queue is
-full, 503 while shutting down, 500 for a fault of ours; the server goes on.
+as server-sent events, a token at a time. A client that goes away, streamed or
+not, has its requests cancelled at the next step. Every error is OpenAI's error
+JSON: 400 for a bad request (wrong types, malformed JSON, a prompt or max_tokens
+past the context, text the tokenizer refuses, more than 4 stop strings, more
+choices than the queue holds), 404 for another model's name, 413 for a body
+over max_request_bytes, 429 with Retry-After when the queue is full, 503 while
+shutting down, 500 for a fault of ours; the server goes on.
+
+No client can hold the event loop: a body is refused while it is read (its
+Content-Length at once, a chunked one at the byte past the limit), a text prompt
+is tokenized in a worker thread and only when its length could fit the context,
+and `serve` drains for at most `shutdown_grace` seconds whatever clients do.
 
 finish_reason is OpenAI's: "stop" (a stop string or end-of-text) or "length"
 (max_tokens or the context's end).
@@ -19,13 +26,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2.completion import TokenLogprob, token_logprob
@@ -44,6 +55,10 @@ log = logging.getLogger("gpt2.serve")
 
 OPENAI_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "context": "length"}
 RETRY_AFTER_S = "1"
+MAX_REQUEST_BYTES = 8 << 20  # a request body, by default (8 MiB)
+SHUTDOWN_GRACE_S = 5.0  # a drain's bound, by default
+HARD_EXIT_AFTER_S = 5.0  # past the grace: the process exits whatever still runs
+EXIT_FORCED = 1  # the drain overran grace + HARD_EXIT_AFTER_S
 
 
 class APIError(Exception):
@@ -64,9 +79,53 @@ class APIError(Exception):
         self.param, self.code, self.headers = param, code, headers
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with \\u escapes: a message quoting a client's lone surrogate still renders."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def error_json(status: int, message: str, type_: str, param=None, code=None, headers=None):
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _AsciiJSONResponse(body, status_code=status, headers=headers)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than {limit:,} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body of more than `limit` bytes is answered 413
+    (OpenAI's error JSON). A Content-Length over it is refused before the app
+    runs; a chunked body stops being read at the chunk that passes it (the
+    route's read raises _BodyTooLarge, which the app's handler answers)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limit:
+            message = str(_BodyTooLarge(self.limit).detail)
+            response = error_json(413, message, "invalid_request_error")
+            response.headers["connection"] = "close"  # the body is never read
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, limited, send)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -108,11 +167,17 @@ class _Choice:
 
 
 def create_app(
-    model, model_name: str = "gpt2", max_batch: int | None = None, max_queue: int = 64
+    model,
+    model_name: str = "gpt2",
+    max_batch: int | None = None,
+    max_queue: int = 64,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The app over a loaded model; its lifespan starts and stops the scheduler
     (load the model with n_slots >= max_batch + 1: echo with logprobs reads the
     prompt's logits in a slot of its own)."""
+    if max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
     scheduler = Scheduler(model, max_batch, max_queue)
     n_ctx = model.engine.max_positions
     tok = model.tokenizer
@@ -126,6 +191,7 @@ def create_app(
             scheduler.stop()
 
     app = FastAPI(title="tinynn-gpt2", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=max_request_bytes)
     app.state.scheduler = scheduler
 
     @app.exception_handler(APIError)
@@ -178,19 +244,43 @@ def create_app(
             lines += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
-    def _prompt_ids(prompt: str | list[int]) -> tuple[list[int], str]:
+    def _encode(text: str) -> list[int]:
+        """The text's ids, bounded by the context (runs in a worker thread): a text
+        longer than the context could hold is refused from its length alone."""
+        try:
+            return tok.encode(text, max_tokens=n_ctx)
+        except ValueError as e:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as u:  # a lone surrogate ("\\ud800" in the JSON)
+                raise APIError(
+                    400,
+                    f"the prompt is not valid text: {u.reason} at character {u.start}",
+                    param="prompt",
+                ) from None
+            if str(e).startswith("the prompt has"):
+                raise APIError(
+                    400,
+                    f"prompt longer than the context: {e}",
+                    param="prompt",
+                    code="context_length_exceeded",
+                ) from None
+            raise APIError(400, f"the tokenizer refused the prompt: {e}", param="prompt") from None
+
+    async def _prompt_ids(prompt: str | list[int]) -> tuple[list[int], str]:
         if isinstance(prompt, str):
             if tok is None:
                 raise APIError(400, "this model has no tokenizer: give token ids", param="prompt")
-            ids = tok.encode(prompt) if prompt else [tok.eos_id]  # "": from end-of-text
-            return ids, prompt
+            if not prompt:
+                return [tok.eos_id], prompt  # "": from end-of-text
+            return await asyncio.to_thread(_encode, prompt), prompt
         try:
             ids = check_token_ids(prompt, model.config.vocab_size).tolist()
         except ValueError as e:
             raise APIError(400, f"prompt: {e}", param="prompt") from None
         return ids, tok.decode(ids) if tok is not None else ""
 
-    def _plan(body: CompletionRequest, loop, queue: asyncio.Queue) -> list[_Choice]:
+    async def _plan(body: CompletionRequest, loop, queue: asyncio.Queue) -> list[_Choice]:
         if body.model is not None and body.model != model_name:
             raise APIError(
                 404,
@@ -203,9 +293,17 @@ def create_app(
             raise APIError(400, f"{bad} is not supported by this server", param=bad)
         if body.stop_list() and tok is None:
             raise APIError(400, "stop strings need a tokenizer", param="stop")
+        prompts = body.prompts()
+        if len(prompts) * body.n > scheduler.max_queue:  # would get 429 forever
+            raise APIError(
+                400,
+                f"{len(prompts)} prompt(s) times n={body.n} make {len(prompts) * body.n} "
+                f"choices; this server queues at most {scheduler.max_queue}",
+                param="n",
+            )
         choices: list[_Choice] = []
-        for p_index, prompt in enumerate(body.prompts()):
-            ids, text = _prompt_ids(prompt)
+        for p_index, prompt in enumerate(prompts):
+            ids, text = await _prompt_ids(prompt)
             if len(ids) > n_ctx:
                 raise APIError(
                     400,
@@ -288,11 +386,20 @@ def create_app(
         c.offset += sum(len(t) for t in texts)
         return out
 
+    async def _cancel_on_disconnect(request: Request, choices: list[_Choice], queue) -> None:
+        """Cancels the choices once the client disconnects (the body is read by now,
+        so the next ASGI message is http.disconnect), and wakes the waiting route."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for c in choices:
+            c.job.cancel()
+        queue.put_nowait((None, None))
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        choices = _plan(body, loop, queue)
+        choices = await _plan(body, loop, queue)
         by_index = {c.index: c for c in choices}
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -308,9 +415,12 @@ def create_app(
             _submit(choices)
             finish: dict[int, str] = {}
             usage = [0, 0]
+            watch = asyncio.create_task(_cancel_on_disconnect(request, choices, queue))
             try:
                 while len(finish) < len(choices):
                     index, ev = await queue.get()
+                    if ev is None:  # the client went away; its members are freed
+                        return Response(status_code=499)
                     if ev.error is not None:
                         raise APIError(500, ev.error, "server_error")
                     c = by_index[index]
@@ -326,6 +436,7 @@ def create_app(
                         finish[index] = OPENAI_FINISH[ev.done.finish_reason]
                         usage[1] += ev.done.usage.completion_tokens
             finally:
+                watch.cancel()
                 for c in choices:
                     c.job.cancel()
             usage[0] = sum(len(c.prompt_ids) for c in choices[:: body.n])
@@ -409,10 +520,58 @@ def serve(
     model_name: str = "gpt2",
     max_batch: int | None = None,
     max_queue: int = 64,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    shutdown_grace: float = SHUTDOWN_GRACE_S,
     log_level: str = "info",
-) -> None:
-    """Runs the server until interrupted."""
-    import uvicorn
+) -> int:
+    """Runs the server until SIGTERM or SIGINT, then drains: requests still running
+    after `shutdown_grace` seconds (a half-sent body, an unread stream) are
+    cancelled. Returns the exit status: 0 after SIGTERM, 130 after SIGINT (the
+    CLI's Ctrl-C). Should the drain itself hang, the process exits EXIT_FORCED
+    HARD_EXIT_AFTER_S seconds past the grace."""
+    if shutdown_grace < 0:
+        raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace}")
+    app = create_app(model, model_name, max_batch, max_queue, max_request_bytes)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_grace
+    )
+    server = _Server(config, shutdown_grace)
+    in_main = threading.current_thread() is threading.main_thread()
+    # uvicorn re-raises the signals it caught once it has stopped: these handlers
+    # take them, so that the exit status is ours (SIGTERM would kill us otherwise)
+    previous = (
+        {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
+    try:
+        server.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        app.state.scheduler.stop(timeout=HARD_EXIT_AFTER_S)  # also after a forced exit
+    return 130 if signal.SIGINT in server.signals else 0
 
-    app = create_app(model, model_name, max_batch, max_queue)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which records the signals it got and, at the first, arms a
+    timer that ends the process should the drain outlast its bound."""
+
+    def __init__(self, config: uvicorn.Config, grace: float):
+        super().__init__(config)
+        self.grace = grace
+        self.signals: list[int] = []
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.signals:
+            timer = threading.Timer(self.grace + HARD_EXIT_AFTER_S, _hard_exit)
+            timer.daemon = True
+            timer.start()
+        self.signals.append(sig)
+        super().handle_exit(sig, frame)
+
+
+def _hard_exit() -> None:
+    log.error("the drain outlasted its bound: exiting now")
+    logging.shutdown()
+    os._exit(EXIT_FORCED)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpt2.params import MAX_LOGPROBS
 
 MAX_N = 16  # choices a request may ask for
+MAX_STOP = 4  # stop strings a request may give (OpenAI's limit)
+MAX_STOP_CHARS = 256  # characters of one stop string
+# Token ids (or texts) in all of a request's prompts. Checked before the union's
+# types: a body of 2.6 million ids took pydantic's strict union 2 s on the event loop.
+MAX_PROMPT_ITEMS = 65536
 
 
 class CompletionRequest(BaseModel):
@@ -40,6 +45,26 @@ class CompletionRequest(BaseModel):
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_items(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            n = sum(len(p) if isinstance(p, list) else 1 for p in v[: MAX_PROMPT_ITEMS + 1])
+            if n > MAX_PROMPT_ITEMS:
+                raise ValueError(f"more than {MAX_PROMPT_ITEMS} token ids or prompts")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_bounds(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
+        for s in stops:
+            if len(s) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop string has {len(s)} characters, at most {MAX_STOP_CHARS}")
+        return v
 
     def unsupported(self) -> str | None:
         """The first field set to something we do not implement, or None."""
