@@ -5,7 +5,8 @@ with gpt2.load(device="auto") as model:      # the embedded default model
     print(model.generate("Once upon a time", max_new_tokens=40))
 
 What is here, a concern a module:
-- api (load, GPT2Model), generate, sampling, tokenizer: text in, text out.
+- api (load, GPT2Model, TextStream), completion (Completion), generate,
+  sampling, tokenizer: text in, text out.
 - engine.base (the Engine every engine implements: step(plan)), engine.step
   (the plan), engine.context (cache slots, the position table, the lock that
   serializes device work), sequence and slots (a model's sequences).
@@ -17,9 +18,10 @@ What is here, a concern a module:
 - reference (float64 numpy), parity, bench, random_weights, cli.
 """
 
-from gpt2.api import GPT2Model, load
+from gpt2.api import GPT2Model, TextStream, load
+from gpt2.completion import Completion
 from gpt2.config import GPT2Config
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT2Config", "GPT2Model", "load", "__version__"]
+__all__ = ["Completion", "GPT2Config", "GPT2Model", "TextStream", "load", "__version__"]

@@ -5,9 +5,12 @@ with gpt2.load("model.gguf", device="auto", dtype="f16") as model:
     print(model.generate("Once upon a time", max_new_tokens=40))
     c = model.complete("The Python", max_new_tokens=20, temperature=0.8, seed=1, logprobs=3)
     print(c.text, c.finish_reason, c.usage, c.logprobs[0].top)
+    c = model("The Python", 20)                               # the same as complete()
     ids = model.generate([464, 2068], max_new_tokens=5)      # ids in, ids out
-    for piece in model.stream("The Python", max_new_tokens=20):
+    stream = model.stream("The Python", max_new_tokens=20)
+    for piece in stream:
         print(piece, end="", flush=True)
+    print(stream.completion.finish_reason)                    # once it has ended
     logits = model.logits([464, 2068, 7586])                  # numpy [T, vocab]
 """
 
@@ -23,7 +26,14 @@ from gpt2.completion import Completion
 from gpt2.engine import FastGPT2
 from gpt2.engine.base import Engine
 from gpt2.engine.fast import DECODE_MODES
-from gpt2.generate import Member, complete, complete_batch, generate_ids, stream_text
+from gpt2.generate import (
+    Member,
+    StepTimings,
+    complete,
+    complete_batch,
+    completion_pieces,
+    generate_ids,
+)
 from gpt2.params import GenerationParams, resolve_params
 from gpt2.port import (
     GPT2FullForwardFFICache,
@@ -88,14 +98,25 @@ class GPT2Model:
         return Member(self.engine, self.tokenizer, self._prompt_ids(prompt), params, eos)
 
     def complete(
-        self, prompt: str | Sequence[int], params: GenerationParams | None = None, **kw
+        self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **kw
     ) -> Completion:
         """One completion of a text or token-id prompt: its text, token ids,
         finish_reason ("stop", "length", "eos", "context"), usage and, with
         logprobs=n, each token's log-probability and n alternatives.
-        Parameters: a GenerationParams, or its fields as keywords (over it)."""
-        p = resolve_params("complete", params, kw)
+        Parameters as generate()'s: params=GenerationParams, or its fields as
+        keywords (over it). `model(prompt, ...)` is the same call."""
+        if isinstance(max_new_tokens, GenerationParams):  # the older complete(prompt, params)
+            kw["params"], max_new_tokens = max_new_tokens, None
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = max_new_tokens
+        p = resolve_params("complete", kw.pop("params", None), kw)
         return complete(self.engine, self._member(prompt, p))
+
+    def __call__(
+        self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **kw
+    ) -> Completion:
+        """complete(prompt, max_new_tokens, **kw): the Completion."""
+        return self.complete(prompt, max_new_tokens, **kw)
 
     def generate(
         self, prompt: str | Sequence[int], max_new_tokens: int | None = None, **kw
@@ -173,24 +194,84 @@ class GPT2Model:
         return complete_batch(self.engine, members), all(texts)
 
     def stream(
-        self, prompt: str, max_new_tokens: int | None = None, *, timings=None, **kw
-    ) -> Iterator[str]:
-        """Yields pieces of the continuation's text as they are produced (takes
-        complete()'s parameters). The stream holds a sequence slot until it ends
-        or is closed."""
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int | None = None,
+        *,
+        timings: StepTimings | None = None,
+        **kw,
+    ) -> TextStream:
+        """The continuation as a TextStream: iterate it for pieces of text as
+        they are produced; once it has ended, its `completion` is what
+        complete() returns. Takes complete()'s parameters. The stream holds a
+        sequence slot until it ends or is closed (stream.close())."""
         if self.tokenizer is None:
             raise ValueError(f"{self.loaded.path} has no tokenizer: give token ids instead")
         if max_new_tokens is not None:
             kw["max_new_tokens"] = max_new_tokens
         p = resolve_params("stream", kw.pop("params", None), kw, extra=("timings",))
-        return stream_text(self.engine, self.tokenizer, prompt, p, timings)
+        member = self._member(prompt, p)
+        return TextStream(member, completion_pieces(self.engine, member, timings))
 
     def close(self) -> None:
         """Frees the model; waits for a step another thread is running, whose
         next call then raises ValueError."""
         self.engine.close()
 
+    def __repr__(self) -> str:
+        e = self.engine
+        # the ports compute in f32 only (make_engine); the fast engine says its type
+        parts = [
+            f"{str(self.loaded.path)!r}",
+            f"engine={self.engine_name!r}",
+            f"device={self.device!r}",
+            f"dtype={getattr(e, 'dtype', 'f32')!r}",
+        ]
+        if hasattr(e, "decode_mode"):  # the fast engine: our fused CUDA step or ggml's graphs
+            path = "fused" if getattr(e, "decoder", None) is not None else "graphs"
+            parts.append(f"decode={path!r}, decode_mode={e.decode_mode!r}")
+        if e.closed:
+            parts.append("closed")
+        return f"GPT2Model({', '.join(parts)})"
+
     def __enter__(self) -> GPT2Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TextStream:
+    """model.stream(...): pieces of a continuation's text as they are decided.
+
+    Iterate it for the pieces; once it is exhausted, `completion` holds the
+    Completion (text, token ids, finish_reason, usage, log-probabilities), as
+    complete() gives it; before that, None. The stream holds its sequence slot
+    until it ends or is closed (close(), `with`, or dropping it).
+    """
+
+    def __init__(self, member: Member, pieces: Iterator[str]):
+        self._member = member
+        self._pieces = pieces
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            if self.completion is None and self._member.cont.done:
+                self.completion = self._member.cont.result()
+            raise
+
+    def close(self) -> None:
+        """Ends the stream and frees its slot; a stream closed before its end
+        keeps completion None."""
+        self._pieces.close()
+
+    def __enter__(self) -> TextStream:
         return self
 
     def __exit__(self, *exc) -> None:

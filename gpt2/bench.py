@@ -374,38 +374,109 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+# What runs when --shapes, --dtypes or --workloads is not given: on CUDA the README's GPU
+# table (both shapes, every type); on the CPU its CPU row, GPT-2 small decoding one
+# sequence in f32 and q8_0 beside HF's f32 (25 s on 2 cores, 2026-12-07; gpt2-xl in f32
+# would take minutes a workload there).
+DEVICE_DEFAULTS = {
+    "cuda": {
+        "shapes": ["gpt2", "gpt2-xl"],
+        "dtypes": list(WEIGHT_DTYPES),
+        "workloads": ["decode", "prefill", "batch"],
+    },
+    "cpu": {"shapes": ["gpt2"], "dtypes": ["f32", "q8_0"], "workloads": ["decode"]},
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2", "gpt2-xl"])
-    p.add_argument("--dtypes", nargs="+", choices=WEIGHT_DTYPES, default=list(WEIGHT_DTYPES))
     p.add_argument(
-        "--workloads", nargs="+", choices=WORKLOADS, default=["decode", "prefill", "batch"]
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where our engine (and HF) runs; auto: CUDA when usable (default: %(default)s)",
     )
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--prefill", type=int, nargs="+", default=[128, 1024])
-    p.add_argument("--no-hf", action="store_true", help="skip HF transformers")
+    for name, choices, what in (
+        ("shapes", sorted(SHAPES), "model shapes (random weights)"),
+        ("dtypes", WEIGHT_DTYPES, "weight types"),
+        ("workloads", WORKLOADS, "what to time (cpu: the same as decode)"),
+    ):
+        cuda, cpu = (" ".join(DEVICE_DEFAULTS[d][name]) for d in ("cuda", "cpu"))
+        p.add_argument(
+            f"--{name}",
+            nargs="+",
+            choices=choices,
+            default="auto",
+            help=f"{what} (default: %(default)s = the device's: CUDA {cuda}; CPU {cpu})",
+        )
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=128,
+        help="tokens decoded after the prompt; batch: at most 64 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prompt-len", type=int, default=16, help="prompt tokens (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=32,
+        help="sequences of the batch workload (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prefill",
+        type=int,
+        nargs="+",
+        default=[128, 1024],
+        help="prompt lengths of the prefill workload (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-hf", action="store_true", help="skip HF transformers (default: %(default)s)"
+    )
     p.add_argument(
         "--hf-compiled",
         choices=("auto", "on", "off"),
         default="auto",
-        help="also time HF's compiled decode (static cache + torch.compile); auto: on CUDA only",
+        help="also time HF's compiled decode (static cache + torch.compile); auto: on CUDA "
+        "only (default: %(default)s)",
     )
     p.add_argument(
         "--hf-compile-backend",
         default="inductor",
-        help="torch.compile backend for --hf-compiled (eager: no compiler, for tests)",
+        help="torch.compile backend for --hf-compiled (eager: no compiler, for tests) "
+        "(default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads; None = the library's choice (default: %(default)s)",
+    )
     p.add_argument(
         "--decode",
         choices=DECODE_MODES,
         default="auto",
         help="auto: our fused CUDA kernels where they run (ggml's graphs beside them, for "
-        "comparison); fused: only ours; graphs: only ggml's",
+        "comparison); fused: only ours; graphs: only ggml's (default: %(default)s)",
     )
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the results here; None = no file (default: %(default)s)",
+    )
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """--device auto becomes cuda or cpu (gpt2.api.pick_device: CUDA when usable);
+    --shapes, --dtypes, --workloads left at auto take that device's DEVICE_DEFAULTS."""
+    from gpt2.api import pick_device
+
+    args.device = pick_device(args.device)
+    for name, value in DEVICE_DEFAULTS[args.device].items():
+        if getattr(args, name) == "auto":
+            setattr(args, name, list(value))
+    return args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -533,7 +604,7 @@ def format_table(rows: list[dict], env: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpt2 bench", description=__doc__.splitlines()[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run(resolve_defaults(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ def run_bench(argv: list[str]) -> int:
         prog="gpt2 bench", description="Benchmarks (see gpt2/bench.py).", formatter_class=_Formatter
     )
     bench.add_arguments(parser)
-    return bench.run(parser.parse_args(argv))
+    return bench.run(bench.resolve_defaults(parser.parse_args(argv)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,9 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
         "1 on fail, 2 when a file cannot be read or the shapes differ.",
         formatter_class=_Formatter,
     )
-    c.add_argument("--ours", required=True, metavar="FILE")
-    c.add_argument("--ref", required=True, metavar="FILE")
-    c.add_argument("--max-abs", type=float, default=None, help="largest allowed |ours - ref|")
+    # required: no default to show
+    for option, what in (("--ours", "our logits dump"), ("--ref", "the reference's")):
+        c.add_argument(option, required=True, metavar="FILE", default=argparse.SUPPRESS, help=what)
+    c.add_argument(
+        "--max-abs",
+        type=float,
+        default=None,
+        help="largest allowed |ours - ref|; None = no bound, argmax and top-k decide",
+    )
     c.add_argument("--top-k", type=int, default=5, help="top-k sets that must agree")
     c.set_defaults(func=cmd_parity_compare)
     h = psub.add_parser(

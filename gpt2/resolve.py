@@ -4,6 +4,8 @@ or (no name at all) the small model embedded in this package."""
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,24 @@ def is_model_folder(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in MODEL_MARKS)
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    return not (text.endswith(".gguf") or text.startswith((".", "/", "~")) or text.count("/") > 1)
+# An HF hub id: "name" or "owner/name", letters, digits, "_", "-", "." (huggingface_hub's
+# validate_repo_id); anything else given as a model is a local path.
+HUB_ID = re.compile(r"[\w.-]{1,96}(/[\w.-]{1,96})?")
+MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin")
+
+
+def _local_path_evidence(text: str, path: Path) -> str | None:
+    """Why `text` is taken as a local path rather than a hub id (None: it may be
+    a hub id): its form, or a folder on its way that exists here."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return "it is a path"
+    if text.endswith(MODEL_FILE_SUFFIXES):
+        return f"it ends in {path.suffix}"
+    if not HUB_ID.fullmatch(text):
+        return "it is not a Hugging Face hub id"
+    if "/" in text and path.parent.is_dir():  # "models/gpt2-f16" where models/ exists
+        return f"{path.parent}/ exists here"
+    return None
 
 
 def resolve_model(name: str | Path | None) -> Path:
@@ -46,10 +64,14 @@ def resolve_model(name: str | Path | None) -> Path:
     text = str(name)
     if path.exists() and (not path.is_dir() or is_model_folder(path)):
         return path
-    if not _looks_like_hub_id(text):
+    evidence = _local_path_evidence(text, path)
+    if evidence is not None:
         if path.is_dir():
             raise FileNotFoundError(f"{text} is a folder but holds no model (no config.json)")
-        raise FileNotFoundError(f"no such model file or folder: {text}")
+        raise FileNotFoundError(
+            f"no such file or folder: {text} (no such model here; {evidence}, so it was "
+            "not looked up on the Hugging Face hub)"
+        )
     if path.exists():  # e.g. "gpt2" from the repository root: the package's source folder
         log.debug("%s is a folder without a model: taken as a hub id", text)
     return _from_hub(text)
@@ -81,6 +103,13 @@ def _from_hub(repo_id: str) -> Path:
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local file or folder nor in the Hugging Face cache, and "
             f"downloading it failed ({type(exc).__name__}: {exc}). Fetch it where there is a "
-            f"network with `hf download {repo_id} {' '.join(HUB_FILES[:3])}` (huggingface_hub "
-            "1.x and later; `huggingface-cli download` before) and pass the folder it prints."
+            f"network with `hf download {repo_id} --include {_include_patterns()}` "
+            "(huggingface_hub 1.x and later; `huggingface-cli download` before) and pass the "
+            "folder it prints; it holds the config, the weights and the tokenizer files."
         ) from exc
+
+
+def _include_patterns() -> str:
+    """HUB_FILES as `hf download --include` patterns, quoted for a shell: a pattern
+    no file matches is skipped (a named file that is missing would fail)."""
+    return " ".join(shlex.quote(f) for f in HUB_FILES)
