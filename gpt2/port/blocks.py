@@ -7,6 +7,15 @@ Orientation (RUBY_ENGINE.md 3.2): a host weight W (in, out) is declared as
 `input_2d(out, in)`, ne = [in, out], and uploaded transposed, so that
 elem(ne0=i, ne1=o) = W[i][o]. V is computed transposed, so its bias is
 ne = [1, d_head].
+
+Every product of the ports goes through `port_matmul`: on the CPU it gives
+each column of b to ggml's own dot product (vec_dot), the kernel the Ruby
+engine's ggml build ran. With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu
+would multiply two or more columns in tinyBLAS (llamafile_sgemm), which sums
+in another order; tinyBLAS declines a src1 of one column, so b [k, N] is laid
+out [k, 1, N] (ggml broadcasts a over the N planes) and every column runs
+alone, as in gpt2/engine/graph.py's decode products. The ports then reproduce
+the Ruby engine's full-forward dumps bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +38,17 @@ def upload_transposed(t: Tensor, w: np.ndarray) -> None:
 
 def upload_row_major(t: Tensor, a: np.ndarray) -> None:
     t.upload(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def port_matmul(sess: Session, a: Tensor, b: Tensor) -> Tensor:
+    """matmul(a, b): a [k, M], b [k, N] -> [M, N]. On the CPU with N > 1, b is
+    laid out [k, 1, N] so that ggml-cpu runs vec_dot for each column, never
+    tinyBLAS (module doc); b must be contiguous. On CUDA, the plain product."""
+    k, n = b.ne[0], b.ne[1]
+    if sess.device != "cpu" or n == 1:
+        return sess.matmul(a, b)
+    y = sess.matmul(a, sess.reshape(b, k, 1, n))  # [M, 1, N]
+    return sess.reshape(y, a.ne[1], n)  # [M, N]
 
 
 class GPT2BlockFFI:
@@ -86,9 +106,9 @@ class GPT2BlockFFI:
         """x + FFN(LN2(x)); x is [d, T]. gelu: "exact" (f32) or "ggml" (the
         original's ggml_gelu, an f16 table on the CPU)."""
         h2 = sess.layer_norm(x, self.t_ln2_gamma, self.t_ln2_beta, eps)  # [d, T]
-        u = sess.add(sess.matmul(self.t_w_ff1, h2), self.t_b_ff1)  # [d_ff, T]
+        u = sess.add(port_matmul(sess, self.t_w_ff1, h2), self.t_b_ff1)  # [d_ff, T]
         g = sess.gelu(u) if gelu == "ggml" else sess.gelu_exact(u)  # [d_ff, T]
-        f = sess.add(sess.matmul(self.t_w_ff2, g), self.t_b_ff2)  # [d, T]
+        f = sess.add(port_matmul(sess, self.t_w_ff2, g), self.t_b_ff2)  # [d, T]
         return sess.add(x, f)  # [d, T]
 
     def build_out_proj(self, sess: Session, heads: Sequence[Tensor]) -> Tensor:
@@ -96,7 +116,7 @@ class GPT2BlockFFI:
         acc = heads[0]
         for head in heads[1:]:
             acc = sess.concat(acc, head, 0)  # [.. + d_head, T]
-        return sess.add(sess.matmul(self.t_w_o, acc), self.t_b_o)  # [d, T]
+        return sess.add(port_matmul(sess, self.t_w_o, acc), self.t_b_o)  # [d, T]
 
 
 class PortEngine(Engine):

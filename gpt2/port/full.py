@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, port_matmul, upload_row_major
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
@@ -107,7 +107,7 @@ class GPT2FullForwardFFICache(PortEngine):
             x = self.build_block(block, x)  # [d, T]
         x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)
         self.t_x_final = sess.set_output(x)  # [d, T]
-        logits = sess.matmul(self.t_token_embed, self.t_x_final)  # [V, T], tied unembedding
+        logits = port_matmul(sess, self.t_token_embed, self.t_x_final)  # [V, T], tied unembedding
         self.t_logits = sess.set_output(logits)
         sess.realize(self.t_logits)
         self.realized = True
@@ -123,14 +123,14 @@ class GPT2FullForwardFFICache(PortEngine):
     def build_attention_head(self, block: GPT2BlockFFI, h1: Tensor, h: int) -> Tensor:
         """Causal attention of head h: [d, T] -> [d_head, T]."""
         sess = self.sess
-        q = sess.add(sess.matmul(block.t_w_q[h], h1), block.t_b_q[h])  # [d_head, T]
-        k = sess.add(sess.matmul(block.t_w_k[h], h1), block.t_b_k[h])  # [d_head, T]
-        v = sess.add(sess.matmul(h1, block.t_w_v[h]), block.t_b_v[h])  # [T, d_head]
-        scores = sess.matmul(k, q)  # [T keys, T queries]
+        q = sess.add(port_matmul(sess, block.t_w_q[h], h1), block.t_b_q[h])  # [d_head, T]
+        k = sess.add(port_matmul(sess, block.t_w_k[h], h1), block.t_b_k[h])  # [d_head, T]
+        v = sess.add(port_matmul(sess, h1, block.t_w_v[h]), block.t_b_v[h])  # [T, d_head]
+        scores = port_matmul(sess, k, q)  # [T keys, T queries]
         scores = sess.scale(scores, 1.0 / math.sqrt(self.d_head))
         scores = sess.diag_mask_inf(scores, 0)
         attn = sess.softmax(scores)  # over keys
-        return sess.matmul(v, attn)  # [d_head, T]
+        return port_matmul(sess, v, attn)  # [d_head, T]
 
     # -- weights --------------------------------------------------------------
     def upload_from(self, weights: GPT2Weights) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, upload_row_major
+from gpt2.port.blocks import GPT2BlockFFI, PortEngine, port_matmul, upload_row_major
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
@@ -151,7 +151,7 @@ class GPT2KVFFICache(PortEngine):
             x = sess.add(x, block.build_out_proj(sess, heads))  # [d, 1]
             x = block.build_ffn(sess, x, self.eps, self.gelu)  # [d, 1]
         x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)  # [d, 1]
-        logits = sess.set_output(sess.matmul(self.t_token_embed, x))  # [V, 1]
+        logits = sess.set_output(port_matmul(sess, self.t_token_embed, x))  # [V, 1]
         return t_token_id, logits
 
     def build_attention_head(
@@ -161,19 +161,19 @@ class GPT2KVFFICache(PortEngine):
         cache_k, cache_v = block.t_K[slot][h], block.t_V[slot][h]
         sess, dh = self.sess, self.d_head
         row = dh * F32_BYTES
-        q = sess.add(sess.matmul(block.t_w_q[h], h1), block.t_b_q[h])  # [d_head, 1]
-        k_new = sess.add(sess.matmul(block.t_w_k[h], h1), block.t_b_k[h])  # [d_head, 1]
+        q = sess.add(port_matmul(sess, block.t_w_q[h], h1), block.t_b_q[h])  # [d_head, 1]
+        k_new = sess.add(port_matmul(sess, block.t_w_k[h], h1), block.t_b_k[h])  # [d_head, 1]
         b_v = sess.reshape(block.t_b_v[h], dh)  # [1, d_head] -> [d_head]
-        v_new = sess.add(sess.matmul(block.t_w_v[h], h1), b_v)  # [d_head, 1]
+        v_new = sess.add(port_matmul(sess, block.t_w_v[h], h1), b_v)  # [d_head, 1]
         # Side effects: expanded before the reads below, so they run first.
         sess.add_to_graph(sess.cpy(k_new, sess.view_2d(cache_k, dh, 1, row, pos * row)))
         sess.add_to_graph(sess.cpy(v_new, sess.view_2d(cache_v, dh, 1, row, pos * row)))
         k_hist = sess.view_2d(cache_k, dh, pos + 1, row, 0)  # [d_head, pos+1]
         v_hist = sess.view_2d(cache_v, dh, pos + 1, row, 0)  # [d_head, pos+1]
-        scores = sess.matmul(k_hist, q)  # [pos+1, 1]
+        scores = port_matmul(sess, k_hist, q)  # [pos+1, 1]
         attn = sess.softmax(sess.scale(scores, 1.0 / math.sqrt(dh)))  # over 0..pos
         v_t = sess.cont(sess.transpose(v_hist))  # [pos+1, d_head]
-        return sess.matmul(v_t, attn)  # [d_head, 1]
+        return port_matmul(sess, v_t, attn)  # [d_head, 1]
 
     def decode_step(self, token_id: int, pos: int, slot: int = 0) -> np.ndarray:
         """Logits [vocab] (float32) after feeding token_id at position pos of the

@@ -3,8 +3,9 @@
 Tolerances (SPEC.md, issue 3): the ported engines (f32, exact GELU) and the
 fast engine in f32 within max-abs 1e-3 of the reference at every position,
 argmax equal everywhere; the ports built as the original graph (ggml's f16
-GELU table) within 5e-5 of the Ruby engine's own dumps (same graph; ggml's tiled CPU
-products sum in another order than the Ruby engine's ggml build).
+GELU table) against the Ruby engine's own dumps: the full forward bit for bit
+(same graph, same CPU kernels: gpt2.port.blocks.port_matmul keeps ggml's
+vec_dot where tinyBLAS would take over), the KV port within 5e-5.
 """
 
 from __future__ import annotations
@@ -104,15 +105,19 @@ def test_ruby_outputs_parity(ruby_outputs, model):
         ours_full = full.forward(ids)[-1]
     with GPT2KVFFICache.from_weights(loaded.weights, max_t=32, gelu="ggml") as kv:
         ours_kv = kv.logits_for(ids)[-1]
-    # Measured on the 2-core CI machine kind, with ggml's tiled CPU products
-    # (GGML_LLAMAFILE, whose summation order differs from the Ruby engine's
-    # ggml): full-forward 3.3e-5 / 2.6e-6, KV 3.5e-5 / 3.0e-6 (model_a /
-    # model_b). Without them the full forward was bit-identical.
-    for ours, dump in ((ours_full, "ffi_full"), (ours_kv, "ffi_kv")):
-        report = compare(ours, read_dump(ruby_outputs / f"{model}_{dump}.txt"), max_abs=5e-5)
-        assert report.passed, (
-            f"{model} {dump}: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
-        )
+    # The full forward runs the Ruby engine's kernels (port_matmul: vec_dot
+    # for every column, as its ggml build without GGML_LLAMAFILE did): bit for bit.
+    want_full = read_dump(ruby_outputs / f"{model}_ffi_full.txt")
+    diff = np.abs(ours_full.astype(np.float64) - want_full)
+    assert np.array_equal(ours_full.astype(np.float64), want_full), (
+        f"{model} ffi_full: max-abs {diff.max():.3g} at {int(diff.argmax())} (want 0)"
+    )
+    # The KV port, measured on the 2-core CI machine kind: 3.6e-7 (model_a),
+    # 1.7e-5 (model_b), the same before and after GGML_LLAMAFILE (its products
+    # have one column). Not bit for bit: positions 1.. differ from our own full
+    # forward too, in attention (cause not yet found; tolerance SPEC.md's 5e-5).
+    report = compare(ours_kv, read_dump(ruby_outputs / f"{model}_ffi_kv.txt"), max_abs=5e-5)
+    assert report.passed, f"{model} ffi_kv: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
     # and the exact-GELU default against the Ruby f64 native dump
     with GPT2FullForwardFFICache.from_weights(loaded.weights, t_seq=8) as full:
         exact = full.forward(ids)[-1]
