@@ -298,7 +298,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gpt2.serve.app import serve
     except ImportError as e:
         raise ValueError(
-            f"gpt2 serve needs the server extra: pip install 'tinynn-gpt2[server]' ({e})"
+            "gpt2 serve needs the server extra: pip install '.[server]' from the source "
+            f"folder ({e})"
         ) from None
     device = choose_device(args.device)
     # one slot more than the batch: echo with logprobs reads a prompt's logits beside it

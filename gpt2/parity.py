@@ -243,7 +243,7 @@ def hf_logits(
     except ImportError as e:
         raise ValueError(
             f"parity hf needs torch and transformers ({e}); install them with "
-            "`pip install 'tinynn-gpt2[test]'`"
+            "`pip install '.[test]'` from the source folder"
         ) from None
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -2,7 +2,7 @@
 
 scheduler: one batch over the model's slots, a bounded queue, a step at a time;
 schemas: the request and its checks; app: the FastAPI routes (needs the
-`server` extra: pip install 'tinynn-gpt2[server]'); ray_deployment: the same
+`server` extra: pip install '.[server]' from the source folder); ray_deployment: the same
 routes on Ray Serve, one replica per GPU (the `ray` extra).
 """
 

@@ -14,7 +14,7 @@ Ray's own CLI takes the same application (string arguments):
 
     serve run gpt2.serve.ray_deployment:app_builder model=model.gguf device=cuda replicas=4
 
-Needs the `ray` extra: pip install 'tinynn-gpt2[ray]'.
+Needs the `ray` extra: pip install '.[ray]' (from the source folder).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import gpt2
 from gpt2.api import DEVICES, pick_device
 
 APP_NAME = "gpt2"
-RAY_EXTRA = "pip install 'tinynn-gpt2[ray]'"
+RAY_EXTRA = "pip install '.[ray]' (from the source folder)"
 # app_builder's arguments that are numbers (Ray passes every one as a string)
 NUMBER_ARGS = {
     "replicas": int,

@@ -248,7 +248,7 @@ def test_without_ray_the_error_names_the_extra(monkeypatch, capsys):
     with pytest.raises(ImportError, match=r"pip install 'tinynn-gpt2\[ray\]'"):
         ray_deployment.import_ray()
     assert main(["serve", "--ray", "--device", "cpu"]) == 2
-    assert "pip install 'tinynn-gpt2[ray]'" in capsys.readouterr().err
+    assert "pip install '.[ray]' (from the source folder)" in capsys.readouterr().err
 
 
 def test_cli_builds_the_ray_app_and_runs_it(monkeypatch):
