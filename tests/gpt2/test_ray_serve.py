@@ -245,7 +245,7 @@ def test_app_builder_takes_strings_and_rejects_unknown_ones():
 
 def test_without_ray_the_error_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'tinynn-gpt2\[ray\]'"):
+    with pytest.raises(ImportError, match=r"pip install '\.\[ray\]'"):
         ray_deployment.import_ray()
     assert main(["serve", "--ray", "--device", "cpu"]) == 2
     assert "pip install '.[ray]' (from the source folder)" in capsys.readouterr().err
