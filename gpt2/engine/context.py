@@ -64,22 +64,28 @@ class Context:
             )
         if len(set(slots)) != n:
             raise ValueError(f"a slot appears in more than one row: {slots}")
-        tokens = [_token_array(i, r.tokens) for i, r in enumerate(rows)]
-        all_tokens = np.concatenate(tokens) if n > 1 else tokens[0]
+        all_tokens = _decode_tokens(rows)
+        if all_tokens is not None:  # the common step: one token a row
+            lengths = [1] * n
+        else:
+            tokens = [_token_array(i, r.tokens) for i, r in enumerate(rows)]
+            lengths = [len(t) for t in tokens]
+            all_tokens = np.concatenate(tokens) if n > 1 else tokens[0]
         lo, hi = int(all_tokens.min()), int(all_tokens.max())
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+        positions = self.positions.tolist()
         for i, r in enumerate(rows):
-            p, table = r.position, int(self.positions[r.slot])
+            p, table = r.position, positions[r.slot]
             if type(p) is not int or not 0 <= p <= table:
                 raise ValueError(
                     f"row {i}: position must be an int in 0..{table} (slot {r.slot}'s next "
                     f"position), got {p!r}"
                 )
-            if p + len(tokens[i]) > max_positions:
+            if p + lengths[i] > max_positions:
                 raise ValueError(
-                    f"row {i}: {len(tokens[i])} tokens from position {p} pass the context "
+                    f"row {i}: {lengths[i]} tokens from position {p} pass the context "
                     f"({max_positions} positions)"
                 )
             if r.sampling is not None and type(r.sampling) is not SamplingParams:
@@ -103,6 +109,15 @@ class Context:
         """Moves each row's slot past its tokens (after the step ran)."""
         for r in plan.rows:
             self.positions[r.slot] = r.position + len(r.tokens)
+
+
+def _decode_tokens(rows) -> np.ndarray | None:
+    """The tokens of a step whose every row is one int in a tuple or list (what the
+    generation loop builds), as one array; None for any other step."""
+    ones = [r.tokens[0] for r in rows if type(r.tokens) in (tuple, list) and len(r.tokens) == 1]
+    if len(ones) != len(rows) or any(type(t) is not int for t in ones):
+        return None
+    return np.array(ones, dtype=np.int64)
 
 
 def _token_array(i: int, tokens) -> np.ndarray:
