@@ -48,7 +48,7 @@ def choose_rows(
         rows = [rows[k] for k in want]
         index = [index[k] for k in want]
         logits = logits[want]
-    n_top = max((r.logprobs or 0) for r in rows)
+    n_top = min(max((r.logprobs or 0) for r in rows), logits.shape[1])  # a tiny vocabulary
     wants_lp = any(r.logprobs is not None for r in rows)
     ids, lps, top_ids, top_lps = sample_rows(
         np.ascontiguousarray(logits, dtype=np.float32),
