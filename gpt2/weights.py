@@ -5,8 +5,12 @@ Canonical form (what `weights[name]` gives): HF GPT-2 names without the `transfo
 prefix, HF Conv1D orientation (weights [in, out], so `y = x @ W + b`), float32, C-contiguous.
 A loaded model holds no tensor: each read is a plain `pread` of the bytes the header declares
 (gpt2.files: regular files only, sizes checked against the file before reading, a file cut
-while it is read is a ValueError). `weights.stored(name)` gives a tensor in the file's own
-type (f16, q8_0 blocks) so that an engine can upload it without a float32 copy.
+while it is read is a ValueError). A file is opened once and read through that descriptor
+only (header and tensors; kept open while its tensors may be read): a file renamed over the
+path while it loads cannot mix its weights in. A big-endian GGUF's tensors are swapped to the
+host's order as they are read (float types; q8_0 and q4_0 block scales), other types refused.
+`weights.stored(name)` gives a tensor in the file's own type (f16, q8_0 blocks) so that an
+engine can upload it without a float32 copy.
 
 Readers (the names and orientation of each layout are in `gpt2.names`):
 - GGUF, the Ruby converter's layout: split attn_q/k/v, weights stored [in, out].
@@ -23,6 +27,7 @@ import json
 import logging
 import math
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +67,19 @@ _FLOAT = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.ui
 # the engine dtype that keeps a file's type (bf16 -> f32: exact; f16 would clip bf16's range)
 _AUTO = {"F32": "f32", "F64": "f32", "BF16": "f32", "F16": "f16", "Q8_0": "q8_0"}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
+_HOST_ORDER = "<" if sys.byteorder == "little" else ">"
+# quantized types whose blocks start with their only multi-byte number, an f16 scale: what
+# swapping a big-endian file's tensor takes (gguf_convert_endian's byteswap_q8_0/q4_0)
+_SCALE_FIRST = {"Q8_0": 34, "Q4_0": 18}  # kind -> bytes per block
+
+
+class HeldFile(ModelFile):
+    """A model file held open while tensors that read from it live (TensorInfo.file): closed
+    when the last of them goes, or by close()."""
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit os may be gone
+            self.close()
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,10 @@ class TensorInfo:
     n_bytes: int
     kind: str  # F32, F16, BF16, F64 or a GGUF quantized type name (Q8_0, ...)
     shape: tuple[int, ...]  # the logical numpy shape
+    # the descriptor the header was read through, which the tensor is read through too
+    # (None: the data is held in memory, pytorch_model.bin)
+    file: ModelFile | None = field(default=None, repr=False, compare=False)
+    byte_order: str = "<"  # the file's: "<", or ">" for a big-endian GGUF
 
     def read(self) -> np.ndarray:
         """The tensor in its own type: float arrays of `shape` (BF16 as uint16), quantized
@@ -92,16 +114,24 @@ class TensorInfo:
         return self.decode(raw, (r1 - r0, *self.shape[1:]))
 
     def _pread(self, start: int, n_bytes: int) -> np.ndarray:
-        """n_bytes from byte `start` of the tensor, into a fresh array (never zero-filled)."""
-        with ModelFile(self.path) as f:
-            return f.pread_into(self.offset + start, np.empty(n_bytes, np.uint8), self.name)
+        """n_bytes from byte `start` of the tensor, into a fresh array (never zero-filled),
+        through the descriptor its header was read through (never re-opened by path)."""
+        if self.file is None:
+            raise ValueError(f"{self.path}: tensor {self.name} is not read from the file")
+        return self.file.pread_into(self.offset + start, np.empty(n_bytes, np.uint8), self.name)
 
     def decode(self, raw: bytearray | bytes | np.ndarray, shape=None) -> np.ndarray:
         """Raw bytes of `shape` (default: the whole tensor's) as `read` gives them."""
         shape = self.shape if shape is None else shape
         data = np.frombuffer(raw, np.uint8)
+        swap = self.byte_order != _HOST_ORDER
         if self.kind in _FLOAT:
-            return data.view(_FLOAT[self.kind]).reshape(shape)
+            values = data.view(_FLOAT[self.kind])
+            return (values.byteswap() if swap else values).reshape(shape)
+        if swap:  # checked swappable when the file was indexed (_check_byte_order)
+            blocks = data.reshape(-1, _SCALE_FIRST[self.kind]).copy()
+            blocks[:, :2] = blocks[:, 1::-1]
+            data = blocks.reshape(-1)
         rows = math.prod(shape[:-1])
         return data.reshape(*shape[:-1], data.size // max(rows, 1))
 
@@ -335,11 +365,15 @@ def load_model(path: str | Path) -> LoadedModel:
 def load_gguf(path: str | Path) -> LoadedModel:
     """Index a GPT-2 GGUF in either layout (told apart by tensor names)."""
     path = Path(path)
-    with ModelFile(path) as f:
+    f = HeldFile(path)  # the one descriptor: header and tensors are read through it
+    try:
         magic = f.pread(0, min(4, f.size), "the magic")
         if magic != b"GGUF":
             raise ValueError(f"{path}: not a GGUF file (magic {bytes(magic)!r}, expected b'GGUF')")
         return _parse_gguf(f)
+    except BaseException:
+        f.close()
+        raise
 
 
 def open_gguf(f: ModelFile):
@@ -360,7 +394,9 @@ def _gguf_infos(reader, f: ModelFile) -> dict[str, TensorInfo]:
                 f"{f.path}: truncated: tensor {t.name} ends at byte {end}, file has {f.size}"
             )
         shape = tuple(int(x) for x in reversed(t.shape))
-        infos[t.name] = TensorInfo(t.name, f.path, int(t.data_offset), int(t.n_bytes), kind, shape)
+        infos[t.name] = TensorInfo(
+            t.name, f.path, int(t.data_offset), int(t.n_bytes), kind, shape, f, reader.byte_order
+        )
     return infos
 
 
@@ -386,6 +422,7 @@ def _parse_gguf(f: ModelFile) -> LoadedModel:
                     f"(expected one of {sorted(x.name for x in _GGUF_TYPES)})"
                 )
             _check_n_bytes(t, path)
+            _check_byte_order(t, path)
         tokenizer = Tokenizer.from_gguf(reader, path)
     tensors = FileTensors(config, layout, {n: t for n, t in raw.items() if n in table}, path)
     if head in raw:
@@ -440,6 +477,17 @@ def _check_n_bytes(t: TensorInfo, path: Path) -> None:
         raise ValueError(
             f"{path}: tensor {t.name}: {t.kind} {t.shape} needs {n // block * size} bytes, "
             f"the header says {t.n_bytes}"
+        )
+
+
+def _check_byte_order(t: TensorInfo, path: Path) -> None:
+    """A tensor of a file in the other byte order must be one that decode can swap."""
+    if t.byte_order != _HOST_ORDER and t.kind not in _FLOAT and t.kind not in _SCALE_FIRST:
+        order = "big-endian" if t.byte_order == ">" else "little-endian"
+        raise ValueError(
+            f"{path}: tensor {t.name}: {t.kind} in a {order} GGUF is not supported "
+            f"(F32, F16, BF16, {', '.join(_SCALE_FIRST)} are; convert the file with "
+            "gguf_convert_endian or to one of those types)"
         )
 
 
@@ -526,18 +574,28 @@ def _hf_tensor_infos(
 
 def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
     """The tensor table of a safetensors file, every entry checked against its dtype, shape
-    and the file's size (nothing past the header is read)."""
-    with ModelFile(path) as f:
-        if f.size < 8:
-            raise ValueError(f"{path}: too short for a safetensors file ({f.size} bytes)")
-        (n,) = struct.unpack("<Q", f.pread(0, 8, "the header length"))
-        if n > min(f.size - 8, MAX_SAFETENSORS_HEADER):
-            raise ValueError(f"{path}: header length {n} does not fit the file ({f.size} bytes)")
-        try:
-            header = json.loads(f.pread(8, n, "the header").decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise ValueError(f"{path}: safetensors header is not valid JSON ({e})") from None
-        size = f.size
+    and the file's size (nothing past the header is read); the tensors are read through the
+    descriptor the header was read through (held open by them)."""
+    f = HeldFile(path)
+    try:
+        return _safetensors_infos(f)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _safetensors_infos(f: HeldFile) -> dict[str, TensorInfo]:
+    path = f.path
+    if f.size < 8:
+        raise ValueError(f"{path}: too short for a safetensors file ({f.size} bytes)")
+    (n,) = struct.unpack("<Q", f.pread(0, 8, "the header length"))
+    if n > min(f.size - 8, MAX_SAFETENSORS_HEADER):
+        raise ValueError(f"{path}: header length {n} does not fit the file ({f.size} bytes)")
+    try:
+        header = json.loads(f.pread(8, n, "the header").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    size = f.size
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
@@ -568,7 +626,7 @@ def safetensors_infos(path: Path) -> dict[str, TensorInfo]:
                     f"{path}: tensor {name}: {dtype} {tuple(shape)} needs {need} bytes, "
                     f"the header gives {end - begin}"
                 )
-        infos[name] = TensorInfo(name, path, 8 + n + begin, end - begin, dtype, tuple(shape))
+        infos[name] = TensorInfo(name, path, 8 + n + begin, end - begin, dtype, tuple(shape), f)
     return infos
 
 
@@ -598,35 +656,56 @@ def _read_torch_bin(path: Path) -> tuple[dict[str, TensorInfo], dict[str, np.nda
             'where torch is: `python -c "from transformers import GPT2LMHeadModel as M; '
             "M.from_pretrained('FOLDER').save_pretrained('FOLDER', safe_serialization=True)\"`"
         ) from None
-    ModelFile(path).close()  # a regular file, or refused before torch reads it
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types on bad files
-        raise ValueError(
-            f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from None
+    # read through the descriptor that was checked to be a regular file, never re-opened
+    with ModelFile(path) as f, open(f.fd, "rb", closefd=False) as stream:
+        try:
+            state = torch.load(stream, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types on bad files
+            raise ValueError(
+                f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})"
+            ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict ({type(state).__name__})")
-    kinds = {
-        torch.float32: "F32",
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.float64: "F64",
-    }
     infos, arrays = {}, {}
     for name, t in state.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{path}: entry {name!r} is not a tensor")
-        kind = kinds.get(t.dtype, str(t.dtype))
-        if kind == "BF16":
-            a = t.contiguous().view(torch.int16).numpy().view(np.uint16)
-        elif kind in _FLOAT:
-            a = t.contiguous().numpy()
-        else:
-            a = np.empty(0)
-        infos[name] = TensorInfo(name, path, 0, a.nbytes, kind, tuple(t.shape))
-        arrays[name] = a
+        try:
+            infos[name], arrays[name] = _torch_tensor(torch, path, name, t)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any tensor torch cannot hand over plainly
+            raise ValueError(
+                f"{path}: tensor {name}: cannot read it ({type(e).__name__}: {e})"
+            ) from None
     return infos, arrays
+
+
+def _torch_tensor(torch, path: Path, name: str, t) -> tuple[TensorInfo, np.ndarray]:
+    """One tensor of a state dict as (info, array in its own type); nn.Parameter as its
+    data, any layout but a dense (strided) one refused by name."""
+    if t.layout != torch.strided:
+        raise ValueError(
+            f"{path}: tensor {name}: {str(t.layout).removeprefix('torch.')} tensors are not "
+            "supported (a GPT-2 checkpoint's are dense)"
+        )
+    t = t.detach()  # nn.Parameter, requires_grad: the same values, as a plain tensor
+    kind = _TORCH_KINDS.get(str(t.dtype), str(t.dtype))
+    if kind == "BF16":
+        a = t.contiguous().view(torch.int16).numpy().view(np.uint16)
+    elif kind in _FLOAT:
+        a = t.contiguous().numpy()
+    else:
+        a = np.empty(0)
+    return TensorInfo(name, path, 0, a.nbytes, kind, tuple(t.shape)), a
+
+
+_TORCH_KINDS = {
+    "torch.float32": "F32",
+    "torch.float16": "F16",
+    "torch.bfloat16": "BF16",
+    "torch.float64": "F64",
+}
 
 
 # ---------------------------------------------------------------------------------------
