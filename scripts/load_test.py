@@ -1,13 +1,20 @@
 """A bounded local load test of `gpt2 serve`: N streaming clients for T seconds.
 
-    python scripts/load_test.py --clients 1,8 --seconds 20 --out bench/cpu_DATE_serve.json
+    python scripts/load_test.py --clients 1,8,32,64 --seconds 20 --out bench/cpu_DATE_serve.json
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 32 --seconds 30
 
 Without --url it starts the server in this process (uvicorn in a thread, on a
-free port of 127.0.0.1) over --model (default: the embedded model). Each client
-sends streamed /v1/completions one after another until the time is up; per
-client count it reports requests/s, tokens/s, p50/p99 time to first token and
-latency, and errors. Needs the server extra and httpx.
+free port of 127.0.0.1) over --model (default: the embedded model), its queue
+long enough for the most clients. Each client sends streamed /v1/completions
+one after another until the time is up, each prompt of token ids of a length
+drawn log-uniform from --min-prompt-tokens to --max-prompt-tokens (capped by
+the context less max_tokens) by a generator seeded by --seed, the client count
+and the client's number: a run sends the same prompts again. Per client count
+it reports requests/s, tokens/s, time to first token (TTFT) and inter-token
+latency (ITL, between consecutive streamed chunks of text) at p50/p99 as the
+client measured them, errors, and what the server's /metrics counted over the
+same time (its TTFT and ITL histograms' p50/p99, interpolated in their
+buckets). Needs the server extra and httpx.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import socket
@@ -30,10 +38,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-PROMPTS = ["The Python", "Once upon a time", "def main():", "The list of", "In the year"]
+PROMPT_VOCAB = 256  # prompt ids are drawn below this: byte tokens, in every byte-level vocabulary
+GPT2_CONTEXT = 1024  # the context assumed of a --url server, unless --context says otherwise
 
 
-def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
+def prompt_lengths(rng: np.random.Generator, low: int, high: int):
+    """Prompt lengths drawn log-uniform in low..high tokens (as many short as long ones
+    per factor of length), endlessly."""
+    while True:
+        yield int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
+
+
+def one_request(
+    client: httpx.Client, url: str, model: str, prompt: str | list[int], max_tokens: int
+) -> dict:
+    """One streamed completion: its time to first text, the gaps between its text
+    chunks (seconds) and its usage."""
     body = {
         "model": model,
         "prompt": prompt,
@@ -44,8 +64,9 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tok
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
-    ttft = None
-    tokens = 0
+    ttft = last = None
+    gaps: list[float] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             r.read()
@@ -53,35 +74,53 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tok
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
+            now = time.perf_counter()
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif ttft is None and chunk["choices"] and chunk["choices"][0]["text"]:
-                ttft = time.perf_counter() - t0
-    return {"ttft_s": ttft, "latency_s": time.perf_counter() - t0, "tokens": tokens}
+                usage = chunk["usage"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                if ttft is None:
+                    ttft = now - t0
+                else:
+                    gaps.append(now - last)
+                last = now
+    return {
+        "ttft_s": ttft,
+        "gaps_s": gaps,
+        "latency_s": time.perf_counter() - t0,
+        "prompt_tokens": usage["prompt_tokens"],
+        "tokens": usage["completion_tokens"],
+    }
 
 
-def run_clients(url: str, model: str, n: int, seconds: float, max_tokens: int) -> dict:
+def _pct(values, q: float, scale: float = 1e3) -> float | None:
+    a = np.asarray(values, dtype=np.float64)
+    return round(float(np.percentile(a, q)) * scale, 2) if a.size else None
+
+
+def run_clients(url: str, model: str, n: int, args) -> dict:
     results: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
+    deadline = time.perf_counter() + args.seconds
 
     def client_loop(k: int) -> None:
+        rng = np.random.default_rng([args.seed, n, k])
+        lengths = prompt_lengths(rng, args.min_prompt_tokens, args.max_prompt_tokens)
         with httpx.Client(timeout=120) as client:
-            i = k
             while time.perf_counter() < deadline:
+                prompt = rng.integers(0, PROMPT_VOCAB, next(lengths)).tolist()
                 try:
-                    res = one_request(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+                    res = one_request(client, url, model, prompt, args.max_tokens)
                     with lock:
                         results.append(res)
                 except Exception as e:  # noqa: BLE001 - counted and reported
                     with lock:
                         errors.append(str(e))
-                i += 1
 
+    before = server_metrics(url)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(n)]
     for t in threads:
@@ -89,27 +128,99 @@ def run_clients(url: str, model: str, n: int, seconds: float, max_tokens: int) -
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    ttft = np.array([r["ttft_s"] for r in results if r["ttft_s"] is not None]) * 1e3
-    lat = np.array([r["latency_s"] for r in results]) * 1e3
+    after = server_metrics(url)
+    ttft = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
+    gaps = [g for r in results for g in r["gaps_s"]]
+    lat = [r["latency_s"] for r in results]
     tokens = sum(r["tokens"] for r in results)
-
-    def pct(a: np.ndarray, q: float) -> float | None:
-        return round(float(np.percentile(a, q)), 2) if a.size else None
-
+    prompts = [r["prompt_tokens"] for r in results]
     return {
         "clients": n,
         "wall_s": round(wall, 2),
         "requests": len(results),
         "requests_per_s": round(len(results) / wall, 3),
+        "prompt_tokens": sum(prompts),
+        "prompt_tokens_p50": _pct(prompts, 50, 1),
+        "prompt_tokens_max": max(prompts, default=None),
         "tokens": tokens,
         "tokens_per_s": round(tokens / wall, 1),
-        "ttft_ms_p50": pct(ttft, 50),
-        "ttft_ms_p99": pct(ttft, 99),
-        "latency_ms_p50": pct(lat, 50),
-        "latency_ms_p99": pct(lat, 99),
+        "ttft_ms_p50": _pct(ttft, 50),
+        "ttft_ms_p99": _pct(ttft, 99),
+        "itl_ms_p50": _pct(gaps, 50),
+        "itl_ms_p99": _pct(gaps, 99),
+        "latency_ms_p50": _pct(lat, 50),
+        "latency_ms_p99": _pct(lat, 99),
         "errors": len(errors),
         "first_errors": errors[:3],
+        "server": server_summary(before, after),
     }
+
+
+def server_metrics(url: str) -> dict[str, float]:
+    """The server's /metrics as {series (with its labels): value}; {} where it has none."""
+    try:
+        r = httpx.get(url + "/metrics", timeout=10)
+    except httpx.HTTPError:
+        return {}
+    if r.status_code != 200:
+        return {}
+    out = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def _bucket_quantile(delta: dict[str, float], name: str, q: float) -> float | None:
+    """Prometheus' histogram_quantile over the buckets' increase: linear within the
+    bucket that holds the q-th observation (its upper bound where that is +Inf)."""
+    buckets = []
+    for series, v in delta.items():
+        if series.startswith(name + '_bucket{le="'):
+            buckets.append((float(series[len(name) + 12 : -2]), v))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+def server_summary(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the server counted between two /metrics reads: its counters' increase,
+    and p50/p99 (ms) and means of its time-to-first-token and inter-token histograms."""
+    if not after:
+        return {}
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    out: dict = {
+        k: delta.get(k)
+        for k in (
+            "gpt2_prefill_tokens_total",
+            "gpt2_decode_tokens_total",
+            "gpt2_completion_tokens_total",
+            "gpt2_steps_total",
+            "gpt2_rejected_total",
+        )
+    }
+    for short, name in (
+        ("ttft", "gpt2_time_to_first_token_seconds"),
+        ("itl", "gpt2_inter_token_latency_seconds"),
+    ):
+        count = delta.get(name + "_count")
+        for q in (50, 99):
+            v = _bucket_quantile(delta, name, q / 100)
+            out[f"{short}_ms_p{q}"] = None if v is None else round(v * 1e3, 2)
+        out[f"{short}_ms_mean"] = round(delta[name + "_sum"] / count * 1e3, 2) if count else None
+    rows = delta.get("gpt2_batch_occupancy_count")
+    out["batch_rows_mean"] = round(delta["gpt2_batch_occupancy_sum"] / rows, 2) if rows else None
+    return out
 
 
 def synthetic_tokenizer(vocab_size: int):
@@ -166,17 +277,20 @@ def start_server(args) -> tuple[str, object, object]:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    app = create_app(model, "gpt2", max_batch=args.max_batch, max_queue=4 * args.max_batch)
+    # every client may wait in the queue: a 429 here would be the test's doing
+    max_queue = max(4 * args.max_batch, *args.clients)
+    app = create_app(model, "gpt2", max_batch=args.max_batch, max_queue=max_queue)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, model
+    return f"http://127.0.0.1:{port}", (server, thread), model
 
 
 def _versions() -> dict:
     out = {"python": platform.python_version()}
-    for name in ("tinynn-gpt2", "numpy", "fastapi", "uvicorn", "httpx"):
+    for name in ("tinynn-gpt2", "numpy", "fastapi", "uvicorn", "httpx", "starlette"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -188,6 +302,16 @@ def _versions() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = None
     out["git_commit"] = commit
+    try:  # files changed since that commit (another's work in progress, say) ran too
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        out["git_changed_files"] = sorted(line[3:] for line in status.splitlines())
+    except (OSError, subprocess.CalledProcessError):
+        out["git_changed_files"] = None
     return out
 
 
@@ -207,9 +331,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="f32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--clients", default="1,8", help="client counts, comma-separated")
+    p.add_argument(
+        "--clients",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 8, 32, 64],
+        help="client counts, comma-separated (default 1,8,32,64)",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="per client count")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--min-prompt-tokens", type=int, default=4)
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=1000,
+        help="the longest prompt, less where the context minus --max-tokens is shorter",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help=f"the server's context (default: the model's here, {GPT2_CONTEXT} with --url)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the prompts' lengths and ids")
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args(argv)
 
@@ -221,11 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(random_model_file(args.random, args.dtype, args.work))
     if url is None:
         url, server, model = start_server(args)
+    context = args.context or (model.engine.max_positions if model is not None else GPT2_CONTEXT)
+    args.max_prompt_tokens = min(args.max_prompt_tokens, context - args.max_tokens)
+    if not 1 <= args.min_prompt_tokens <= args.max_prompt_tokens:
+        p.error(
+            f"prompts of {args.min_prompt_tokens}..{args.max_prompt_tokens} tokens: "
+            f"the context ({context}) less --max-tokens leaves no room"
+        )
     name = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-    one_request(httpx.Client(timeout=120), url, name, PROMPTS[0], 4)  # warm-up
+    one_request(httpx.Client(timeout=120), url, name, [1, 2, 3, 4], 4)  # warm-up
+    metrics_before = server_metrics(url)
     rows = []
-    for n in (int(x) for x in args.clients.split(",")):
-        row = run_clients(url, name, n, args.seconds, args.max_tokens)
+    for n in args.clients:
+        row = run_clients(url, name, n, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
     report = {
@@ -249,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch": args.max_batch,
         },
         "request": {
+            "prompt": f"token ids below {PROMPT_VOCAB}, lengths log-uniform in "
+            f"{args.min_prompt_tokens}..{args.max_prompt_tokens} (seed {args.seed})",
+            "context": context,
             "max_tokens": args.max_tokens,
             "temperature": 0.8,
             "top_k": 40,
@@ -256,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seconds": args.seconds,
         "results": rows,
+        "server_metrics_before": metrics_before,
+        "server_metrics_after": server_metrics(url),
     }
     if len(rows) > 1 and rows[0]["tokens_per_s"]:
         report["speedup_last_vs_first"] = round(
@@ -265,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     if server is not None:
-        server.should_exit = True
-        time.sleep(0.5)
+        server[0].should_exit = True
+        server[1].join(30)
         model.close()
     return 1 if any(r["errors"] for r in rows) else 0
 

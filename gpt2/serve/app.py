@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2.completion import TokenLogprob, token_logprob
 from gpt2.params import GenerationParams
+from gpt2.serve.metrics import histogram_lines
 from gpt2.serve.scheduler import (
     Event,
     QueueFullError,
@@ -240,8 +241,38 @@ def create_app(
             ("gpt2_queue_depth", "gauge", s.queued, "Requests waiting for a batch member."),
             ("gpt2_batch_size", "gauge", s.active, "Sequences in the running batch."),
             ("gpt2_batch_capacity", "gauge", scheduler.max_batch, "Members of the batch."),
+            (
+                "gpt2_prefill_tokens_total",
+                "counter",
+                s.prefill_tokens,
+                "Prompt tokens prefilled, counted at each request's first token.",
+            ),
+            (
+                "gpt2_decode_tokens_total",
+                "counter",
+                s.decode_tokens,
+                "Tokens run as decode rows (each request's tokens after its first).",
+            ),
         ):
             lines += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        for name, hist, what in (
+            (
+                "gpt2_time_to_first_token_seconds",
+                s.ttft,
+                "From a request's arrival in the queue to its first token.",
+            ),
+            (
+                "gpt2_inter_token_latency_seconds",
+                s.itl,
+                "Between consecutive tokens of one request.",
+            ),
+            (
+                "gpt2_batch_occupancy",
+                s.occupancy,
+                "Sequences in the batch at each step (decoding or being prefilled).",
+            ),
+        ):
+            lines += histogram_lines(name, what, hist)
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     def _encode(text: str) -> list[int]:

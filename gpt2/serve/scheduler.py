@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from gpt2.completion import Completion, TokenLogprob
 from gpt2.generate import Member, step_members
 from gpt2.params import GenerationParams
+from gpt2.serve.metrics import ROWS_BUCKETS, TIME_BUCKETS_S, Histogram
 
 log = logging.getLogger("gpt2.serve")
 
@@ -59,7 +60,8 @@ class Request:
         self.sink: Callable[[Event], None] = sink
         self.cancelled = False
         self.finished = False
-        self.queued_at = time.monotonic()
+        self.queued_at = time.monotonic()  # again when submitted
+        self.last_token_at: float | None = None  # Stats.token
         self._reported = 0  # tokens already sent in events
 
     def cancel(self) -> None:
@@ -90,7 +92,9 @@ class Request:
 
 @dataclass
 class Stats:
-    """Counters and gauges for /metrics."""
+    """Counters, gauges and histograms for /metrics. The worker thread writes
+    them; the event loop reads them (ints are read whole; each histogram has a
+    lock, gpt2.serve.metrics)."""
 
     requests: collections.Counter = field(default_factory=collections.Counter)  # by outcome
     prompt_tokens: int = 0
@@ -99,6 +103,23 @@ class Stats:
     rejected: int = 0
     active: int = 0  # members decoding now (the batch size)
     queued: int = 0
+    prefill_tokens: int = 0  # prompt tokens of the requests that got their first token
+    decode_tokens: int = 0  # tokens fed back as decode rows (a request's later tokens)
+    ttft: Histogram = field(default_factory=lambda: Histogram(TIME_BUCKETS_S))  # queue -> first
+    itl: Histogram = field(default_factory=lambda: Histogram(TIME_BUCKETS_S))  # token -> next
+    occupancy: Histogram = field(default_factory=lambda: Histogram(ROWS_BUCKETS))  # per step
+
+    def token(self, r: Request) -> None:
+        """Times request r's token that is about to be reported: its first from
+        its arrival in the queue, a later one from its previous token."""
+        now = time.monotonic()
+        if r.last_token_at is None:
+            self.ttft.observe(now - r.queued_at)
+            self.prefill_tokens += len(r.member.prompt_ids)
+        else:
+            self.itl.observe(now - r.last_token_at)
+            self.decode_tokens += 1
+        r.last_token_at = now
 
 
 class Scheduler:
@@ -161,6 +182,9 @@ class Scheduler:
                 raise QueueFullError(
                     f"the queue is full ({len(self._queue)} of {self.max_queue} waiting)"
                 )
+            now = time.monotonic()
+            for r in requests:
+                r.queued_at = now  # time to first token counts from here
             self._queue.extend(requests)
             self.stats.queued = len(self._queue)
             self._cond.notify_all()
@@ -248,6 +272,7 @@ class Scheduler:
                         self._end(members, i, "error", f"step failed: {e}")
                 return True
             self.stats.steps += 1
+            self.stats.occupancy.observe(self.stats.active)
             for i, piece in enumerate(pieces):
                 if piece is not None:
                     self._after_token(members, i, piece)
@@ -257,6 +282,7 @@ class Scheduler:
     def _after_token(self, members: list[Request | None], i: int, piece: str) -> None:
         r = members[i]
         self.stats.completion_tokens += 1
+        self.stats.token(r)
         r._report(piece)
         if r.member.cont.done:
             self.stats.requests[r.member.cont.finish_reason] += 1
