@@ -2,10 +2,12 @@
 
 A completion is a `Member`: its prompt, parameters, seeded draws and the
 `Continuation` that decides its text and end. Each step, every member still
-going gives one row to one plan (`member.row`): its prompt from position 0
-when it starts, else its last token at its position, with its sampling
+going gives one row to one plan (`member.row`): its prompt (or the next
+chunk of it) when it starts, else its last token at its position, with its sampling
 parameters, its uniform draw and the log-probabilities it wants; one
-`engine.step` runs them all and each member takes its chosen token back.
+`engine.step` runs them all and each member takes its chosen token back. A
+caller may cut prompts into chunks (`step_members`' budgets, the server's
+scheduler): only the chunk that ends a prompt chooses a token.
 Token choice happens in native code for the whole step (the device, or the
 shim's C sampler), by the rule of gpt2.sampling. A single completion, a
 batch, id prompts (`generate_ids`) and the server's scheduler all run this
@@ -127,23 +129,46 @@ class Member:
         self.cont = Continuation(tokenizer, len(prompt_ids), params, engine.max_positions, eos_id)
         self._decode = tokenizer.decode if tokenizer is not None else None
         self.next_token: int | None = None
-        self.started = False
+        self.started = False  # its prompt is in the cache and its first token chosen
+        self.prefilled = 0  # prompt tokens in its cache
+        self._chunk = 0  # prompt tokens of the row it gave last
 
     def draw(self) -> float:
         """The uniform of this token: one draw when sampling, none when greedy."""
         return 0.0 if self.sampling.greedy else draw_uniform(self.rng)
 
-    def row(self, slot: int, position: int) -> StepRow:
-        """This member's row of the next step: its prompt from position 0 when it
-        has not started, else its last token at position."""
-        if self.started:
-            tokens, position = (self.next_token,), position
-        else:
-            tokens, position = self.prompt_ids, 0
-        return StepRow(slot, tokens, position, self.sampling, self.draw(), self.params.logprobs)
+    @property
+    def prompt_left(self) -> int:
+        """Prompt tokens not yet in its cache."""
+        return 0 if self.started else len(self.prompt_ids) - self.prefilled
 
-    def take(self, result: StepResult, k: int) -> str:
-        """Feeds row k's chosen token to the continuation; the text it shows."""
+    def row(self, slot: int, position: int, budget: int | None = None) -> StepRow:
+        """This member's row of the next step: its last token at position once it
+        has started, else the next chunk of its prompt (at most budget tokens,
+        all of it without one) from what its cache holds. Only the chunk that
+        ends the prompt chooses a token (and draws its uniform), so a completion
+        is the same however its prompt is cut."""
+        if self.started:
+            return StepRow(
+                slot, (self.next_token,), position, self.sampling, self.draw(), self.params.logprobs
+            )
+        if budget is not None and budget < 1:
+            raise ValueError(f"a prompt chunk needs a budget of at least 1 token, got {budget}")
+        start = self.prefilled
+        end = len(self.prompt_ids) if budget is None else min(start + budget, len(self.prompt_ids))
+        self._chunk = end - start
+        tokens = self.prompt_ids[start:end]
+        if end < len(self.prompt_ids):
+            return StepRow(slot, tokens, start, sampling=None)
+        return StepRow(slot, tokens, start, self.sampling, self.draw(), self.params.logprobs)
+
+    def take(self, result: StepResult, k: int) -> str | None:
+        """Feeds row k's chosen token to the continuation; the text it shows.
+        After a chunk that does not end the prompt: None (nothing chosen)."""
+        if not self.started:
+            self.prefilled += self._chunk
+            if self.prefilled < len(self.prompt_ids):
+                return None
         self.started = True
         token = int(result.tokens[k])
         logprob = None
@@ -162,17 +187,24 @@ class Member:
         return TokenLogprob(token, text([token]), float(result.logprobs[k]), top)
 
 
-def step_members(batch, members: Sequence[Member | None]) -> list[str | None]:
+def step_members(
+    batch, members: Sequence[Member | None], budgets: Sequence[int | None] | None = None
+) -> list[str | None]:
     """One step of every member of the batch that is still going or has yet to
     start (member i in slot batch.first + i; None, or a finished one: idle);
-    the text each shows (None for the idle ones)."""
+    the text each shows (None for the idle ones, and for a prompt chunk that
+    does not end its prompt). budgets[i], where given, caps member i's prompt
+    chunk (0: it sits this step out); without budgets prompts go in whole."""
     table = batch.engine.context.positions
     rows, live = [], []
     for i, m in enumerate(members):
         if m is None or m.cont.done or (m.started and m.next_token is None):
             continue
+        budget = None if budgets is None or m.started else budgets[i]
+        if budget == 0:
+            continue
         slot = batch.first + i
-        rows.append(m.row(slot, int(table[slot])))
+        rows.append(m.row(slot, int(table[slot]), budget))
         live.append(i)
     pieces: list[str | None] = [None] * len(members)
     if not rows:

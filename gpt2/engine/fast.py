@@ -7,7 +7,9 @@ The weights (gpt2.engine.upload) and the KV cache with its sequence slots
 
 A step plan (gpt2.engine.step) runs as: its decode rows in our fused CUDA
 step (up to 8 sequences, tinynn.Decoder) or one graph over their run of
-slots, then its prefill rows, a graph for each run of adjacent slots. Token
+slots, then its prefill rows, a graph for each run of adjacent slots, each
+row padded to a bucket of lengths (`prefill_bucket`), so that prompts and
+prompt chunks of many lengths share a few graphs. Token
 choice stays on the device where it can (the graph's argmax for greedy rows,
 our CUDA sampler for sampled ones): a step then downloads one int32 id a
 row; rows that want logits or log-probabilities bring their logits to the
@@ -41,6 +43,8 @@ from tinynn.dtypes import SAMPLING_DTYPE
 MAX_PREFILL_GRAPHS = 8  # prefill graphs kept, by shape (least recently used go)
 MAX_FUSED_BATCH = 8  # sequences our fused decode step takes at once (native/cuda/decode.h)
 DECODE_MODES = ("auto", "fused", "graphs")
+# tokens a prefilled sequence computes: the next of these, then a multiple of the last
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 log = logging.getLogger("gpt2")
 
@@ -118,6 +122,7 @@ class FastGPT2(Engine):
         self._prefill_graphs: OrderedDict[GraphShape, Graph] = OrderedDict()
         self._decode_graphs: dict[GraphShape, Graph] = {}
         self.decode_graph_builds = 0
+        self.prefill_graph_builds = 0
 
     def _fused_decoder(self, mode: str) -> Decoder | None:
         """Our fused decode step where it runs and is wanted, else None."""
@@ -172,6 +177,7 @@ class FastGPT2(Engine):
         g = self._prefill_graphs.pop(shape, None)
         if g is None:
             g = self._graph(shape)
+            self.prefill_graph_builds += 1
             while len(self._prefill_graphs) >= MAX_PREFILL_GRAPHS:
                 self._prefill_graphs.popitem(last=False)[1].sess.close()
         self._prefill_graphs[shape] = g
@@ -279,13 +285,15 @@ class FastGPT2(Engine):
 
     def _prefill_groups(self, rows: list[StepRow], order: list[int]) -> list[list[int]]:
         """The prefill rows (sorted by slot) in runs of adjacent slots whose padded
-        tokens fit the cache; a row that does not fit with others goes alone."""
+        tokens fit the cache; a row that does not fit with others goes alone
+        (and is padded as far as its own room allows, `_prefill`)."""
         groups: list[list[int]] = []
         for i in order:
             g = groups[-1] if groups else None
             if g is not None and rows[g[-1]].slot + 1 == rows[i].slot:
                 trial = g + [i]
-                n_q = self._prefill_length(len(trial), max(len(rows[j].tokens) for j in trial))
+                t = max(len(rows[j].tokens) for j in trial)
+                n_q = self._prefill_length(len(trial), t)
                 if all(rows[j].position + n_q <= self.n_rows for j in trial):
                     g.append(i)
                     continue
@@ -294,16 +302,14 @@ class FastGPT2(Engine):
 
     def _prefill(self, rows: list[StepRow], index: list[int], result: StepResult) -> None:
         """rows[index] (adjacent slots) in one graph, each from its own position,
-        padded to the longest: id 0 past a row's tokens, written to those cache
-        rows of its own slot. Real queries never attend past themselves, and
+        padded to the longest's bucket: id 0 past a row's tokens, written to
+        those cache rows of its own slot. Real queries never attend past themselves, and
         the row at position p is written again before any query reads it."""
         part = [rows[i] for i in index]
         first, n_seq = part[0].slot, len(part)
         lengths = np.array([len(r.tokens) for r in part])
         starts = np.array([r.position for r in part])
-        n_q = self._prefill_length(n_seq, int(lengths.max()))
-        if n_seq == 1 and starts[0] + n_q > self.n_rows:
-            n_q = int(lengths[0])  # no room to pad
+        n_q = self._prefill_length(n_seq, int(lengths.max()), self.n_rows - int(starts.max()))
         every = any(r.logits == "all" for r in part)
         n_kv = bucket(int((starts + n_q).max()), self.n_rows)
         g = self._prefill_graph(GraphShape(first, n_seq, n_q, n_kv, last_only=not every))
@@ -326,14 +332,21 @@ class FastGPT2(Engine):
         ids, logits = self._compute(g, ints, part, np.arange(n_seq))
         self._take(part, index, result, ids, logits)
 
-    def _prefill_length(self, n_seq: int, t: int) -> int:
-        """Tokens per sequence that a prefill of n_seq prompts of t computes:
-        t, or 17 where its products would have 4..16 columns (TF32_COLUMNS)
-        and pad_prefill is on. A model whose whole context is shorter than 17
-        has no room: t (TF32)."""
+    def _prefill_length(self, n_seq: int, t: int, room: int | None = None) -> int:
+        """Tokens per sequence that a prefill of n_seq rows of at most t tokens
+        computes, where each row has room for `room` (cache rows past its
+        position; default: all of them): t's bucket (prefill_bucket), or t where the bucket has no
+        room; then 17 where its products would have 4..16 columns
+        (TF32_COLUMNS) and pad_prefill is on. A row with less room than 17 (a
+        context shorter than 17, a chunk near its end) is computed as it is:
+        t (TF32)."""
+        room = self.n_rows if room is None else room
+        n_q = prefill_bucket(t)
+        if n_q > room:
+            n_q = t
+        tf32 = n_q in TF32_COLUMNS or n_seq * n_q in TF32_COLUMNS  # attention, weights
         padded = STRICT_F32_COLUMNS
-        tf32 = t in TF32_COLUMNS or n_seq * t in TF32_COLUMNS  # attention, weights
-        return padded if self.pad_prefill and tf32 and padded <= self.n_rows else t
+        return padded if self.pad_prefill and tf32 and padded <= room else n_q
 
     def _fused_step_failed(self, e: TinyNNError) -> None:
         """A step our kernels failed: an error where they were asked for; where they
@@ -353,3 +366,12 @@ class FastGPT2(Engine):
         self._prefill_graphs.clear()
         self._decode_graphs.clear()
         self.root.close()
+
+
+def prefill_bucket(t: int) -> int:
+    """The tokens a sequence computes in a prefill of t: the next of 16, 32, 64,
+    ..., 512, then of the multiples of 512 (a graph is built and kept a shape,
+    gpt2.engine.graph)."""
+    if t > PREFILL_BUCKETS[-1]:
+        return -(-t // PREFILL_BUCKETS[-1]) * PREFILL_BUCKETS[-1]
+    return next(b for b in PREFILL_BUCKETS if b >= t)

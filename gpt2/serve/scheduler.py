@@ -4,8 +4,12 @@ A worker thread owns a `SequenceBatch` of max_batch members. Between steps it
 admits queued requests into free members and drops cancelled ones (their
 member is free at the next step), then runs one step plan for every member
 (`step_members`): the admitted prompts' prefill rows beside the running
-members' decode rows, each with its own sampling params and draws. So a
-request gives what `model.complete()` gives alone, whoever shares its steps.
+members' decode rows, each with its own sampling params and draws. A step
+holds at most `max_step_tokens` tokens: every decode row (one token) goes in,
+and prompt chunks fill what is left, the oldest admitted first, so a long
+prompt is prefilled over several steps while the others keep decoding. Only
+a prompt's last chunk chooses a token. So a request gives what
+`model.complete()` gives alone, whoever shares its steps.
 
 Each request reports through its `sink`, called on the worker thread with an
 `Event` per token and a last one holding the `Completion` (or an error). The
@@ -16,6 +20,7 @@ SchedulerClosedError once the scheduler is stopping.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -28,6 +33,8 @@ from gpt2.params import GenerationParams
 from gpt2.serve.metrics import ROWS_BUCKETS, TIME_BUCKETS_S, Histogram
 
 log = logging.getLogger("gpt2.serve")
+
+DEFAULT_STEP_TOKENS = 512  # tokens a step computes at most (decode rows and prompt chunks)
 
 
 class QueueFullError(RuntimeError):
@@ -62,6 +69,7 @@ class Request:
         self.finished = False
         self.queued_at = time.monotonic()  # again when submitted
         self.last_token_at: float | None = None  # Stats.token
+        self.admitted = 0  # the order it was admitted in (its prompt chunks' turn)
         self._reported = 0  # tokens already sent in events
 
     def cancel(self) -> None:
@@ -125,7 +133,14 @@ class Stats:
 class Scheduler:
     """Runs requests on one model with continuous batching (see module doc)."""
 
-    def __init__(self, model, max_batch: int | None = None, max_queue: int = 64):
+    def __init__(
+        self,
+        model,
+        max_batch: int | None = None,
+        max_queue: int = 64,
+        *,
+        max_step_tokens: int = DEFAULT_STEP_TOKENS,
+    ):
         self.model = model
         self.max_batch = max_batch or model.engine.n_slots
         if not 1 <= self.max_batch <= model.engine.n_slots:
@@ -136,6 +151,15 @@ class Scheduler:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.max_queue = max_queue
+        # the oldest prompt always has room for a chunk (_prompt_chunk: 3 tokens at
+        # least) beside the others' decode rows
+        if max_step_tokens < self.max_batch + 2:
+            raise ValueError(
+                f"max_step_tokens must be >= max_batch + 2 ({self.max_batch + 2}), "
+                f"got {max_step_tokens}"
+            )
+        self.max_step_tokens = max_step_tokens
+        self._admissions = itertools.count()
         self.stats = Stats()
         self._queue: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
@@ -258,12 +282,13 @@ class Scheduler:
                 self.stats.requests[r.member.cont.finish_reason] += 1
                 r._report("")
                 continue
-            members[i] = r  # prefilled in the step below, beside the running ones
+            r.admitted = next(self._admissions)
+            members[i] = r  # prefilled from the step below on, beside the running ones
         active = [r.member if r is not None else None for r in members]
         self.stats.active = sum(m is not None and not m.cont.done for m in active)
         if self.stats.active:
             try:
-                pieces = step_members(batch, active)
+                pieces = step_members(batch, active, self._budgets(members))
             except Exception as e:  # noqa: BLE001 - fail the step's requests, keep serving
                 self.model.engine.pool.check_open()  # a closed model ends the worker
                 log.exception("a step failed")
@@ -278,6 +303,19 @@ class Scheduler:
                     self._after_token(members, i, piece)
         self.stats.active = sum(r is not None for r in members)
         return True
+
+    def _budgets(self, members: list[Request | None]) -> list[int]:
+        """Each member's prompt chunk this step: decode rows count one token each
+        and always go in; prompt chunks take what is left of max_step_tokens, the
+        oldest admitted first (0: a prompt waits for the next step)."""
+        going = [(i, r) for i, r in enumerate(members) if r is not None and not r.member.cont.done]
+        left = self.max_step_tokens - sum(r.member.started for _, r in going)
+        budgets = [0] * len(members)
+        prompts = sorted((p for p in going if not p[1].member.started), key=lambda p: p[1].admitted)
+        for i, r in prompts:
+            budgets[i] = _prompt_chunk(r.member.prompt_left, left)
+            left -= budgets[i]
+        return budgets
 
     def _after_token(self, members: list[Request | None], i: int, piece: str) -> None:
         r = members[i]
@@ -296,3 +334,16 @@ class Scheduler:
             r._fail(error)
         else:
             r.finished = True
+
+
+def _prompt_chunk(prompt_left: int, budget: int) -> int:
+    """The next chunk of a prompt with prompt_left tokens to go under budget: never
+    a chunk of one token, nor one that leaves one (0: it waits), unless the prompt
+    is one token. A one-token row runs as a decode step, whose kernels sum in
+    another order than a prefill's: on the CPU a prompt cut so gets other bits
+    than whole (gpt2.engine.graph: batch invariance); cut in chunks of two or
+    more it gets the same."""
+    n = min(prompt_left, budget)
+    if n < prompt_left and prompt_left - n == 1:
+        n -= 1
+    return 0 if n == 1 and prompt_left > 1 else n

@@ -200,9 +200,9 @@ def test_too_long_prompt_through_the_client(client, tiny_model):
 def _slow_steps(monkeypatch, seconds: float) -> None:
     real = scheduler_mod.step_members
 
-    def slow(batch, members):
+    def slow(batch, members, *budgets):
         time.sleep(seconds)
-        return real(batch, members)
+        return real(batch, members, *budgets)
 
     monkeypatch.setattr(scheduler_mod, "step_members", slow)
 
