@@ -321,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             max_request_bytes=args.max_request_bytes,
+            max_step_tokens=args.max_step_tokens,
             shutdown_grace=args.shutdown_grace,
             log_level="info" if args.verbose else "warning",
         )
@@ -549,6 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=8 << 20,
         metavar="N",
         help="a larger request body is answered 413, unread",
+    )
+    p.add_argument(
+        "--max-step-tokens",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="tokens one step computes at most: every decode row, then chunks of the "
+        "admitted prompts (oldest first); at least --max-batch + 2",
     )
     p.add_argument(
         "--shutdown-grace",

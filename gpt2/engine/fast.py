@@ -278,8 +278,9 @@ class FastGPT2(Engine):
                     result.logits[i] = logits[k]
                 elif r.logits == "all" and len(r.tokens) == 1:  # a decode row's one token
                     result.logits[i] = logits[k][None, :]
-        if ids is not None:
-            result.tokens[index] = ids
+        if ids is not None:  # the device's choice, for the rows that asked for one
+            chose = [k for k, r in enumerate(part) if r.chooses]
+            result.tokens[[index[k] for k in chose]] = ids[chose]
             return
         choose_rows(result, part, index, logits)
 

@@ -43,6 +43,7 @@ from gpt2.completion import TokenLogprob, token_logprob
 from gpt2.params import GenerationParams
 from gpt2.serve.metrics import histogram_lines
 from gpt2.serve.scheduler import (
+    DEFAULT_STEP_TOKENS,
     Event,
     QueueFullError,
     Scheduler,
@@ -173,13 +174,14 @@ def create_app(
     max_batch: int | None = None,
     max_queue: int = 64,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_step_tokens: int = DEFAULT_STEP_TOKENS,
 ) -> FastAPI:
     """The app over a loaded model; its lifespan starts and stops the scheduler
     (load the model with n_slots >= max_batch + 1: echo with logprobs reads the
     prompt's logits in a slot of its own)."""
     if max_request_bytes < 1:
         raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
-    scheduler = Scheduler(model, max_batch, max_queue)
+    scheduler = Scheduler(model, max_batch, max_queue, max_step_tokens=max_step_tokens)
     n_ctx = model.engine.max_positions
     tok = model.tokenizer
 
@@ -552,6 +554,7 @@ def serve(
     max_batch: int | None = None,
     max_queue: int = 64,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_step_tokens: int = DEFAULT_STEP_TOKENS,
     shutdown_grace: float = SHUTDOWN_GRACE_S,
     log_level: str = "info",
 ) -> int:
@@ -562,7 +565,7 @@ def serve(
     HARD_EXIT_AFTER_S seconds past the grace."""
     if shutdown_grace < 0:
         raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace}")
-    app = create_app(model, model_name, max_batch, max_queue, max_request_bytes)
+    app = create_app(model, model_name, max_batch, max_queue, max_request_bytes, max_step_tokens)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_grace
     )
