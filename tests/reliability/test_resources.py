@@ -69,7 +69,9 @@ def test_cuda_memory_returns_after_models_close():
 def test_cuda_model_larger_than_the_gpu_fails_cleanly():
     use_device("cuda")
     s = _probe("cuda-huge", "3")
-    assert "could not allocate" in s["message"] and "tnn_finalize_weights" in s["message"], s
+    allocator = "could not allocate" in s["message"] and "tnn_finalize_weights" in s["message"]
+    fits = "the engine needs" in s["message"] and "bytes free" in s["message"]  # check_fits
+    assert allocator or fits, s
     assert s["residue"] <= 2 * MiB, f"a failed allocation left {s['residue']} bytes"
     assert s["still_works"]
 
