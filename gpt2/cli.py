@@ -89,6 +89,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
             stop=args.stop or (),
+            repetition_penalty=args.repetition_penalty,
+            frequency_penalty=args.frequency_penalty,
+            presence_penalty=args.presence_penalty,
             timings=timed,
         )
         out = sys.stdout
@@ -393,6 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-p", type=float, default=DEFAULT_PARAMS.top_p, help="nucleus sampling mass; 1 = all"
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=DEFAULT_PARAMS.repetition_penalty,
+        help="divide (or multiply, if negative) the logits of prompt and generated tokens; 1 = off",
+    )
+    p.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=DEFAULT_PARAMS.frequency_penalty,
+        help="subtract this times each token's generated count, in [-2, 2]; 0 = off",
+    )
+    p.add_argument(
+        "--presence-penalty",
+        type=float,
+        default=DEFAULT_PARAMS.presence_penalty,
+        help="subtract this from every token already generated, in [-2, 2]; 0 = off",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
     p.add_argument(

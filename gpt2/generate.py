@@ -26,6 +26,7 @@ from gpt2.completion import Completion, Continuation, TokenLogprob
 from gpt2.engine.base import Engine
 from gpt2.engine.step import StepPlan, StepResult, StepRow
 from gpt2.params import GenerationParams
+from gpt2.penalties import TokenHistory
 from gpt2.sampling import draw_uniform
 
 
@@ -132,6 +133,8 @@ class Member:
         self.started = False  # its prompt is in the cache and its first token chosen
         self.prefilled = 0  # prompt tokens in its cache
         self._chunk = 0  # prompt tokens of the row it gave last
+        # its tokens and generated counts, for penalties only (None: no penalty, no cost)
+        self.history = TokenHistory(params.penalties, self.prompt_ids) if params.penalized else None
 
     def draw(self) -> float:
         """The uniform of this token: one draw when sampling, none when greedy."""
@@ -149,9 +152,7 @@ class Member:
         ends the prompt chooses a token (and draws its uniform), so a completion
         is the same however its prompt is cut."""
         if self.started:
-            return StepRow(
-                slot, (self.next_token,), position, self.sampling, self.draw(), self.params.logprobs
-            )
+            return self._choosing_row(slot, (self.next_token,), position)
         if budget is not None and budget < 1:
             raise ValueError(f"a prompt chunk needs a budget of at least 1 token, got {budget}")
         start = self.prefilled
@@ -160,7 +161,13 @@ class Member:
         tokens = self.prompt_ids[start:end]
         if end < len(self.prompt_ids):
             return StepRow(slot, tokens, start, sampling=None)
-        return StepRow(slot, tokens, start, self.sampling, self.draw(), self.params.logprobs)
+        return self._choosing_row(slot, tokens, start)
+
+    def _choosing_row(self, slot: int, tokens, position: int) -> StepRow:
+        penalty = None if self.history is None else self.history.penalty()
+        return StepRow(
+            slot, tokens, position, self.sampling, self.draw(), self.params.logprobs, None, penalty
+        )
 
     def take(self, result: StepResult, k: int) -> str | None:
         """Feeds row k's chosen token to the continuation; the text it shows.
@@ -171,6 +178,8 @@ class Member:
                 return None
         self.started = True
         token = int(result.tokens[k])
+        if self.history is not None:
+            self.history.add(token)
         logprob = None
         if self.params.logprobs is not None:
             logprob = self._logprob(token, result, k)

@@ -9,11 +9,28 @@ library (`generate`, `stream`, `complete`, `generate_batch`), the CLI
 Keywords are checked by name: Hugging Face's `do_sample` is accepted with HF's
 meaning (False: greedy; True: sampling at temperature 1 with top_k 50 unless
 given); HF's other names are refused with a TypeError that says what to use.
+
+Penalties change the raw logits l of a token choice, before THE SAMPLING RULE
+(greedy included), in this order (llama.cpp's):
+
+- `repetition_penalty` r > 0 (HF's and llama.cpp's; 1: off): for every token i
+  that occurs in the prompt or among the tokens generated so far,
+  l_i = l_i / r if l_i > 0 else l_i * r;
+- `frequency_penalty` f and `presence_penalty` p in [-2, 2] (OpenAI's; 0: off):
+  l_i -= f * count_i + p * (count_i > 0), where count_i is how often token i
+  occurs among the tokens generated so far in this completion (not the prompt).
+
+Log-probabilities (`logprobs`) stay those of the raw logits: a penalty changes
+which token is chosen, never the probabilities reported. The shim's C sampler
+applies them (tnn_penalize_rows); a row with a penalty brings its logits to the
+host, since the device samplers (the CUDA sampler, the fused decode step) do not
+apply penalties.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +44,8 @@ MAX_LOGPROBS = 20  # alternatives a token may report (OpenAI's chat limit)
 # HF's sampling defaults when do_sample=True leaves them out (GenerationConfig)
 _HF_SAMPLE_DEFAULTS = {"temperature": 1.0, "top_k": 50}
 
+MAX_OPENAI_PENALTY = 2.0  # frequency_penalty and presence_penalty lie in [-2, 2]
+
 # HF names we do not take, with what to use instead
 _REFUSED = {
     "max_length": "max_new_tokens (it counts new tokens only)",
@@ -34,7 +53,6 @@ _REFUSED = {
     "min_new_tokens": None,
     "eos_token_id": None,
     "pad_token_id": None,
-    "repetition_penalty": None,
     "no_repeat_ngram_size": None,
     "num_beams": None,
     "num_return_sequences": "generate_batch([prompt] * n, seed=...) or the server's n",
@@ -45,6 +63,10 @@ _REFUSED = {
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,9 @@ class GenerationParams:
     seed: int | None = None  # >= 0, or None
     stop: tuple[str, ...] = ()  # one string or several
     logprobs: int | None = None  # 0..MAX_LOGPROBS, or None
+    repetition_penalty: float = 1.0  # > 0; 1: off (prompt and generated tokens)
+    frequency_penalty: float = 0.0  # in [-2, 2]; 0: off (times each generated count)
+    presence_penalty: float = 0.0  # in [-2, 2]; 0: off (once for each generated token)
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -80,10 +105,36 @@ class GenerationParams:
         lp = self.logprobs
         if lp is not None and (not _is_int(lp) or not 0 <= lp <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an int in 0..{MAX_LOGPROBS} or None, got {lp!r}")
+        self._check_penalties()
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)  # checks them
         object.__setattr__(self, "temperature", sampling.temperature)
         object.__setattr__(self, "top_k", sampling.top_k)
         object.__setattr__(self, "top_p", sampling.top_p)
+
+    def _check_penalties(self) -> None:
+        r = self.repetition_penalty
+        if not _is_number(r) or not (math.isfinite(r) and r > 0):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {r!r}")
+        object.__setattr__(self, "repetition_penalty", float(r))
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = getattr(self, name)
+            if not _is_number(v) or not -MAX_OPENAI_PENALTY <= v <= MAX_OPENAI_PENALTY:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any penalty is on (a choice then needs the history and the logits)."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+    @property
+    def penalties(self) -> tuple[float, float, float]:
+        """(repetition, frequency, presence), tnn_penalize_rows' record of a row."""
+        return (self.repetition_penalty, self.frequency_penalty, self.presence_penalty)
 
     @property
     def sampling(self) -> SamplingParams:

@@ -660,3 +660,119 @@ int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t n_rows, 
     free(block);
     return rc;
 }
+
+/* ---- penalties ----------------------------------------------------------------- */
+
+/* A row's penalty parameters, checked: repetition finite and > 0, the others finite. */
+static int check_penalty(const float *p, int64_t row) {
+    if (!(isfinite(p[0]) && p[0] > 0.0f)) {
+        return fail(TNN_EINVAL, "tnn_penalize_rows",
+                    "row %lld: repetition penalty %g, expected a finite value > 0 (1: off)",
+                    (long long)row, (double)p[0]);
+    }
+    if (!isfinite(p[1]) || !isfinite(p[2])) {
+        return fail(TNN_EINVAL, "tnn_penalize_rows",
+                    "row %lld: frequency penalty %g, presence penalty %g: expected finite values",
+                    (long long)row, (double)p[1], (double)p[2]);
+    }
+    return TNN_OK;
+}
+
+int tnn_penalize_rows(float *logits, int64_t logits_nbytes, int64_t n_rows, int64_t n_vocab,
+                      const int32_t *ids, int64_t ids_nbytes, const int32_t *counts,
+                      int64_t counts_nbytes, const int64_t *row_starts, int64_t starts_nbytes,
+                      const float *params, int64_t params_nbytes) {
+    const char *func = __func__;
+    if (n_rows < 0) {
+        return fail(TNN_EINVAL, func, "n_rows is %lld, expected >= 0", (long long)n_rows);
+    }
+    if (n_vocab < 1 || n_vocab > INT32_MAX) {
+        return fail(TNN_EINVAL, func, "n_vocab is %lld, expected 1..%d (ids are int32)",
+                    (long long)n_vocab, INT32_MAX);
+    }
+    int64_t want_logits, want_params, want_starts;
+    if (!bytes_of(n_rows, n_vocab, sizeof(float), &want_logits) ||
+        !bytes_of(n_rows, 3, sizeof(float), &want_params) ||
+        !bytes_of(n_rows + 1, 1, sizeof(int64_t), &want_starts)) {
+        return fail(TNN_ESHAPE, func, "%lld rows of %lld logits do not fit in int64 bytes",
+                    (long long)n_rows, (long long)n_vocab);
+    }
+    if (logits_nbytes != want_logits || (!logits && want_logits > 0)) {
+        return fail(TNN_ESHAPE, func, "logits: %s with logits_nbytes %lld, expected %lld bytes",
+                    logits ? "given" : "NULL", (long long)logits_nbytes, (long long)want_logits);
+    }
+    if (params_nbytes != want_params || (!params && want_params > 0)) {
+        return fail(TNN_ESHAPE, func, "params: %s with params_nbytes %lld, expected %lld bytes",
+                    params ? "given" : "NULL", (long long)params_nbytes, (long long)want_params);
+    }
+    if (starts_nbytes != want_starts || !row_starts) {
+        return fail(TNN_ESHAPE, func,
+                    "row_starts: %s with starts_nbytes %lld, expected %lld bytes (n_rows + 1)",
+                    row_starts ? "given" : "NULL", (long long)starts_nbytes,
+                    (long long)want_starts);
+    }
+    int64_t n_ids = row_starts[n_rows];
+    if (row_starts[0] != 0 || n_ids < 0 || n_ids > INT64_MAX / (int64_t)sizeof(int32_t)) {
+        return fail(TNN_EINVAL, func, "row_starts[0] is %lld and row_starts[%lld] is %lld: "
+                    "expected 0 and a count >= 0", (long long)row_starts[0], (long long)n_rows,
+                    (long long)n_ids);
+    }
+    int64_t want_ids = n_ids * (int64_t)sizeof(int32_t);
+    if (ids_nbytes != want_ids || (!ids && want_ids > 0)) {
+        return fail(TNN_ESHAPE, func, "ids: %s with ids_nbytes %lld, expected %lld bytes",
+                    ids ? "given" : "NULL", (long long)ids_nbytes, (long long)want_ids);
+    }
+    if (counts_nbytes != want_ids || (!counts && want_ids > 0)) {
+        return fail(TNN_ESHAPE, func, "counts: %s with counts_nbytes %lld, expected %lld bytes",
+                    counts ? "given" : "NULL", (long long)counts_nbytes, (long long)want_ids);
+    }
+    /* every check before any logit changes: a failure leaves logits as they were */
+    uint8_t *seen = NULL;
+    if (n_ids > 0) {
+        seen = calloc((size_t)n_vocab, 1);
+        if (!seen) {
+            return fail(TNN_ENOMEM, func, "no memory for a mark of %lld ids", (long long)n_vocab);
+        }
+    }
+    int rc = TNN_OK;
+    for (int64_t r = 0; r < n_rows && rc == TNN_OK; r++) {
+        int64_t b = row_starts[r], e = row_starts[r + 1];
+        if (b < 0 || e < b || e > n_ids) {
+            rc = fail(TNN_EINVAL, func,
+                      "row %lld: ids %lld..%lld, expected ascending starts within 0..%lld",
+                      (long long)r, (long long)b, (long long)e, (long long)n_ids);
+            break;
+        }
+        rc = check_penalty(params + 3 * r, r);
+        for (int64_t j = b; j < e && rc == TNN_OK; j++) {
+            if (ids[j] < 0 || ids[j] >= n_vocab) {
+                rc = fail(TNN_EINVAL, func, "row %lld: id %d (entry %lld), expected 0..%lld",
+                          (long long)r, (int)ids[j], (long long)(j - b), (long long)n_vocab - 1);
+            } else if (counts[j] < 0) {
+                rc = fail(TNN_EINVAL, func, "row %lld: id %d has count %d, expected >= 0",
+                          (long long)r, (int)ids[j], (int)counts[j]);
+            } else if (seen[ids[j]]) {
+                rc = fail(TNN_EINVAL, func, "row %lld: id %d is listed twice", (long long)r,
+                          (int)ids[j]);
+            } else {
+                seen[ids[j]] = 1;
+            }
+        }
+        for (int64_t j = b; j < e; j++) {
+            if (ids[j] >= 0 && ids[j] < n_vocab) seen[ids[j]] = 0;
+        }
+    }
+    free(seen);
+    if (rc != TNN_OK) return rc;
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *x = logits + r * n_vocab;
+        float rep = params[3 * r], freq = params[3 * r + 1], pres = params[3 * r + 2];
+        for (int64_t j = row_starts[r]; j < row_starts[r + 1]; j++) {
+            float l = x[ids[j]];
+            if (rep != 1.0f) l = l > 0.0f ? l / rep : l * rep;
+            if (counts[j] > 0) l = l - (freq * (float)counts[j] + pres);
+            x[ids[j]] = l;
+        }
+    }
+    return TNN_OK;
+}

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 5
+#define TNN_ABI_VERSION 6
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -327,6 +327,27 @@ TNN_API int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t 
                             int64_t logprobs_nbytes, int64_t n_top, int32_t *out_top_ids,
                             int64_t top_ids_nbytes, float *out_top_logprobs,
                             int64_t top_logprobs_nbytes);
+
+/* Penalties on n_rows rows of logits (f32, row-major [n_rows, n_vocab], n_vocab
+ * 1..INT32_MAX), in place, before token choice (tnn_sample_rows). Row r's history
+ * is a CSR list: ids[row_starts[r] .. row_starts[r + 1]) (int32, distinct within a
+ * row, each in 0..n_vocab-1) are the tokens it has seen (its prompt and what it
+ * generated), counts[j] (int32 >= 0) how often ids[j] was generated (0: prompt
+ * only). row_starts: int64 [n_rows + 1], row_starts[0] = 0, ascending, the last
+ * the number of ids. params: f32 [n_rows, 3], each row {repetition (finite, > 0;
+ * 1: off), frequency, presence (finite; 0: off)}. For each listed id i, in order:
+ *   l_i = l_i > 0 ? l_i / repetition : l_i * repetition   (HF, llama.cpp)
+ *   l_i -= frequency * counts[i] + presence              when counts[i] > 0 (OpenAI)
+ * in float32. Each *_nbytes must equal what the shapes give (ids and counts
+ * 4 * n_ids, NULL allowed when n_ids is 0). Every size, start, id, count and
+ * parameter is checked, naming the row at fault, before any logit is written: a
+ * failure leaves logits unchanged. Uses O(n_vocab) bytes of its own, freed
+ * before it returns. Thread-safe. */
+TNN_API int tnn_penalize_rows(float *logits, int64_t logits_nbytes, int64_t n_rows,
+                              int64_t n_vocab, const int32_t *ids, int64_t ids_nbytes,
+                              const int32_t *counts, int64_t counts_nbytes,
+                              const int64_t *row_starts, int64_t starts_nbytes,
+                              const float *params, int64_t params_nbytes);
 
 /* ---- token choice on the device over a graph's logits (device_sampler.c) - */
 

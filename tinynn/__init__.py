@@ -18,7 +18,7 @@ with tinynn.Session("cpu") as s:
 from ._lib import ABI_VERSION, library_path
 from .decoder import Decoder
 from .errors import TinyNNError
-from .sampler import SAMPLING_DTYPE, SampledRows, sample_rows
+from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
 from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "cuda_available",
     "cuda_unavailable_reason",
     "library_path",
+    "penalize_rows",
     "sample_rows",
 ]

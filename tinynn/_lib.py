@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -218,6 +218,17 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_sample_rows": (
         [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_void_p, c_int64]
         + [c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p, c_int64],
+        c_int,
+        STATUS,
+    ),
+    # int tnn_penalize_rows(float *logits, int64_t logits_nbytes, int64_t n_rows,
+    #                       int64_t n_vocab, const int32_t *ids, int64_t ids_nbytes,
+    #                       const int32_t *counts, int64_t counts_nbytes,
+    #                       const int64_t *row_starts, int64_t starts_nbytes,
+    #                       const float *params, int64_t params_nbytes);
+    "tnn_penalize_rows": (
+        [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_void_p, c_int64]
+        + [c_void_p, c_int64, c_void_p, c_int64],
         c_int,
         STATUS,
     ),

@@ -5,8 +5,11 @@ of logits [n, vocab] the token THE SAMPLING RULE picks (native/cuda/sampling.h, 
 same id as ``gpt2.sampling.choose`` for the same uniform), and on request the
 log_softmax of the raw logits (temperature 1) at that token and the row's n_top most
 likely ids (ties: the lower id first) with theirs, as ``gpt2.completion.token_logprob``
-gives them.
+gives them. ``penalize_rows`` is one call of ``tnn_penalize_rows``: the repetition,
+frequency and presence penalties of each row's history, applied to its logits in place
+before the choice.
 
+    tinynn.penalize_rows(logits, ids, counts, row_starts, penalties)  # in place, first
     params = np.zeros(n, tinynn.SAMPLING_DTYPE)      # temperature 0: greedy
     params["temperature"], params["top_k"], params["top_p"] = 0.8, 40, 0.95
     params["uniform"] = [gpt2.sampling.draw_uniform(rng) for _ in range(n)]
@@ -26,7 +29,7 @@ from .session import INT64, c_integer
 
 MAX_TOP = 100  # TNN_SAMPLE_MAX_TOP in native/tinynn.h: the most n_top a call ranks
 
-__all__ = ["MAX_TOP", "SAMPLING_DTYPE", "SampledRows", "sample_rows"]
+__all__ = ["MAX_TOP", "SAMPLING_DTYPE", "SampledRows", "penalize_rows", "sample_rows"]
 
 
 class SampledRows(NamedTuple):
@@ -97,3 +100,58 @@ def sample_rows(
         top_logprobs.nbytes,
     )
     return SampledRows(ids, logprobs, top_ids, top_logprobs)
+
+
+def penalize_rows(
+    logits: np.ndarray,
+    ids: np.ndarray,
+    counts: np.ndarray,
+    row_starts: np.ndarray,
+    penalties: np.ndarray,
+) -> None:
+    """Applies each row's penalties to ``logits`` (float32 [n, vocab], C-contiguous), in place.
+
+    Row r's history is ``ids[row_starts[r]:row_starts[r + 1]]`` (int32, distinct, the
+    tokens of its prompt and what it generated) with ``counts`` (int32 >= 0, how often
+    each was generated); row_starts: int64 [n + 1]. penalties: float32 [n, 3], each row
+    (repetition > 0, 1: off; frequency; presence), the rule of gpt2.params. ValueError for
+    a wrong shape or type here; TinyNNError, naming the row, for an id out of range, a
+    repeated id, a negative count or a penalty out of range (the logits are then unchanged).
+    """
+    arr = logits
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 2:
+        raise ValueError(
+            f"logits must be a float32 [n, vocab] array, got "
+            f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+        )
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        raise ValueError("logits must be C-contiguous and writeable (they change in place)")
+    n, vocab = arr.shape
+    given = {"ids": (ids, np.int32), "counts": (counts, np.int32)}
+    given["row_starts"] = (row_starts, np.int64)
+    given["penalties"] = (penalties, np.float32)
+    for name, (a, dtype) in given.items():
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype)} array")
+    if ids.ndim != 1 or counts.shape != ids.shape:
+        raise ValueError(
+            f"ids and counts must be 1-D of one length, got {ids.shape}, {counts.shape}"
+        )
+    if row_starts.shape != (n + 1,):
+        raise ValueError(f"row_starts must have shape ({n + 1},), got {row_starts.shape}")
+    if penalties.shape != (n, 3):
+        raise ValueError(f"penalties must have shape ({n}, 3), got {penalties.shape}")
+    load().tnn_penalize_rows(
+        arr.ctypes.data,
+        arr.nbytes,
+        n,
+        vocab,
+        ids.ctypes.data,
+        ids.nbytes,
+        counts.ctypes.data,
+        counts.nbytes,
+        row_starts.ctypes.data,
+        row_starts.nbytes,
+        penalties.ctypes.data,
+        penalties.nbytes,
+    )

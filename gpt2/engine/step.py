@@ -6,7 +6,10 @@ of one, or the one token of a decode step), the position of its first
 token, and what it wants back:
 
 - a chosen token (`sampling`: greedy when the temperature is 0, else THE
-  SAMPLING RULE of gpt2.sampling with the row's `uniform` draw);
+  SAMPLING RULE of gpt2.sampling with the row's `uniform` draw), after the
+  row's `penalty` where it has one (gpt2.params: repetition, frequency and
+  presence penalties over its history; such a row brings its logits to the
+  host, since the device samplers do not apply penalties);
 - with it, the chosen token's log-probability and its `logprobs` most likely
   alternatives (log_softmax of the raw logits: temperature 1, no filters);
 - the last token's logits (`logits="last"`) or every token's (`"all"`).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,10 +34,29 @@ LOGITS = (None, "last", "all")
 GREEDY = SamplingParams()
 
 
+class RowPenalty(NamedTuple):
+    """A choosing row's penalties and the history they read (tnn_penalize_rows):
+    ids, the distinct tokens of its prompt and generated text (int32), and counts,
+    how often each was generated (int32, 0: prompt only)."""
+
+    params: tuple[float, float, float]  # repetition, frequency, presence
+    ids: np.ndarray
+    counts: np.ndarray
+
+
 class StepRow:
     """One sequence's part of a step (see the module docstring)."""
 
-    __slots__ = ("slot", "tokens", "position", "sampling", "uniform", "logprobs", "logits")
+    __slots__ = (
+        "slot",
+        "tokens",
+        "position",
+        "sampling",
+        "uniform",
+        "logprobs",
+        "logits",
+        "penalty",
+    )
 
     def __init__(
         self,
@@ -44,6 +67,7 @@ class StepRow:
         uniform: float = 0.0,
         logprobs: int | None = None,
         logits: str | None = None,
+        penalty: RowPenalty | None = None,
     ):
         self.slot = slot
         self.tokens = tokens
@@ -52,6 +76,7 @@ class StepRow:
         self.uniform = uniform
         self.logprobs = logprobs  # None: none; n >= 0: the chosen token's and n more
         self.logits = logits
+        self.penalty = penalty  # None: the raw logits choose
 
     @property
     def chooses(self) -> bool:
@@ -60,12 +85,13 @@ class StepRow:
     @property
     def needs_logits(self) -> bool:
         """Whether the host needs this row's logits (not only a device choice)."""
-        return self.logits is not None or self.logprobs is not None
+        return self.logits is not None or self.logprobs is not None or self.penalty is not None
 
     def __repr__(self) -> str:
         return (
             f"StepRow(slot={self.slot}, tokens={len(self.tokens)}, position={self.position}, "
-            f"sampling={self.sampling}, logprobs={self.logprobs}, logits={self.logits})"
+            f"sampling={self.sampling}, logprobs={self.logprobs}, logits={self.logits}, "
+            f"penalty={None if self.penalty is None else self.penalty.params})"
         )
 
 

@@ -361,6 +361,9 @@ def create_app(
                     "seed": None if body.seed is None else body.seed + j,
                     "stop": body.stop_list(),
                     "logprobs": body.logprobs,
+                    "frequency_penalty": body.frequency_penalty,
+                    "presence_penalty": body.presence_penalty,
+                    "repetition_penalty": body.repetition_penalty,
                 }
                 try:
                     params = GenerationParams(**{k: v for k, v in kw.items() if v is not None})

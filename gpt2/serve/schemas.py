@@ -1,8 +1,9 @@
 """The /v1/completions request, as OpenAI's API defines it, and its checks.
 
 Types are strict (a string is not a number). Fields OpenAI defines that we do
-not implement are accepted at their neutral values only. `top_k` is our
-extension. Unset sampling fields take the library's defaults (gpt2.params):
+not implement are accepted at their neutral values only. `top_k` and
+`repetition_penalty` are our extensions (HF's and llama.cpp's meanings; the
+penalties' rule is gpt2.params'). Unset sampling fields take the library's defaults (gpt2.params):
 greedy, 50 tokens.
 """
 
@@ -31,6 +32,9 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)  # our extension
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # ours
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
@@ -41,8 +45,6 @@ class CompletionRequest(BaseModel):
     user: str | None = None
     # OpenAI's, taken at their neutral values only
     best_of: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
 
@@ -70,10 +72,6 @@ class CompletionRequest(BaseModel):
         """The first field set to something we do not implement, or None."""
         if self.best_of not in (None, 1, self.n):
             return "best_of"
-        if self.frequency_penalty not in (None, 0.0):
-            return "frequency_penalty"
-        if self.presence_penalty not in (None, 0.0):
-            return "presence_penalty"
         if self.logit_bias:
             return "logit_bias"
         if self.suffix:

@@ -115,7 +115,7 @@ def test_params_object_and_keywords(model):
     [
         ({"max_length": 5}, "max_new_tokens"),
         ({"eos_token_id": 5}, "Supported: max_new_tokens"),
-        ({"repetition_penalty": 1.2}, "repetition_penalty"),
+        ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size"),
         ({"num_return_sequences": 2}, "generate_batch"),
         ({"foo": 1}, "Supported"),
     ],
