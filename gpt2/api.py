@@ -214,9 +214,10 @@ class GPT2Model:
         return TextStream(member, completion_pieces(self.engine, member, timings))
 
     def close(self) -> None:
-        """Frees the model; waits for a step another thread is running, whose
-        next call then raises ValueError."""
+        """Frees the model and closes its file; waits for a step another thread is
+        running, whose next call then raises ValueError."""
         self.engine.close()
+        self.loaded.close()
 
     def __repr__(self) -> str:
         e = self.engine

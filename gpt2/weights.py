@@ -327,6 +327,14 @@ class LoadedModel:
     path: Path
     files: list[Path] = field(default_factory=list)
 
+    def close(self) -> None:
+        """Closes the files the weights are read through (their tensors cannot be read
+        afterwards); the engines hold their own copies. Idempotent."""
+        tensors = self.weights.tensors
+        if isinstance(tensors, FileTensors):
+            for f in {id(i.file): i.file for i in tensors.infos.values() if i.file}.values():
+                f.close()
+
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """The canonical tensor table: every name and its shape, in checkpoint order."""

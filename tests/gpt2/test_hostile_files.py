@@ -242,3 +242,15 @@ def test_torch_bin_renamed_over_while_it_loads(tmp_path, monkeypatch):
     loaded = load_model(folder)
     assert done
     assert_weights_of(loaded.weights, a, "pytorch_model.bin renamed over")
+
+
+def test_closing_a_model_closes_its_file(tiny_model):
+    """A long-running process that loads and closes models keeps no descriptor open."""
+    import gpt2
+
+    model = gpt2.load(tiny_model.gguf_llama, device="cpu", n_threads=1)
+    files = {id(i.file): i.file for i in model.loaded.weights.tensors.infos.values() if i.file}
+    assert files and all(f.fd >= 0 for f in files.values())
+    model.close()
+    assert all(f.fd == -1 for f in files.values())
+    model.close()  # idempotent
