@@ -524,6 +524,18 @@ static void row_top(const float *x, int64_t V, double lse, struct ranked *top, i
 /* ---- the call ------------------------------------------------------------------ */
 
 /* a * b * elem as a byte count, false if it overflows int64 (a, b >= 0). */
+/* The row count and vocabulary size both entry points take: rows >= 0, ids int32. */
+static int check_rows(const char *func, int64_t n_rows, int64_t n_vocab) {
+    if (n_rows < 0) {
+        return fail(TNN_EINVAL, func, "n_rows is %lld, expected >= 0", (long long)n_rows);
+    }
+    if (n_vocab < 1 || n_vocab > INT32_MAX) {
+        return fail(TNN_EINVAL, func, "n_vocab is %lld, expected 1..%d (ids are int32)",
+                    (long long)n_vocab, INT32_MAX);
+    }
+    return TNN_OK;
+}
+
 static bool bytes_of(int64_t a, int64_t b, int64_t elem, int64_t *out) {
     if (a < 0 || b < 0) return false;
     if (b > 0 && a > INT64_MAX / elem / b) return false;
@@ -578,13 +590,8 @@ int tnn_sample_rows(const float *logits, int64_t logits_nbytes, int64_t n_rows, 
                     int64_t n_top, int32_t *out_top_ids, int64_t top_ids_nbytes,
                     float *out_top_logprobs, int64_t top_logprobs_nbytes) {
     const char *func = __func__;
-    if (n_rows < 0) {
-        return fail(TNN_EINVAL, func, "n_rows is %lld, expected >= 0", (long long)n_rows);
-    }
-    if (n_vocab < 1 || n_vocab > INT32_MAX) {
-        return fail(TNN_EINVAL, func, "n_vocab is %lld, expected 1..%d (ids are int32)",
-                    (long long)n_vocab, INT32_MAX);
-    }
+    int st = check_rows(func, n_rows, n_vocab);
+    if (st != TNN_OK) return st;
     int64_t max_top = n_vocab < TNN_SAMPLE_MAX_TOP ? n_vocab : TNN_SAMPLE_MAX_TOP;
     if (n_top < 0 || n_top > max_top) {
         return fail(TNN_EINVAL, func, "n_top is %lld, expected 0..%lld (n_vocab %lld, at most %d)",
@@ -683,13 +690,8 @@ int tnn_penalize_rows(float *logits, int64_t logits_nbytes, int64_t n_rows, int6
                       int64_t counts_nbytes, const int64_t *row_starts, int64_t starts_nbytes,
                       const float *params, int64_t params_nbytes) {
     const char *func = __func__;
-    if (n_rows < 0) {
-        return fail(TNN_EINVAL, func, "n_rows is %lld, expected >= 0", (long long)n_rows);
-    }
-    if (n_vocab < 1 || n_vocab > INT32_MAX) {
-        return fail(TNN_EINVAL, func, "n_vocab is %lld, expected 1..%d (ids are int32)",
-                    (long long)n_vocab, INT32_MAX);
-    }
+    int st = check_rows(func, n_rows, n_vocab);
+    if (st != TNN_OK) return st;
     int64_t want_logits, want_params, want_starts;
     if (!bytes_of(n_rows, n_vocab, sizeof(float), &want_logits) ||
         !bytes_of(n_rows, 3, sizeof(float), &want_params) ||

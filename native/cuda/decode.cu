@@ -26,28 +26,15 @@
 #include "common.cuh"
 #include "decode.h"
 #include "gemv.cuh"
+#include "host_status.cuh"
 #include "sampling_kernels.cuh"
 
 namespace {
 
-/* tinynn.h's status codes (this file does not include the ggml-side header) */
-constexpr int ST_OK = 0, ST_EINVAL = -1, ST_ESHAPE = -3, ST_ENOMEM = -4, ST_EBACKEND = -5;
 constexpr int MAX_BUCKETS = 8;
 
-int fail(char *err, size_t err_len, int status, const char *fmt, ...) {
-    if (err && err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
 int cuda_fail(char *err, size_t err_len, cudaError_t e, const char *what) {
-    cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
-    return fail(err, err_len, e == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EBACKEND, "tnn_cuda_decoder: %s: %s",
-                what, cudaGetErrorString(e));
+    return cuda_fail_as("tnn_cuda_decoder", err, err_len, e, what);
 }
 
 } // namespace

@@ -14,29 +14,14 @@
 #include <cstring>
 #include <new>
 
+#include "host_status.cuh"
 #include "sample_logits.h"
 #include "sampling_kernels.cuh"
 
 namespace {
 
-/* tinynn.h's status codes (as in decode.cu, files here do not include the
- * shim's headers: the standalone tests build them with nvcc alone) */
-constexpr int ST_OK = 0, ST_EINVAL = -1, ST_ENOMEM = -4, ST_EBACKEND = -5;
-
-int fail(char *err, size_t err_len, int status, const char *fmt, ...) {
-    if (err && err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
 int cuda_fail(char *err, size_t err_len, cudaError_t e, const char *what) {
-    cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
-    return fail(err, err_len, e == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EBACKEND,
-                "tnn_cuda_logits_sampler: %s: %s", what, cudaGetErrorString(e));
+    return cuda_fail_as("tnn_cuda_logits_sampler", err, err_len, e, what);
 }
 
 /* Makes `device` current for a scope and restores the caller's device after
