@@ -204,6 +204,20 @@ def graph(w: World, choices: list[int]) -> None:
     raw(w, "tnn_compute", s)
 
 
+def tensor_buffer(w, sess, it, keep: list) -> list:
+    """(tensor, data, nbytes) of a compute_io-like call: a tensor or NULL, a real buffer
+    of at least nbytes or NULL (kept alive in keep), nbytes exact or drawn."""
+    c_t, c_n, c_d = next(it), next(it), next(it)
+    t = w.tensor(c_t) if c_t % 5 else None
+    exact = tensor_nbytes(sess, t) if t and c_n % 3 == 0 else None
+    nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
+    data = None
+    if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
+        keep.append(np.zeros(max(nbytes, 1), np.uint8))
+        data = keep[-1].ctypes.data
+    return [t, data, nbytes]
+
+
 def call(w: World, name: str, choices: list[int]) -> None:
     if name == "@graph":
         return graph(w, choices)
@@ -237,28 +251,13 @@ def call(w: World, name: str, choices: list[int]) -> None:
         sess, keep = w.session(next(it)), []
         args = [sess]
         for _ in range(2):
-            c_t, c_n, c_d = next(it), next(it), next(it)
-            t = w.tensor(c_t) if c_t % 5 else None
-            exact = tensor_nbytes(sess, t) if t and c_n % 3 == 0 else None
-            nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
-            data = None
-            if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
-                keep.append(np.zeros(max(nbytes, 1), np.uint8))
-                data = keep[-1].ctypes.data
-            args += [t, data, nbytes]
+            args += tensor_buffer(w, sess, it, keep)
     elif name == "tnn_compute_io_sample":
         # in as for tnn_compute_io; logits a tensor (or NULL); the records and the ids
         # real buffers of at least their nbytes, or NULL: records greedy (valid), or all
         # zero (top_p 0: refused), so that on a GPU the call also gets through
         sess, keep = w.session(next(it)), []
-        c_t, c_n, c_d = next(it), next(it), next(it)
-        t = w.tensor(c_t) if c_t % 5 else None
-        exact = tensor_nbytes(sess, t) if t and c_n % 3 == 0 else None
-        nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
-        data = None
-        if 0 <= nbytes <= MAX_BUFFER and c_d % 8:
-            keep.append(np.zeros(max(nbytes, 1), np.uint8))
-            data = keep[-1].ctypes.data
+        t, data, nbytes = tensor_buffer(w, sess, it, keep)
         c_l = next(it)
         logits = w.tensor(c_l) if c_l % 5 else None
         rows = tensor_rows(sess, logits) if logits else None
