@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repetition-penalty",
         type=float,
         default=DEFAULT_PARAMS.repetition_penalty,
-        help="divide (or multiply, if negative) the logits of prompt and generated tokens; 1 = off",
+        help="divide the positive logits of prompt and generated tokens by this, multiply the "
+        "negative ones; 1 = off",
     )
     p.add_argument(
         "--frequency-penalty",
