@@ -80,8 +80,13 @@ print('library', tinynn.library_path())
 print('cuda:', tinynn.cuda_unavailable_reason() or 'available')
 here = pathlib.Path(tinynn.__file__).resolve().parent
 assert pathlib.Path(tinynn.library_path()).resolve().parent == here, 'not the installed library'"
-        TINYNN_REQUIRE_CUDA=1 timeout "${TESTS_SECONDS:-400}" "$PY" -m pytest "$@" -v -k cuda -p no:cacheprovider \
-            -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
+        # Ray's tests hold no CUDA case and Ray is not on the GPU machine: leave them out
+        # there rather than lose the whole run to one collection error
+        skip=()
+        "$PY" -c "import ray" 2>/dev/null || { skip=(--ignore=tests/gpt2/test_ray_serve.py);
+            echo "ray is not installed: tests/gpt2/test_ray_serve.py left out"; }
+        TINYNN_REQUIRE_CUDA=1 timeout "${TESTS_SECONDS:-400}" "$PY" -m pytest "$@" "${skip[@]}" -v -k cuda \
+            -p no:cacheprovider --continue-on-collection-errors -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
         echo "-- tests exit ${PIPESTATUS[0]}"
     )
 
