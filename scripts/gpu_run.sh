@@ -32,6 +32,16 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
 fi
 has() { [[ "$STEPS" == *" $1 "* ]]; }
+llama_build=
+# no timing runs beside a compiler: wait for llama.cpp's background build, once
+wait_llama_build() {
+    [ -n "$llama_build" ] || return 0
+    stamp "waiting for llama-bench's build"
+    wait "$llama_build"
+    echo "-- llama-bench build exit $?"
+    tail -3 "$RES/llama_build.log"
+    llama_build=
+}
 stamp() { echo "== $(date -u +%H:%M:%S) (${SECONDS}s) $*"; }
 # step NAME SECONDS CMD...: runs CMD under a timeout if that many seconds remain
 step() {
@@ -49,6 +59,13 @@ step() {
     nvcc --version | tail -1
     python3 -c 'import torch, transformers, numpy; print("torch", torch.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__)'
     lscpu | grep -m1 "Model name"
+    if has llama; then
+        # llama.cpp's build takes five minutes: start it now, in the background, and let
+        # the steps that time anything wait for it (wait_llama_build)
+        stamp "llama-bench build, in the background"
+        bash scripts/llama_bench.sh --build-only > "$RES/llama_build.log" 2>&1 &
+        llama_build=$!
+    fi
     if ! has build && [ -f .prebuilt/native_lib.tar.xz ]; then
         stamp "prebuilt libraries"
         mkdir -p build/native && xz -dc .prebuilt/native_lib.tar.xz | tar -x -C build/native
@@ -85,20 +102,24 @@ step() {
         grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -4
     fi
     if has profile; then
+        wait_llama_build
         step profile 90 python3 scripts/profile_decode.py --device cuda --shapes gpt2 gpt2-xl \
             --dtypes f16 q8_0 f32 --json "$RES/profile_h200.json" 2>&1 | tail -8
     fi
     if has profile-prefill; then
+        wait_llama_build
         step "profile prefill" 60 python3 scripts/profile_decode.py --device cuda \
             --shapes gpt2 gpt2-xl --dtypes f16 --prefill 1024 \
             --json "$RES/profile_prefill_h200.json" 2>&1 | tail -4
     fi
     if has floor; then
+        wait_llama_build
         # the same weight products through torch/cuBLAS in one CUDA graph: what a matvec can cost
         step "matvec floor" 40 python3 scripts/matvec_floor.py --json "$RES/matvec_floor_h200.json" \
             2>&1 | tail -3
     fi
     if has graphs; then
+        wait_llama_build
         # the same decode with ggml-cuda's CUDA graphs off: the difference is the replay.
         # ggml-cuda turns graphs off when the variable is set at all, even to 0.
         step "decode, CUDA graphs on" 20 env -u GGML_CUDA_DISABLE_GRAPHS python3 -m gpt2.bench \
@@ -114,6 +135,7 @@ step() {
             python3 -m gpt2 parity hf --model /tmp/hf_small --device cuda" 2>&1 | tail -20
     fi
     if has fused; then
+        wait_llama_build
         # our decode kernels beside ggml's graphs, and what generate() feels (greedy, sampled)
         step "fused gpt2" 90 python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f16 q8_0 \
             --workloads decode generate batch --batch 8 --decode auto --no-hf \
@@ -130,19 +152,22 @@ step() {
         # graphs, on the bench's GGUFs (the files llama-bench reads in the llama step)
         step "write GGUFs" 90 python3 scripts/write_bench_ggufs.py --shapes gpt2 gpt2-xl \
             --dtypes f16 q8_0 --out /tmp/ggufs 2>&1 | tail -2
-        step "user path" 240 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2_f16.gguf \
+        wait_llama_build
+        step "user path" 120 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2_f16.gguf \
             /tmp/ggufs/gpt2_q8_0.gguf --device cuda --out "$RES/user_gpt2.json" 2>&1 | tail -6
-        step "user path xl" 150 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2-xl_f16.gguf \
+        step "user path xl" 90 python3 scripts/bench_user_path.py /tmp/ggufs/gpt2-xl_f16.gguf \
             /tmp/ggufs/gpt2-xl_q8_0.gguf --device cuda --batch 0 --out "$RES/user_gpt2-xl.json" \
             2>&1 | tail -6
     fi
     if has llama; then
         # llama.cpp's llama-bench on the same GGUFs, in the same call (LLAMA_SRC carried)
-        step llama 420 env OUT="$RES/llama" LLAMA_BENCH_ARGS="-ngl 99 -fa 1 -p 512 -n 128 -r 3" \
+        wait_llama_build
+        step llama 60 env OUT="$RES/llama" LLAMA_BENCH_ARGS="-ngl 99 -fa 1 -p 512 -n 128 -r 3" \
             bash scripts/llama_bench.sh /tmp/ggufs/gpt2_f16.gguf /tmp/ggufs/gpt2_q8_0.gguf \
             /tmp/ggufs/gpt2-xl_f16.gguf /tmp/ggufs/gpt2-xl_q8_0.gguf 2>&1 | tail -20
     fi
     if has bench; then
+        wait_llama_build
         # HF compiled (torch.compile, minutes of compiling) only where the targets cite it: f16
         step "bench gpt2" 60 python3 -m gpt2.bench --device cuda --shapes gpt2 --dtypes f32 q8_0 \
             --hf-compiled off --json "$RES/bench_gpt2_h200.json" 2>&1 | tail -22
@@ -150,21 +175,25 @@ step() {
             --json "$RES/bench_gpt2_f16_h200.json" 2>&1 | tail -22
     fi
     if has bench-xl; then
+        wait_llama_build
         step "bench gpt2-xl" 150 python3 -m gpt2.bench --device cuda --shapes gpt2-xl \
             --dtypes f16 q8_0 --workloads decode prefill \
             --json "$RES/bench_gpt2-xl_h200.json" 2>&1 | tail -16
     fi
     if has bench-f32; then
+        wait_llama_build
         step "bench gpt2 f32 decode" 30 python3 -m gpt2.bench --device cuda --shapes gpt2 \
             --dtypes f32 --workloads decode --no-hf --json "$RES/bench_gpt2_f32_h200.json" 2>&1 | tail -4
     fi
     if has serve; then
+        wait_llama_build
         # issue 14's targets: 8 and 32 streaming clients of 128 tokens, gpt2 f16 random weights
         step serve 60 python3 scripts/load_test.py --random gpt2 --device cuda --dtype f16 \
             --max-batch 32 --clients 1,8,32 --seconds 10 --max-tokens 128 \
             --out "$RES/serve_h200.json" 2>&1 | tail -4
     fi
     if has load; then
+        wait_llama_build
         step load 120 python3 scripts/bench_load_cuda.py --out "$RES/load_h200.json" 2>&1 | tail -12
     fi
     if has parity-xl; then

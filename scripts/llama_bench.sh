@@ -3,6 +3,8 @@
 # comparison with our engine on the same files in the same GPU call (issue 12).
 #
 #   LLAMA_SRC=.device/llama_cpp_src.tar.xz OUT=DIR bash scripts/llama_bench.sh A.gguf [B.gguf ...]
+#   bash scripts/llama_bench.sh --build-only   (build llama-bench and stop: start the five
+#   minutes of building early, in the background, while the GGUFs are written)
 #
 # LLAMA_SRC: the tarball scripts/llama_cpp_source.py writes (default as above).
 # LLAMA_BUILD: build folder (default /tmp/llama_build); a llama-bench already built there
@@ -14,7 +16,7 @@
 # markdown tables and its messages).
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
 fi
 SRC_TAR=${LLAMA_SRC:-.device/llama_cpp_src.tar.xz}
@@ -22,6 +24,8 @@ BUILD=${LLAMA_BUILD:-/tmp/llama_build}
 OUT=${OUT:-$PWD/build/llama_bench}
 read -r -a BENCH_ARGS <<< "${LLAMA_BENCH_ARGS:--ngl 99 -fa 1 -p 1024 -n 128 -r 5}"
 BENCH=$BUILD/bin/llama-bench
+BUILD_ONLY=0
+if [ "$1" = --build-only ]; then BUILD_ONLY=1; shift; fi
 LOG=$OUT/llama_bench.log
 mkdir -p "$OUT"
 : > "$LOG"
@@ -50,6 +54,8 @@ else
     tail -2 "$BUILD.log" >> "$LOG"
     echo "llama_bench: built in $((SECONDS - start)) s" | tee -a "$LOG"
 fi
+
+if [ $BUILD_ONLY = 1 ]; then exit 0; fi
 
 # one run per model: JSON rows on stdout, the markdown table on stderr (into the log)
 shopt -s nullglob  # no model's rows: an empty list
