@@ -5,6 +5,10 @@
 # its test extra are installed into it once, again only when pyproject.toml
 # changes. Tests import this checkout's tinynn and gpt2, which load the
 # library `make native` (or `make cuda`) built: see tinynn/_lib.py.
+#
+# ggml is compiled once: `make native` builds $(BUILD) (ninja's progress shows),
+# and the package is installed from that same build folder (scikit-build-core's
+# build-dir), so pip's build only links and copies.
 PYTHON ?= python3
 VENV   ?= .venv
 BUILD  ?= build/native
@@ -39,14 +43,15 @@ $(TOOLS): | $(VENV)/bin/pip
 $(GGML): native/ggml.pin | $(TOOLS)
 	$(PY) native/fetch_ggml.py
 
-# the package (its own CPU build of ggml, as users get it) and the test extra
-$(INSTALLED): pyproject.toml | $(TOOLS) $(GGML)
-	$(PY) -m pip install ".[test]"
+# the package, built as users get it but in $(BUILD) (after `make native`: nothing
+# left to compile), and the test extra
+$(INSTALLED): pyproject.toml | $(TOOLS) $(GGML) native
+	$(PY) -m pip install -C build-dir=$(abspath $(BUILD)) ".[test]"
 	touch $@
 
 venv: $(INSTALLED) ## make .venv/ with the package and its test extra (only when needed)
 
-native: $(GGML) ## build ggml (CPU) and libtinynn.so into build/native/lib
+native: $(GGML) | $(TOOLS) ## build ggml (CPU) and libtinynn.so into build/native/lib
 	cmake -S native -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(BUILD) -j $(JOBS)
 

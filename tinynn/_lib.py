@@ -7,8 +7,13 @@ Which libtinynn.so is loaded, in order (the first that exists):
    never silently replaced by another one.
 2. In a source checkout (the package folder sits beside ``native/tinynn.h``):
    ``build/native/lib/libtinynn.so``, what ``make native`` or ``make cuda``
-   built last, then ``tinynn/libtinynn.so`` (an in-place build). A developer
-   running the checkout's code gets the checkout's build.
+   built last (``make test`` installs the package from this same build); then
+   ``build/wheel/lib/libtinynn.so``, what a plain ``pip install .`` in the
+   checkout built (scikit-build-core's ``build-dir`` in pyproject.toml), so
+   that ``python -m gpt2`` inside the clone, which imports the checkout's
+   code, finds a library after ``pip install .`` alone; then
+   ``tinynn/libtinynn.so`` (an in-place build). A developer running the
+   checkout's code gets the checkout's build.
 3. Installed (``pip install .``): ``libtinynn.so`` beside the package, the
    one its own build put there, with the ggml libraries and backend modules
    in the same folder. ``CMAKE_ARGS="-DGGML_CUDA=ON" pip install .`` puts
@@ -37,6 +42,9 @@ ABI_VERSION = 6
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
+# A checkout's build folders under build/, in the order they are tried: `make native`
+# (and `make cuda`, `make test`), then a plain `pip install .` (pyproject.toml's build-dir).
+CHECKOUT_BUILDS = ("native", "wheel")
 # How to get a library with CUDA, for the errors of a CPU-only one.
 HOW_TO_GET_CUDA = (
     "for CUDA (needs the CUDA toolkit: nvcc and cuBLAS), reinstall from the source folder with "
@@ -283,8 +291,8 @@ def candidate_paths(
         return [Path(env["TINYNN_LIB"])]
     beside = package_dir / LIB_NAME
     if is_source_checkout(package_dir):
-        built = package_dir.parent / "build" / "native" / "lib" / LIB_NAME  # make native / cuda
-        return [built, beside]
+        build = package_dir.parent / "build"
+        return [build / folder / "lib" / LIB_NAME for folder in CHECKOUT_BUILDS] + [beside]
     return [beside]
 
 
@@ -345,8 +353,9 @@ def load() -> ctypes.CDLL:
         how = "Build it, or unset TINYNN_LIB (it names the only library tried)."
     elif is_source_checkout():
         how = (
-            "Build it with `make native` (this is a source checkout's tinynn; run from "
-            "outside the checkout to use an installed package), or set TINYNN_LIB."
+            "Build it with `make native` or `pip install .` (this is a source checkout's "
+            "tinynn; run from outside the checkout to use an installed package), or set "
+            "TINYNN_LIB."
         )
     else:
         how = "Build it again: `pip install --force-reinstall .` from the source folder."

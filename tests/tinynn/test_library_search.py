@@ -40,9 +40,27 @@ def test_checkout_prefers_its_build(tmp_path):
     package = _checkout(tmp_path)
     assert _lib.is_source_checkout(package)
     assert _lib.candidate_paths({}, package) == [
-        tmp_path / "build" / "native" / "lib" / "libtinynn.so",
+        tmp_path / "build" / "native" / "lib" / "libtinynn.so",  # make native / cuda / test
+        tmp_path / "build" / "wheel" / "lib" / "libtinynn.so",  # a plain `pip install .`
         package / "libtinynn.so",
     ]
+
+
+def test_a_plain_pip_install_builds_where_a_checkout_looks():
+    # `python -m gpt2` in a clone after `pip install .` imports the clone's code: it finds
+    # the library that install built only while pyproject.toml's build-dir is one of these
+    text = (Path(_lib.__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert any(f'build-dir = "build/{folder}"' in text for folder in _lib.CHECKOUT_BUILDS)
+
+
+def test_checkout_after_a_plain_pip_install_loads_that_build(tmp_path):
+    package = _checkout(tmp_path / "checkout")
+    _copy_package(package, with_library=False)
+    built = tmp_path / "checkout" / "build" / "wheel" / "lib"
+    _link_libraries(built)
+    run = _run(tmp_path / "checkout", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(built / "libtinynn.so")
 
 
 def test_installed_package_uses_only_its_own_library(tmp_path):
