@@ -24,7 +24,8 @@ import numpy as np
 
 from gpt2.completion import Completion, Continuation, TokenLogprob
 from gpt2.engine.base import Engine
-from gpt2.engine.step import StepPlan, StepResult, StepRow
+from gpt2.engine.choice import position_logprobs
+from gpt2.engine.step import RowBias, StepPlan, StepResult, StepRow
 from gpt2.params import GenerationParams
 from gpt2.penalties import TokenHistory
 from gpt2.sampling import draw_uniform
@@ -112,7 +113,13 @@ def check_prompt_length(engine: Engine, prompt_ids: Sequence[int]) -> None:
 class Member:
     """One completion's sequence: its parameters, its draws (a generator seeded
     by params.seed), its continuation and the token it feeds at the next step
-    (None once it has finished, or before it starts)."""
+    (None once it has finished, or before it starts).
+
+    echo (None, or n >= 0): its prompt chunks also ask the step for every
+    position's logits, and `prompt_logprobs` gets each prompt token's
+    log-probability with n alternatives (None for the first token, which
+    has none), as its chunks run; then a member with max_new_tokens 0 is
+    prefilled too (its last chunk chooses nothing)."""
 
     def __init__(
         self,
@@ -121,10 +128,23 @@ class Member:
         prompt_ids: Sequence[int],
         params: GenerationParams,
         eos_id: int | None = None,
+        echo: int | None = None,
     ):
         check_prompt_length(engine, prompt_ids)
         self.prompt_ids = engine.check_prompt(prompt_ids)
         self.params = params
+        self.echo = echo
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None if echo is None else [None]
+        self.bias = None  # RowBias of params.logit_bias
+        if params.logit_bias:
+            ids = np.array([t for t, _ in params.logit_bias], dtype=np.int32)
+            if int(ids[-1]) >= engine.vocab_size:  # sorted
+                raise ValueError(
+                    f"logit_bias: token {int(ids[-1])} is past the vocabulary "
+                    f"({engine.vocab_size} tokens)"
+                )
+            values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
+            self.bias = RowBias(ids, values)
         self.sampling = params.sampling
         self.rng = np.random.default_rng(params.seed)
         self.cont = Continuation(tokenizer, len(prompt_ids), params, engine.max_positions, eos_id)
@@ -139,6 +159,14 @@ class Member:
     def draw(self) -> float:
         """The uniform of this token: one draw when sampling, none when greedy."""
         return 0.0 if self.sampling.greedy else draw_uniform(self.rng)
+
+    @property
+    def going(self) -> bool:
+        """Whether it gives a row at the next step: a prompt (or the rest of one)
+        to prefill, or a token to feed back."""
+        if self.started:
+            return self.next_token is not None
+        return not self.cont.done or self.echo is not None
 
     @property
     def prompt_left(self) -> int:
@@ -159,22 +187,36 @@ class Member:
         end = len(self.prompt_ids) if budget is None else min(start + budget, len(self.prompt_ids))
         self._chunk = end - start
         tokens = self.prompt_ids[start:end]
-        if end < len(self.prompt_ids):
-            return StepRow(slot, tokens, start, sampling=None)
-        return self._choosing_row(slot, tokens, start)
+        every = None if self.echo is None else "all"
+        if end < len(self.prompt_ids) or self.cont.done:  # done: an echo's prefill only
+            return StepRow(slot, tokens, start, sampling=None, logits=every)
+        return self._choosing_row(slot, tokens, start, every)
 
-    def _choosing_row(self, slot: int, tokens, position: int) -> StepRow:
+    def _choosing_row(self, slot: int, tokens, position: int, logits=None) -> StepRow:
         penalty = None if self.history is None else self.history.penalty()
         return StepRow(
-            slot, tokens, position, self.sampling, self.draw(), self.params.logprobs, None, penalty
+            slot,
+            tokens,
+            position,
+            self.sampling,
+            self.draw(),
+            self.params.logprobs,
+            logits,
+            penalty,
+            self.bias,
         )
 
     def take(self, result: StepResult, k: int) -> str | None:
         """Feeds row k's chosen token to the continuation; the text it shows.
         After a chunk that does not end the prompt: None (nothing chosen)."""
         if not self.started:
+            if self.echo is not None:
+                self._prompt_logprobs(result.logits[k])
             self.prefilled += self._chunk
             if self.prefilled < len(self.prompt_ids):
+                return None
+            if self.cont.done:  # an echo's prefill: nothing was chosen
+                self.started = True
                 return None
         self.started = True
         token = int(result.tokens[k])
@@ -186,6 +228,20 @@ class Member:
         piece = self.cont.feed(token, logprob=logprob)
         self.next_token = None if self.cont.done else token
         return piece
+
+    def _prompt_logprobs(self, logits: np.ndarray) -> None:
+        """The log-probabilities of the prompt tokens that the chunk just run
+        predicts (its positions' logits [chunk, vocab]; the last position of the
+        last chunk predicts the first new token, not a prompt token)."""
+        start = self.prefilled
+        nxt = self.prompt_ids[start + 1 : start + self._chunk + 1]
+        if len(nxt) == 0:
+            return
+        lps, top_ids, top_lps = position_logprobs(logits[: len(nxt)], nxt, self.echo)
+        text = self._decode or (lambda ids: "")
+        for t, lp, ids, tlps in zip(nxt.tolist(), lps.tolist(), top_ids, top_lps, strict=True):
+            top = tuple((i, text([i]), v) for i, v in zip(ids.tolist(), tlps.tolist(), strict=True))
+            self.prompt_logprobs.append(TokenLogprob(t, text([t]), lp, top))
 
     def _logprob(self, token: int, result: StepResult, k: int) -> TokenLogprob:
         text = self._decode or (lambda ids: "")
@@ -201,13 +257,14 @@ def step_members(
 ) -> list[str | None]:
     """One step of every member of the batch that is still going or has yet to
     start (member i in slot batch.first + i; None, or a finished one: idle);
-    the text each shows (None for the idle ones, and for a prompt chunk that
-    does not end its prompt). budgets[i], where given, caps member i's prompt
-    chunk (0: it sits this step out); without budgets prompts go in whole."""
+    the text each shows (None for the idle ones, for a prompt chunk that
+    does not end its prompt, and for an echo's prefill that chooses nothing).
+    budgets[i], where given, caps member i's prompt chunk (0: it sits this step
+    out); without budgets prompts go in whole."""
     table = batch.engine.context.positions
     rows, live = [], []
     for i, m in enumerate(members):
-        if m is None or m.cont.done or (m.started and m.next_token is None):
+        if m is None or not m.going:
             continue
         budget = None if budgets is None or m.started else budgets[i]
         if budget == 0:

@@ -20,11 +20,15 @@ Penalties change the raw logits l of a token choice, before THE SAMPLING RULE
   l_i -= f * count_i + p * (count_i > 0), where count_i is how often token i
   occurs among the tokens generated so far in this completion (not the prompt).
 
-Log-probabilities (`logprobs`) stay those of the raw logits: a penalty changes
+`logit_bias` (OpenAI's: token id -> a bias in [-100, 100]) is added to those
+tokens' raw logits before the penalties (llama.cpp's sampler chain has it first):
+-100 all but bans a token, +100 all but forces it.
+
+Log-probabilities (`logprobs`) stay those of the raw logits: a penalty or bias changes
 which token is chosen, never the probabilities reported. The shim's C sampler
-applies them (tnn_penalize_rows); a row with a penalty brings its logits to the
-host, since the device samplers (the CUDA sampler, the fused decode step) do not
-apply penalties.
+applies them (tnn_penalize_rows); a row with a penalty or a bias brings its logits
+to the host, since the device samplers (the CUDA sampler, the fused decode step) do
+not apply them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ MAX_LOGPROBS = 20  # alternatives a token may report (OpenAI's chat limit)
 _HF_SAMPLE_DEFAULTS = {"temperature": 1.0, "top_k": 50}
 
 MAX_OPENAI_PENALTY = 2.0  # frequency_penalty and presence_penalty lie in [-2, 2]
+MAX_LOGIT_BIAS = 100.0  # a logit_bias value lies in [-100, 100] (OpenAI's)
 
 # HF names we do not take, with what to use instead
 _REFUSED = {
@@ -89,6 +94,8 @@ class GenerationParams:
     repetition_penalty: float = 1.0  # > 0; 1: off (prompt and generated tokens)
     frequency_penalty: float = 0.0  # in [-2, 2]; 0: off (times each generated count)
     presence_penalty: float = 0.0  # in [-2, 2]; 0: off (once for each generated token)
+    # token id -> bias in [-100, 100] (a mapping or pairs; kept as sorted pairs)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -106,6 +113,7 @@ class GenerationParams:
         if lp is not None and (not _is_int(lp) or not 0 <= lp <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an int in 0..{MAX_LOGPROBS} or None, got {lp!r}")
         self._check_penalties()
+        object.__setattr__(self, "logit_bias", _check_logit_bias(self.logit_bias))
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)  # checks them
         object.__setattr__(self, "temperature", sampling.temperature)
         object.__setattr__(self, "top_k", sampling.top_k)
@@ -144,6 +152,29 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def _check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    """logit_bias as sorted (id, bias) pairs: ids ints >= 0, each once (the vocabulary
+    is the engine's check), biases numbers in [-100, 100]."""
+    if bias is None:
+        return ()
+    pairs = list(bias.items()) if isinstance(bias, Mapping) else bias
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
+        raise ValueError(f"logit_bias must map token ids to biases, got {bias!r}")
+    out: dict[int, float] = {}
+    for pair in pairs:
+        if not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"logit_bias must map token ids to biases, got {pair!r}")
+        token, value = pair
+        if not _is_int(token) or token < 0:
+            raise ValueError(f"logit_bias: a token id must be an int >= 0, got {token!r}")
+        if token in out:
+            raise ValueError(f"logit_bias: token {token} is given twice")
+        if not _is_number(value) or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias: a bias must be a number in [-100, 100], got {value!r}")
+        out[token] = float(value)
+    return tuple(sorted(out.items()))
 
 
 DEFAULT_PARAMS = GenerationParams()

@@ -5,10 +5,14 @@ sampler) skip this; every other row that chooses or wants log-probabilities
 is gathered here and handed to the shim's C sampler (tinynn.sample_rows,
 THE SAMPLING RULE of gpt2.sampling) as one [m, vocab] array.
 
-Rows with a penalty (gpt2.params) choose from a copy of their logits that
-tinynn.penalize_rows (tnn_penalize_rows, one call for all of them) has
-penalized; their log-probabilities and alternatives are still those of the
-raw logits. Rows without one take exactly today's path.
+Rows with a logit_bias or a penalty (gpt2.params) choose from a copy of their
+logits: the biases added (one numpy add for all of them), then penalized by
+tinynn.penalize_rows (tnn_penalize_rows, one call for all of them); their
+log-probabilities and alternatives are still those of the raw logits. Rows
+without either take exactly today's path.
+
+`position_logprobs` gives each position's log-probability of a given next token
+(a prompt's own tokens, for echo) with its alternatives, from one native call.
 """
 
 from __future__ import annotations
@@ -38,19 +42,33 @@ def all_greedy(rows: Sequence[StepRow]) -> bool:
     return all(not r.needs_logits and (r.sampling is None or r.sampling.greedy) for r in rows)
 
 
-def penalized_logits(rows: Sequence[StepRow], logits: np.ndarray) -> np.ndarray:
-    """A penalized copy of logits [m, vocab] for rows (each with a penalty), one native call."""
+def adjusted_logits(rows: Sequence[StepRow], logits: np.ndarray) -> np.ndarray:
+    """A copy of logits [m, vocab] for rows (each with a bias, a penalty or both):
+    biases added first, then penalties; a few numpy calls and one native call,
+    however many rows."""
     out = np.array(logits, dtype=np.float32, order="C")  # a copy: the raw logits stay
-    penalties = [r.penalty for r in rows]
-    starts = np.zeros(len(rows) + 1, dtype=np.int64)
+    biased = [k for k, r in enumerate(rows) if r.bias is not None]
+    if biased:
+        biases = [rows[k].bias for k in biased]
+        at = np.repeat(np.array(biased, dtype=np.intp), [len(b.ids) for b in biases])
+        ids = np.concatenate([b.ids for b in biases])
+        out[at, ids] += np.concatenate([b.values for b in biases])  # ids once a row
+    pen = [k for k, r in enumerate(rows) if r.penalty is not None]
+    if not pen:
+        return out
+    penalties = [rows[k].penalty for k in pen]
+    starts = np.zeros(len(pen) + 1, dtype=np.int64)
     np.cumsum([len(p.ids) for p in penalties], out=starts[1:])
+    part = out if len(pen) == len(rows) else np.ascontiguousarray(out[pen])
     penalize_rows(
-        out,
+        part,
         np.concatenate([p.ids for p in penalties]).astype(np.int32, copy=False),
         np.concatenate([p.counts for p in penalties]).astype(np.int32, copy=False),
         starts,
-        np.array([p.params for p in penalties], dtype=np.float32).reshape(len(rows), 3),
+        np.array([p.params for p in penalties], dtype=np.float32).reshape(len(pen), 3),
     )
+    if part is not out:
+        out[pen] = part
     return out
 
 
@@ -77,10 +95,10 @@ def choose_rows(
     n_top = min(max((r.logprobs or 0) for r in rows), logits.shape[1])  # a tiny vocabulary
     wants_lp = any(r.logprobs is not None for r in rows)
     records = sampling_records(rows)
-    pen = [k for k, r in enumerate(rows) if r.penalty is not None]
+    pen = [k for k, r in enumerate(rows) if r.penalty is not None or r.bias is not None]
     if pen:
         pen_rows = [rows[k] for k in pen]
-        pen_ids = sample_rows(penalized_logits(pen_rows, logits[pen]), records[pen]).ids
+        pen_ids = sample_rows(adjusted_logits(pen_rows, logits[pen]), records[pen]).ids
         if len(pen) == len(rows) and not wants_lp:
             result.tokens[index] = pen_ids
             return
@@ -105,3 +123,21 @@ def choose_rows(
         result.logprobs[i] = lps[k]
         result.top_ids[i] = top_ids[k, : r.logprobs]
         result.top_logprobs[i] = top_lps[k, : r.logprobs]
+
+
+def position_logprobs(
+    logits: np.ndarray, ids: np.ndarray, n_top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log_softmax(logits[t])[ids[t]] for each position t of logits [T, vocab]
+    (float32 [T]) and its n_top most likely alternatives (top_ids [T, n],
+    top_logprobs [T, n]; ties: lower id first), as a choosing row reports them.
+    One native call ranks every position; the logsumexp it implies
+    (x[argmax] - logprob(argmax)) gives the others, so the argmax's own
+    log-probability is the very number its alternatives list."""
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    ids = np.asarray(ids, dtype=np.intp)
+    n_top = min(n_top, x.shape[1])
+    best, best_lp, top_ids, top_lps = sample_rows(x, None, n_top=n_top, want_logprobs=True)
+    t = np.arange(len(ids))
+    lps = x[t, ids].astype(np.float64) - x[t, best].astype(np.float64) + best_lp
+    return lps.astype(np.float32), top_ids, top_lps

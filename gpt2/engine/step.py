@@ -9,7 +9,8 @@ token, and what it wants back:
   SAMPLING RULE of gpt2.sampling with the row's `uniform` draw), after the
   row's `penalty` where it has one (gpt2.params: repetition, frequency and
   presence penalties over its history; such a row brings its logits to the
-  host, since the device samplers do not apply penalties);
+  host, since the device samplers do not apply penalties), and before them
+  its `bias` (OpenAI's logit_bias, added to the raw logits of some ids);
 - with it, the chosen token's log-probability and its `logprobs` most likely
   alternatives (log_softmax of the raw logits: temperature 1, no filters);
 - the last token's logits (`logits="last"`) or every token's (`"all"`).
@@ -44,6 +45,14 @@ class RowPenalty(NamedTuple):
     counts: np.ndarray
 
 
+class RowBias(NamedTuple):
+    """A choosing row's logit_bias: ids (int32, each once) and what is added to
+    their logits (float32)."""
+
+    ids: np.ndarray
+    values: np.ndarray
+
+
 class StepRow:
     """One sequence's part of a step (see the module docstring)."""
 
@@ -56,6 +65,7 @@ class StepRow:
         "logprobs",
         "logits",
         "penalty",
+        "bias",
     )
 
     def __init__(
@@ -68,6 +78,7 @@ class StepRow:
         logprobs: int | None = None,
         logits: str | None = None,
         penalty: RowPenalty | None = None,
+        bias: RowBias | None = None,
     ):
         self.slot = slot
         self.tokens = tokens
@@ -77,6 +88,7 @@ class StepRow:
         self.logprobs = logprobs  # None: none; n >= 0: the chosen token's and n more
         self.logits = logits
         self.penalty = penalty  # None: the raw logits choose
+        self.bias = bias  # None: no logit_bias
 
     @property
     def chooses(self) -> bool:
@@ -85,13 +97,19 @@ class StepRow:
     @property
     def needs_logits(self) -> bool:
         """Whether the host needs this row's logits (not only a device choice)."""
-        return self.logits is not None or self.logprobs is not None or self.penalty is not None
+        return (
+            self.logits is not None
+            or self.logprobs is not None
+            or self.penalty is not None
+            or self.bias is not None
+        )
 
     def __repr__(self) -> str:
         return (
             f"StepRow(slot={self.slot}, tokens={len(self.tokens)}, position={self.position}, "
             f"sampling={self.sampling}, logprobs={self.logprobs}, logits={self.logits}, "
-            f"penalty={None if self.penalty is None else self.penalty.params})"
+            f"penalty={None if self.penalty is None else self.penalty.params}, "
+            f"bias={None if self.bias is None else len(self.bias.ids)})"
         )
 
 

@@ -8,9 +8,19 @@ as server-sent events, a token at a time. A client that goes away, streamed or
 not, has its requests cancelled at the next step. Every error is OpenAI's error
 JSON: 400 for a bad request (wrong types, malformed JSON, a prompt or max_tokens
 past the context, text the tokenizer refuses, more than 4 stop strings, more
-choices than the queue holds), 404 for another model's name, 413 for a body
-over max_request_bytes, 429 with Retry-After when the queue is full, 503 while
-shutting down, 500 for a fault of ours; the server goes on.
+choices than the queue holds, a logit_bias id past the vocabulary or a bias
+outside [-100, 100]), 413 for a body over max_request_bytes, 429 with
+Retry-After when the queue is full, 503 while shutting down, 500 for a fault
+of ours; the server goes on. A server has one model: it answers whatever
+`model` a client names (as llama-cpp-python's server does), so clients that
+send their own model id (lm-evaluation-harness, say) work unchanged.
+
+`echo` with `logprobs` gives every prompt token's log-probability (the first
+null, as OpenAI's) and its alternatives, computed by the request's own prefill
+step (its prompt rows ask the step for every position's logits); with
+`max_tokens: 0` the answer is the prompt, its usage and those log-probabilities.
+So lm-evaluation-harness's `local-completions` model scores loglikelihood
+tasks against this server.
 
 No client can hold the event loop: a body is refused while it is read (its
 Content-Length at once, a chunked one at the byte past the limit), a text prompt
@@ -39,7 +49,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpt2.completion import TokenLogprob, token_logprob
+from gpt2.completion import TokenLogprob
 from gpt2.params import GenerationParams
 from gpt2.serve.metrics import histogram_lines
 from gpt2.serve.scheduler import (
@@ -149,9 +159,18 @@ def _logprobs_json(entries: list[TokenLogprob | None], texts: list[str], offset:
     for e, text in zip(entries, texts, strict=True):
         out["tokens"].append(text)
         out["token_logprobs"].append(None if e is None else e.logprob)
-        out["top_logprobs"].append(None if e is None else {t: lp for _, t, lp in e.top})
+        out["top_logprobs"].append(None if e is None else _top_json(e.top))
         out["text_offset"].append(offset)
         offset += len(text)
+    return out
+
+
+def _top_json(top: tuple[tuple[int, str, float], ...]) -> dict[str, float]:
+    """OpenAI's {text: logprob} of the alternatives; where ids share a text (bytes
+    of one character, say), the likelier one's (they come most likely first)."""
+    out: dict[str, float] = {}
+    for _, text, lp in top:
+        out.setdefault(text, lp)
     return out
 
 
@@ -176,9 +195,8 @@ def create_app(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_step_tokens: int = DEFAULT_STEP_TOKENS,
 ) -> FastAPI:
-    """The app over a loaded model; its lifespan starts and stops the scheduler
-    (load the model with n_slots >= max_batch + 1: echo with logprobs reads the
-    prompt's logits in a slot of its own)."""
+    """The app over a loaded model (n_slots >= max_batch); its lifespan starts
+    and stops the scheduler."""
     if max_request_bytes < 1:
         raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
     scheduler = Scheduler(model, max_batch, max_queue, max_step_tokens=max_step_tokens)
@@ -314,18 +332,21 @@ def create_app(
         return ids, tok.decode(ids) if tok is not None else ""
 
     async def _plan(body: CompletionRequest, loop, queue: asyncio.Queue) -> list[_Choice]:
-        if body.model is not None and body.model != model_name:
-            raise APIError(
-                404,
-                f"the model {body.model!r} does not exist; this server has {model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
         bad = body.unsupported()
         if bad:
             raise APIError(400, f"{bad} is not supported by this server", param=bad)
         if body.stop_list() and tok is None:
             raise APIError(400, "stop strings need a tokenizer", param="stop")
+        bias = body.bias_pairs()
+        for token, _ in bias:
+            if token >= model.config.vocab_size:
+                raise APIError(
+                    400,
+                    f"logit_bias: token {token} is past the vocabulary "
+                    f"({model.config.vocab_size} tokens)",
+                    param="logit_bias",
+                )
+        echo = body.logprobs if body.echo else None  # the prompt's logprobs: n alternatives
         prompts = body.prompts()
         if len(prompts) * body.n > scheduler.max_queue:  # would get 429 forever
             raise APIError(
@@ -364,18 +385,20 @@ def create_app(
                     "frequency_penalty": body.frequency_penalty,
                     "presence_penalty": body.presence_penalty,
                     "repetition_penalty": body.repetition_penalty,
+                    "logit_bias": bias,
                 }
                 try:
                     params = GenerationParams(**{k: v for k, v in kw.items() if v is not None})
                 except ValueError as e:
-                    raise APIError(400, str(e)) from None
+                    param = "logit_bias" if str(e).startswith("logit_bias") else None
+                    raise APIError(400, str(e), param=param) from None
                 index = p_index * body.n + j
 
                 def sink(ev: Event, index=index) -> None:
                     loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
 
                 try:
-                    job = Job(model, ids, params, sink)
+                    job = Job(model, ids, params, sink, echo)
                 except ValueError as e:
                     raise APIError(400, str(e), param="prompt") from None
                 choices.append(_Choice(index, ids, text, job))
@@ -401,20 +424,15 @@ def create_app(
                 headers={"Retry-After": RETRY_AFTER_S},
             ) from None
 
-    async def _echo(c: _Choice, n_top: int | None) -> tuple[str, dict | None]:
-        """The prompt's text and (with logprobs) its tokens' log-probabilities."""
-        if n_top is None:
-            return c.prompt_text, None
-        texts = [tok.decode([t]) for t in c.prompt_ids]
-        logits = await asyncio.to_thread(model.engine.logits, c.prompt_ids)
-        entries: list[TokenLogprob | None] = [None] + [
-            token_logprob(logits[i - 1], t, n_top, tok.decode)
-            for i, t in enumerate(c.prompt_ids)
-            if i > 0
-        ]
+    def _echo_logprobs(c: _Choice, entries: list[TokenLogprob | None]) -> dict:
+        """The prompt tokens' log-probabilities (from its prefill: the first
+        event's prompt_logprobs) as OpenAI's logprobs; the generated tokens'
+        offsets go on from the prompt's end."""
+        first = tok.decode(c.prompt_ids[:1]) if tok is not None else ""
+        texts = [first] + [e.token for e in entries[1:]]
         lp = _logprobs_json(entries, texts, 0)
         c.offset = sum(len(t) for t in texts)
-        return c.prompt_text, lp
+        return lp
 
     def _token_logprobs(c: _Choice, ev: Event) -> dict:
         texts = [e.token for e in ev.logprobs]
@@ -443,11 +461,8 @@ def create_app(
         head = {"id": cid, "object": "text_completion", "created": created, "model": model_name}
 
         if not body.stream:
-            texts = {c.index: "" for c in choices}
+            texts = {c.index: c.prompt_text if body.echo else "" for c in choices}
             lps: dict[int, dict | None] = {c.index: None for c in choices}
-            if body.echo:
-                for c in choices:
-                    texts[c.index], lps[c.index] = await _echo(c, n_top)
             _submit(choices)
             finish: dict[int, str] = {}
             usage = [0, 0]
@@ -461,6 +476,8 @@ def create_app(
                         raise APIError(500, ev.error, "server_error")
                     c = by_index[index]
                     texts[index] += ev.text
+                    if ev.prompt_logprobs is not None:  # echo: from its prefill, first
+                        lps[index] = _echo_logprobs(c, ev.prompt_logprobs)
                     if n_top is not None:
                         part = _token_logprobs(c, ev)
                         if lps[index] is None:
@@ -490,10 +507,6 @@ def create_app(
             }
 
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        echoes = {}
-        if body.echo:
-            for c in choices:
-                echoes[c.index] = await _echo(c, n_top)
         _submit(choices)
 
         def chunk(index: int, text: str, lp, finish_reason) -> str:
@@ -504,8 +517,9 @@ def create_app(
             done = 0
             n_completion = 0
             try:
-                for index, (text, lp) in echoes.items():
-                    yield chunk(index, text, lp, None)
+                if body.echo and n_top is None:  # the prompt's text at once
+                    for c in choices:
+                        yield chunk(c.index, c.prompt_text, None, None)
                 while done < len(choices):
                     index, ev = await queue.get()
                     if ev.error is not None:
@@ -518,6 +532,10 @@ def create_app(
                         yield f"data: {_dumps({'error': err})}\n\n"
                         break
                     c = by_index[index]
+                    if ev.prompt_logprobs is not None:  # echo with logprobs: after its prefill
+                        yield chunk(
+                            index, c.prompt_text, _echo_logprobs(c, ev.prompt_logprobs), None
+                        )
                     lp = _token_logprobs(c, ev) if n_top is not None else None
                     reason = None
                     if ev.done is not None:

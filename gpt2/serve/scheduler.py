@@ -55,15 +55,25 @@ class Event:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     done: Completion | None = None
     error: str | None = None
+    # the prompt's tokens' (echo), on the first event after its prefill
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class Request:
     """One completion for the scheduler. `member` checks the prompt against the
-    context when built (ValueError), before anything is queued."""
+    context when built (ValueError), before anything is queued. echo (None, or
+    n alternatives): report the prompt tokens' log-probabilities too."""
 
-    def __init__(self, model, prompt_ids: Sequence[int], params: GenerationParams, sink):
+    def __init__(
+        self,
+        model,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        sink,
+        echo: int | None = None,
+    ):
         eos = model.tokenizer.eos_id if model.tokenizer is not None else None
-        self.member = Member(model.engine, model.tokenizer, prompt_ids, params, eos)
+        self.member = Member(model.engine, model.tokenizer, prompt_ids, params, eos, echo)
         self.sink: Callable[[Event], None] = sink
         self.cancelled = False
         self.finished = False
@@ -91,7 +101,8 @@ class Request:
         done = cont.result() if cont.done else None
         if done is not None:
             self.finished = True
-        self._send(Event(piece or "", new_ids, new_lps, done))
+        prompt_lps, self.member.prompt_logprobs = self.member.prompt_logprobs, None  # once
+        self._send(Event(piece or "", new_ids, new_lps, done, prompt_logprobs=prompt_lps))
 
     def _fail(self, message: str) -> None:
         self.finished = True
@@ -278,14 +289,14 @@ class Scheduler:
                 self.stats.requests["cancelled"] += 1
                 continue
             self.stats.prompt_tokens += len(r.member.prompt_ids)
-            if r.member.cont.done:  # max_tokens 0: finished before any step
+            if not r.member.going:  # max_tokens 0 (no echo): finished before any step
                 self.stats.requests[r.member.cont.finish_reason] += 1
                 r._report("")
                 continue
             r.admitted = next(self._admissions)
             members[i] = r  # prefilled from the step below on, beside the running ones
         active = [r.member if r is not None else None for r in members]
-        self.stats.active = sum(m is not None and not m.cont.done for m in active)
+        self.stats.active = sum(m is not None and m.going for m in active)
         if self.stats.active:
             try:
                 pieces = step_members(batch, active, self._budgets(members))
@@ -301,6 +312,8 @@ class Scheduler:
             for i, piece in enumerate(pieces):
                 if piece is not None:
                     self._after_token(members, i, piece)
+                elif members[i] is not None and members[i].member.started:  # an echo's prefill
+                    self._after_prefill_only(members, i)
         self.stats.active = sum(r is not None for r in members)
         return True
 
@@ -308,7 +321,7 @@ class Scheduler:
         """Each member's prompt chunk this step: decode rows count one token each
         and always go in; prompt chunks take what is left of max_step_tokens, the
         oldest admitted first (0: a prompt waits for the next step)."""
-        going = [(i, r) for i, r in enumerate(members) if r is not None and not r.member.cont.done]
+        going = [(i, r) for i, r in enumerate(members) if r is not None and r.member.going]
         left = self.max_step_tokens - sum(r.member.started for _, r in going)
         budgets = [0] * len(members)
         prompts = sorted((p for p in going if not p[1].member.started), key=lambda p: p[1].admitted)
@@ -325,6 +338,15 @@ class Scheduler:
         if r.member.cont.done:
             self.stats.requests[r.member.cont.finish_reason] += 1
             members[i] = None
+
+    def _after_prefill_only(self, members: list[Request | None], i: int) -> None:
+        """Member i, a request of max_tokens 0 with echo, has its prompt's
+        log-probabilities: it ends without a token."""
+        r = members[i]
+        self.stats.prefill_tokens += len(r.member.prompt_ids)
+        self.stats.requests[r.member.cont.finish_reason] += 1
+        r._report("")
+        members[i] = None
 
     def _end(self, members, i: int, outcome: str, error: str | None = None) -> None:
         r = members[i]

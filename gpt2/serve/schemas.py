@@ -1,7 +1,9 @@
 """The /v1/completions request, as OpenAI's API defines it, and its checks.
 
 Types are strict (a string is not a number). Fields OpenAI defines that we do
-not implement are accepted at their neutral values only. `top_k` and
+not implement are accepted at their neutral values only. `logit_bias` maps
+token ids (decimal strings, as JSON keys are) to biases in [-100, 100]; the
+app checks the ids against the vocabulary. `top_k` and
 `repetition_penalty` are our extensions (HF's and llama.cpp's meanings; the
 penalties' rule is gpt2.params'). Unset sampling fields take the library's defaults (gpt2.params):
 greedy, 50 tokens.
@@ -13,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gpt2.params import MAX_LOGPROBS
+from gpt2.params import MAX_LOGIT_BIAS, MAX_LOGPROBS
 
 MAX_N = 16  # choices a request may ask for
 MAX_STOP = 4  # stop strings a request may give (OpenAI's limit)
@@ -43,9 +45,9 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     user: str | None = None
+    logit_bias: dict[str, float] | None = None
     # OpenAI's, taken at their neutral values only
     best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
@@ -68,12 +70,24 @@ class CompletionRequest(BaseModel):
                 raise ValueError(f"a stop string has {len(s)} characters, at most {MAX_STOP_CHARS}")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_bounds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 9):
+                raise ValueError(f"keys are token ids (decimal integers), got {key[:20]!r}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:  # NaN too
+                raise ValueError(f"a bias lies in [-100, 100], got {bias} for token {key}")
+        return v
+
+    def bias_pairs(self) -> list[tuple[int, float]]:
+        """logit_bias as (token id, bias) pairs ("007" and "7" are one id, given twice)."""
+        return [(int(k), b) for k, b in (self.logit_bias or {}).items()]
+
     def unsupported(self) -> str | None:
         """The first field set to something we do not implement, or None."""
         if self.best_of not in (None, 1, self.n):
             return "best_of"
-        if self.logit_bias:
-            return "logit_bias"
         if self.suffix:
             return "suffix"
         return None

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the server extra (fastapi) is not installed")
@@ -166,7 +167,14 @@ def test_16_concurrent_clients_each_equal_their_single_answer(model, server):
         ('{"prompt": "x", "presence_penalty": -3}', 400, "presence_penalty"),
         ('{"prompt": "x", "repetition_penalty": 0}', 400, "repetition_penalty"),
         ('{"prompt": "x", "bogus": 1}', 400, "bogus"),
-        ('{"prompt": "x", "model": "gpt-4"}', 404, "model"),
+        ('{"prompt": "x", "logit_bias": {"300": 1}}', 400, "logit_bias"),  # vocab 300
+        ('{"prompt": "x", "logit_bias": {"5": 100.5}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": {"5": -101}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": {"-5": 1}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": {"cat": 1}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": {"5": "1"}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": {"7": 1, "007": 2}}', 400, "logit_bias"),
+        ('{"prompt": "x", "logit_bias": [1, 2]}', 400, "logit_bias"),
         ("[1, 2]", 400, None),
     ],
 )
@@ -179,6 +187,133 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(server, client, b
     err = r.json()["error"]
     assert err["message"] and err["type"] and err["param"] == param
     assert client.completions.create(model="tiny", prompt="the", max_tokens=2).choices[0].text
+
+
+def test_any_model_name_is_this_servers_model(client):
+    """One model a server: whatever `model` a client sends is answered by it (as
+    llama-cpp-python's server does), never 404."""
+    want = client.completions.create(model="tiny", prompt="the cat", max_tokens=5)
+    for name in ("gpt-4", "/some/local/folder", ""):
+        r = client.completions.create(model=name, prompt="the cat", max_tokens=5)
+        assert r.choices[0].text == want.choices[0].text and r.model == "tiny"
+
+
+def _reference_logprobs(model, ids: list[int], n_top: int):
+    """Each prompt token's log-probability (after the first) and its n_top most
+    likely ids (ties: lower id first), from the engine's own logits of the whole
+    prompt in a slot of their own, in float64."""
+    x = model.engine.logits(ids).astype(np.float64)
+    lp = x - (
+        x.max(axis=1, keepdims=True)
+        + np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+    )
+    tokens = [float(lp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+    tops = [np.lexsort((np.arange(lp.shape[1]), -row))[:n_top].tolist() for row in lp[:-1]]
+    return tokens, tops, lp
+
+
+def _check_echo(model, ids: list[int], lps, n_top: int) -> None:
+    tokens, tops, lp = _reference_logprobs(model, ids, n_top)
+    dec = model.tokenizer.decode
+    assert lps.tokens[: len(ids)] == [dec([t]) for t in ids]
+    assert lps.token_logprobs[0] is None and lps.top_logprobs[0] is None
+    got = lps.token_logprobs[1 : len(ids)]
+    assert np.allclose(got, tokens, atol=1e-5, rtol=0), (got, tokens)
+    for i, top in enumerate(lps.top_logprobs[1 : len(ids)]):
+        want = {dec([t]): float(lp[i, t]) for t in reversed(tops[i])}  # a text's best last
+        assert top.keys() == want.keys()
+        assert np.allclose(list(top.values()), [want[k] for k in top], atol=1e-5, rtol=0)
+    for i, (lp_i, top) in enumerate(zip(got, lps.top_logprobs[1 : len(ids)], strict=True)):
+        best = max(top.values())  # lm-eval's is_greedy: the token's logprob == its best
+        assert lp_i == best if ids[i + 1] == tops[i][0] else lp_i < best
+    offsets = np.cumsum([0] + [len(t) for t in lps.tokens])[: len(lps.tokens)]
+    assert lps.text_offset == offsets.tolist()
+
+
+@pytest.mark.parametrize("max_tokens", [0, 1, 4])
+def test_echo_logprobs_are_the_prompts_own(model, client, max_tokens):
+    """echo + logprobs: every prompt token's log-probability (the first null) and
+    its alternatives, as the engine's logits of the whole prompt give them;
+    max_tokens 0 answers with the prompt, its usage and those, streamed or not."""
+    ids = model.tokenizer.encode("the cat sat on the mat, and the dog")
+    kw = {"model": "tiny", "prompt": ids, "echo": True, "logprobs": 3, "max_tokens": max_tokens}
+    r = client.completions.create(**kw)
+    c = r.choices[0]
+    assert len(c.logprobs.tokens) == len(ids) + max_tokens
+    _check_echo(model, ids, c.logprobs, 3)
+    want = model.complete(ids, max_new_tokens=max_tokens, logprobs=3)
+    assert c.text == model.tokenizer.decode(ids) + want.text
+    assert c.logprobs.tokens[len(ids) :] == [e.token for e in want.logprobs]
+    assert np.allclose(
+        c.logprobs.token_logprobs[len(ids) :], [e.logprob for e in want.logprobs], atol=1e-5
+    )
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == max_tokens
+    assert c.finish_reason == "length"
+    chunks = list(client.completions.create(**kw, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == c.text
+    streamed = [ch.choices[0].logprobs for ch in chunks if ch.choices and ch.choices[0].logprobs]
+    assert [t for lp in streamed for t in lp.tokens] == c.logprobs.tokens
+    assert [v for lp in streamed for v in lp.token_logprobs] == c.logprobs.token_logprobs
+
+
+def test_echo_logprobs_as_lm_eval_asks_for_them(model, client):
+    """lm-evaluation-harness's local-completions: several id prompts in one request,
+    max_tokens 1, logprobs 1; the choice of a greedy token carries its logprob
+    as its top alternative's, the very same number."""
+    prompts = [model.tokenizer.encode(p) for p in ("one two three", "the", "a dog and a cat")]
+    r = client.completions.create(
+        model="whatever", prompt=prompts, max_tokens=1, logprobs=1, echo=True, temperature=0
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for ids, c in zip(prompts, r.choices, strict=True):
+        _check_echo(model, ids, c.logprobs, 1)
+        last_lp, last_top = c.logprobs.token_logprobs[-1], c.logprobs.top_logprobs[-1]
+        assert last_lp == max(last_top.values())  # the greedy token is its own top
+
+
+def test_echo_logprobs_need_no_slot_beside_the_batch(tiny_model):
+    """A model with exactly max_batch slots answers echo with logprobs: they come
+    from the request's own prefill, also when its prompt is cut in chunks (a step
+    of 4 tokens), and for n choices."""
+    with gpt2.load(tiny_model.gguf_llama, device="cpu", n_slots=2, n_threads=1) as m:
+        ids = m.tokenizer.encode("once upon a time there was a little robot")
+        assert len(ids) > 8
+        with live_server(m, max_batch=2, max_step_tokens=4) as (url, _):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            r = c.completions.create(
+                model="tiny", prompt=ids, max_tokens=2, logprobs=2, echo=True, n=2, timeout=30
+            )
+        for choice in r.choices:  # the reference needs a slot: the server is gone
+            _check_echo(m, ids, choice.logprobs, 2)
+        assert r.choices[0].logprobs.token_logprobs == r.choices[1].logprobs.token_logprobs
+
+
+def test_logit_bias_steers_every_choice(model, client):
+    """+100 forces a token, -100 bans one: greedy and sampled, streamed or not;
+    the reported log-probabilities stay the raw logits' (OpenAI's logprobs are
+    the model's)."""
+    ids = model.tokenizer.encode("the cat")
+    plain = model.complete(ids, max_new_tokens=6, logprobs=1)
+    forced = next(t for t in (42, 43, 44) if t not in (plain.token_ids[0], model.tokenizer.eos_id))
+    r = client.completions.create(
+        model="tiny", prompt=ids, max_tokens=6, logprobs=1, logit_bias={str(forced): 100}
+    )
+    got = r.choices[0].logprobs
+    assert got.tokens == [model.tokenizer.decode([forced])] * 6
+    assert got.token_logprobs[0] == pytest.approx(
+        _reference_logprobs(model, ids + [forced], 1)[0][-1], abs=1e-5
+    )
+    banned = {str(t): -100 for t in set(plain.token_ids)}
+    for extra in ({}, {"temperature": 1.0, "seed": 3}):
+        r = client.completions.create(
+            model="tiny", prompt=ids, max_tokens=12, logit_bias=banned, **extra
+        )
+        again = model.tokenizer.encode(r.choices[0].text)
+        assert not set(again) & set(plain.token_ids), (again, plain.token_ids)
+        stream = client.completions.create(
+            model="tiny", prompt=ids, max_tokens=12, logit_bias=banned, stream=True, **extra
+        )
+        assert "".join(ch.choices[0].text for ch in stream) == r.choices[0].text
 
 
 def test_max_tokens_0_answers_with_the_prompts_usage(client):
