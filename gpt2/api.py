@@ -32,7 +32,6 @@ from gpt2.generate import (
     complete,
     complete_batch,
     completion_pieces,
-    generate_ids,
 )
 from gpt2.params import GenerationParams, resolve_params
 from gpt2.port import (
@@ -50,6 +49,24 @@ log = logging.getLogger("gpt2")
 
 ENGINES = ("fast", "full", "kv")
 DEVICES = ("auto", "cpu", "cuda")
+
+# The embedded model's own id (a server's /v1/models, a client's `model=`): not "gpt2",
+# which reads as OpenAI's GPT-2. A GPT-2-shaped model of 6.9 M parameters trained on the
+# Python documentation (README, "The embedded default model").
+EMBEDDED_MODEL_ID = "tinynn-pydocs-6.9m"
+
+
+def model_id(model: str | Path | None) -> str:
+    """The id a model is served under: the embedded model's own id (None), a file's
+    stem or a folder's name where the path exists, else the hub id as given."""
+    if model is None:
+        return EMBEDDED_MODEL_ID
+    path = Path(str(model)).expanduser()
+    if path.is_file():
+        return path.stem
+    if path.is_dir():
+        return path.resolve().name
+    return str(model)
 
 
 def pick_device(device: str) -> str:
@@ -133,21 +150,10 @@ class GPT2Model:
             raise ValueError("stop strings need a text prompt")
         if p.logprobs is not None:
             raise ValueError("logprobs: use complete(), which returns them")
+        # ids only (no text work); every parameter applies, penalties included
         eos = self.tokenizer.eos_id if self.tokenizer else None
-        ids = self._prompt_ids(prompt)
-        s = p.sampling
-        return list(
-            generate_ids(
-                self.engine,
-                ids,
-                p.max_new_tokens,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                seed=p.seed,
-                eos_id=eos,
-            )
-        )
+        c = complete(self.engine, Member(self.engine, None, self._prompt_ids(prompt), p, eos))
+        return c.token_ids + ([eos] if c.finish_reason == "eos" else [])
 
     def generate_batch(
         self,

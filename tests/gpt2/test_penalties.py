@@ -135,11 +135,11 @@ def test_repetition_penalty_breaks_the_embedded_models_loop(embedded):
 
 def test_cli_takes_the_penalties(capsys, tiny_model):
     argv = ["generate", "the cat", "--model", str(tiny_model.gguf_llama), "--device", "cpu"]
-    argv += ["--max-new-tokens", "8", "--no-stream"]
+    argv += ["--max-new-tokens", "8", "--no-stream", "--temperature", "0"]
     assert main(argv) == 0
-    plain = capsys.readouterr().out
-    assert main([*argv, "--repetition-penalty", "1.0", "--frequency-penalty", "0"]) == 0
-    assert capsys.readouterr().out == plain
+    default = capsys.readouterr().out  # the CLI's default repetition penalty: 1.1
+    assert main([*argv, "--repetition-penalty", "1.1", "--frequency-penalty", "0"]) == 0
+    assert capsys.readouterr().out == default
     assert main([*argv, "--presence-penalty", "1.5", "--repetition-penalty", "2"]) == 0
     assert capsys.readouterr().out.startswith("the cat")
 
