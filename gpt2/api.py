@@ -1,8 +1,9 @@
 """`gpt2.load`: the front door of the Python API.
 
 import gpt2
-with gpt2.load("model.gguf", device="auto", dtype="f16") as model:
-    print(model.generate("Once upon a time", max_new_tokens=40))
+with gpt2.load("model.gguf", device="auto", dtype="f16") as model:   # None: the embedded one
+    print(model.generate("Once upon a time", 40, temperature=0.8, top_k=40, top_p=0.95,
+                         repetition_penalty=1.1))   # the defaults are greedy
     c = model.complete("The Python", max_new_tokens=20, temperature=0.8, seed=1, logprobs=3)
     print(c.text, c.finish_reason, c.usage, c.logprobs[0].top)
     c = model("The Python", 20)                               # the same as complete()

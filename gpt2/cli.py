@@ -346,13 +346,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     device = choose_device(args.device)
     check_port_free(args.host, args.port)
-    # one slot more than the batch: echo with logprobs reads a prompt's logits beside it
     model = gpt2.load(
         args.model,
         device,
         args.dtype,
         n_ctx=args.n_ctx,
-        n_slots=args.max_batch + 1,
+        n_slots=args.max_batch,  # a slot a request of the batch (echo included)
         n_threads=args.threads,
         decode=args.decode,
     )
