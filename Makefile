@@ -45,7 +45,8 @@ $(GGML): native/ggml.pin | $(TOOLS)
 
 # the package, built as users get it but in $(BUILD) (after `make native`: nothing
 # left to compile), and the test extra
-$(INSTALLED): pyproject.toml | $(TOOLS) $(GGML) native
+$(INSTALLED): pyproject.toml | $(TOOLS) $(GGML)
+	$(MAKE) native
 	$(PY) -m pip install -C build-dir=$(abspath $(BUILD)) ".[test]"
 	touch $@
 
