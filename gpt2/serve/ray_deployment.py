@@ -73,13 +73,12 @@ class GPT2Replica:
 
     def __init__(self, config: ReplicaConfig):
         self.config = config
-        # one slot more than the batch: echo with logprobs reads a prompt's logits beside it
-        self.model = gpt2.load(
+        self.model = gpt2.load(  # a slot a batch member (echo reads its own prefill)
             config.model,
             config.device,
             config.dtype,
             n_ctx=config.n_ctx,
-            n_slots=config.max_batch + 1,
+            n_slots=config.max_batch,
             n_threads=config.threads,
         )
 

@@ -259,7 +259,7 @@ def test_cli_builds_the_ray_app_and_runs_it(monkeypatch):
     argv = ["serve", "--ray", "--replicas", "3", "--device", "cuda", "--port", "9000"]
     assert main([*argv, "--ray-address", "auto", "--max-batch", "4"]) == 0
     assert built["replicas"] == 3 and built["device"] == "cuda" and built["max_batch"] == 4
-    assert built["num_cpus"] == 1 and built["model_name"] == "gpt2"
+    assert built["num_cpus"] == 1 and built["model_name"] == gpt2.api.model_id(None)
     assert ran == {"app": "app", "host": "127.0.0.1", "port": 9000, "address": "auto"}
 
 
