@@ -5,7 +5,9 @@
  * The shim's part is what the kernels cannot check: that every handle is a
  * live persistent tensor of this session with memory on the device, of the
  * type and shape the layout in decode.h says. It then hands the tensors'
- * device pointers to tnn_cuda_decoder_new. A decoder belongs to its root
+ * device pointers to tnn_cuda_decoder_new. The weights are the file's: each
+ * LayerNorm's gamma and beta are tensors of their own, which the kernels apply,
+ * and the output head is wte (tied). A decoder belongs to its root
  * session, which frees it before the memory it reads (session.c).
  */
 #include <pthread.h>
@@ -18,7 +20,9 @@
 #include "cuda/decode.h"
 #endif
 
-#define LAYER_TENSORS 9 /* w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj, kv */
+/* ln_1_g, ln_1_b, w_qkv, b_qkv, w_o, b_o, ln_2_g, ln_2_b, w_fc, b_fc, w_proj, b_proj, kv */
+#define LAYER_TENSORS 13
+enum { L_LN1_G, L_LN1_B, L_QKV, L_QKV_B, L_O, L_O_B, L_LN2_G, L_LN2_B, L_FC, L_FC_B, L_PROJ, L_PROJ_B, L_KV };
 
 struct tnn_decoder {
     tnn_session *root;
@@ -144,18 +148,30 @@ static bool linear(tnn_session *sess, tnn_tensor *w, tnn_tensor *b, const char *
     return true;
 }
 
+/* A LayerNorm's gamma and beta: live persistent f32 [d] tensors of sess. */
+static bool norm(tnn_session *sess, tnn_tensor *g, tnn_tensor *b, const char *what, int64_t d,
+                 tnn_cuda_norm *out) {
+    char name[64];
+    snprintf(name, sizeof name, "%s gamma", what);
+    if (!want_param(sess, g, name, false, d, 0)) return false;
+    snprintf(name, sizeof name, "%s beta", what);
+    if (!want_param(sess, b, name, false, d, 0)) return false;
+    *out = (tnn_cuda_norm){(const float *)g->data, (const float *)b->data};
+    return true;
+}
+
 #endif /* TNN_HAVE_CUDA_KERNELS */
 
 /* ---- the API ----------------------------------------------------------------- */
 
 tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_batch,
-                             tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *lm_head,
-                             tnn_tensor *lm_bias, tnn_tensor *const *layers, int n_layer) {
+                             tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *ln_f_g,
+                             tnn_tensor *ln_f_b, tnn_tensor *const *layers, int n_layer) {
     const char *func = __func__;
     CHECK_SESS(sess, NULL);
 #ifndef TNN_HAVE_CUDA_KERNELS
-    (void)n_head, (void)eps, (void)max_batch, (void)wte, (void)wpe, (void)lm_head,
-        (void)lm_bias, (void)layers, (void)n_layer;
+    (void)n_head, (void)eps, (void)max_batch, (void)wte, (void)wpe, (void)ln_f_g,
+        (void)ln_f_b, (void)layers, (void)n_layer;
     fail(TNN_EBACKEND, func, "this library was built without our CUDA kernels (build with "
                              "-DGGML_CUDA=ON)");
     return NULL;
@@ -197,35 +213,40 @@ tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_
     tnn_cuda_model m = {0};
     bool ok = want_param(sess, wte, "wte", true, d, n_vocab) &&
               want_param(sess, wpe, "wpe", false, d, n_rows) &&
-              linear(sess, lm_head, lm_bias, "lm_head", d, n_vocab, &m.lm_head);
+              norm(sess, ln_f_g, ln_f_b, "ln_f", d, &m.ln_f);
     int64_t d_ff = 0, n_slots = 0;
     for (int il = 0; ok && il < n_layer; il++) {
         tnn_tensor *const *t = layers + (size_t)il * LAYER_TENSORS;
         char what[32];
         snprintf(what, sizeof what, "layer %d fc", il);
-        ok = check_tensor(sess, t[4], func, what);
+        ok = check_tensor(sess, t[L_FC], func, what);
         if (!ok) break;
-        if (il == 0) d_ff = t[4]->ne[1];
-        ok = check_tensor(sess, t[8], func, "kv cache");
+        if (il == 0) d_ff = t[L_FC]->ne[1];
+        ok = check_tensor(sess, t[L_KV], func, "kv cache");
         if (!ok) break;
-        if (il == 0) n_slots = n_rows ? t[8]->ne[1] / n_rows : 0;
-        if (n_slots < 1 || t[8]->ne[1] != n_slots * n_rows || t[8]->type != GGML_TYPE_F16 ||
-            t[8]->ne[0] != 2 * d || !is_persistent(sess, t[8]) || !ggml_is_contiguous(t[8]) ||
-            !t[8]->data) {
+        tnn_tensor *kv = t[L_KV];
+        if (il == 0) n_slots = n_rows ? kv->ne[1] / n_rows : 0;
+        if (n_slots < 1 || kv->ne[1] != n_slots * n_rows || kv->type != GGML_TYPE_F16 ||
+            kv->ne[0] != 2 * d || !is_persistent(sess, kv) || !ggml_is_contiguous(kv) ||
+            !kv->data) {
             fail(TNN_ESHAPE, func, "layer %d kv cache must be a persistent f16 [%lld, %lld * "
-                 "n_slots], got %s", il, (long long)(2 * d), (long long)n_rows, SHAPE(t[8]));
+                 "n_slots], got %s", il, (long long)(2 * d), (long long)n_rows, SHAPE(kv));
             ok = false;
             break;
         }
+        snprintf(what, sizeof what, "layer %d ln_1", il);
+        ok = ok && norm(sess, t[L_LN1_G], t[L_LN1_B], what, d, &cl[il].ln_1);
         snprintf(what, sizeof what, "layer %d qkv", il);
-        ok = ok && linear(sess, t[0], t[1], what, d, 3 * d, &cl[il].qkv);
+        ok = ok && linear(sess, t[L_QKV], t[L_QKV_B], what, d, 3 * d, &cl[il].qkv);
         snprintf(what, sizeof what, "layer %d o", il);
-        ok = ok && linear(sess, t[2], t[3], what, d, d, &cl[il].o);
+        ok = ok && linear(sess, t[L_O], t[L_O_B], what, d, d, &cl[il].o);
+        snprintf(what, sizeof what, "layer %d ln_2", il);
+        ok = ok && norm(sess, t[L_LN2_G], t[L_LN2_B], what, d, &cl[il].ln_2);
         snprintf(what, sizeof what, "layer %d fc", il);
-        ok = ok && linear(sess, t[4], t[5], what, d, d_ff, &cl[il].fc);
+        ok = ok && linear(sess, t[L_FC], t[L_FC_B], what, d, d_ff, &cl[il].fc);
         snprintf(what, sizeof what, "layer %d proj", il);
-        ok = ok && linear(sess, t[6], t[7], what, d_ff, d, &cl[il].proj);
-        cl[il].kv = t[8]->data;
+        ok = ok && linear(sess, t[L_PROJ], t[L_PROJ_B], what, d_ff, d, &cl[il].proj);
+        cl[il].kv = kv->data;
     }
     if (!ok) {
         free(cl);

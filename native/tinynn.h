@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 6
+#define TNN_ABI_VERSION 7
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -391,19 +391,21 @@ typedef struct tnn_decoder tnn_decoder;
 
 /* A fused GPT-2 decode step over a CUDA session's persistent tensors, after
  * tnn_finalize_weights (weights may be uploaded later; they are read at each
- * step). Layouts are those of decode.h, d = n_embd:
- *   wte     f16 or q8_0 [d, vocab]     wpe     f32 [d, n_rows]
- *   lm_head f16 or q8_0 [d, vocab]     lm_bias f32 [vocab]
- *   layers  n_layer * 9 handles: w_qkv [d, 3d], b_qkv [3d], w_o [d, d], b_o [d],
- *           w_fc [d, d_ff], b_fc [d_ff], w_proj [d_ff, d], b_proj [d] (weights
- *           f16 or q8_0, biases f32), kv f16 [2d, n_rows * n_slots].
+ * step). Layouts are those of decode.h, d = n_embd; the weights are the file's
+ * (no LayerNorm folded in): each norm's gain and bias are applied by the kernels.
+ *   wte     f16 or q8_0 [d, vocab]: the embedding, and the tied output head
+ *   wpe     f32 [d, n_rows]            ln_f_g, ln_f_b  f32 [d]: the final norm
+ *   layers  n_layer * 13 handles: ln_1_g [d], ln_1_b [d], w_qkv [d, 3d], b_qkv [3d],
+ *           w_o [d, d], b_o [d], ln_2_g [d], ln_2_b [d], w_fc [d, d_ff], b_fc [d_ff],
+ *           w_proj [d_ff, d], b_proj [d] (weights f16 or q8_0, the rest f32),
+ *           kv f16 [2d, n_rows * n_slots].
  * max_batch (1..8): the most sequences one step decodes. NULL with the reason
  * when the session is not CUDA, the library was built without our kernels, or a
  * handle, type or shape is off. The root session owns it: tnn_decoder_free, or
  * freeing the root, frees it. */
 TNN_API tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_batch,
-                                     tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *lm_head,
-                                     tnn_tensor *lm_bias, tnn_tensor *const *layers,
+                                     tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *ln_f_g,
+                                     tnn_tensor *ln_f_b, tnn_tensor *const *layers,
                                      int n_layer);
 
 /* One token for each of n_seq sequences: tokens[i] at positions[i] (0..n_rows-1)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -203,7 +203,7 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
         STATUS,
     ),
     # tnn_decoder *tnn_decoder_new(sess, int n_head, double eps, int max_batch, wte, wpe,
-    #                              lm_head, lm_bias, tnn_tensor *const *layers, int n_layer);
+    #                              ln_f_g, ln_f_b, tnn_tensor *const *layers, int n_layer);
     "tnn_decoder_new": (
         [c_void_p, c_int, c_double, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int],
         c_void_p,

@@ -19,7 +19,8 @@ import numpy as np
 from .dtypes import SAMPLING_DTYPE  # tnn_sampling_params; imported from here by callers
 from .session import INT32, Session, Tensor, c_integer
 
-LAYER_TENSORS = 9  # w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj, kv
+# ln_1_g, ln_1_b, w_qkv, b_qkv, w_o, b_o, ln_2_g, ln_2_b, w_fc, b_fc, w_proj, b_proj, kv
+LAYER_TENSORS = 13
 
 
 class Decoder:
@@ -32,8 +33,8 @@ class Decoder:
         max_batch: int,
         wte: Tensor,
         wpe: Tensor,
-        lm_head: Tensor,
-        lm_bias: Tensor,
+        ln_f_g: Tensor,
+        ln_f_b: Tensor,
         layers: Sequence[Sequence[Tensor]],
     ):
         if any(len(layer) != LAYER_TENSORS for layer in layers):
@@ -49,8 +50,8 @@ class Decoder:
             c_integer(max_batch, "max_batch", INT32),
             wte.handle,
             wpe.handle,
-            lm_head.handle,
-            lm_bias.handle,
+            ln_f_g.handle,
+            ln_f_b.handle,
             array.ctypes.data,
             len(layers),
         )

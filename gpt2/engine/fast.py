@@ -34,10 +34,10 @@ from gpt2.engine.graph import Graph, GraphShape, bucket, build_graph
 from gpt2.engine.kv_cache import declare_cache, upload_mask_table
 from gpt2.engine.memory import check_fits, default_n_ctx
 from gpt2.engine.step import StepResult, StepRow
-from gpt2.engine.upload import WEIGHT_DTYPES, declare_weights, upload_weights
+from gpt2.engine.upload import WEIGHT_DTYPES, LayerWeights, declare_weights, upload_weights
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
-from tinynn import Decoder, Session, TinyNNError
+from tinynn import Decoder, Session, Tensor, TinyNNError
 from tinynn.dtypes import SAMPLING_DTYPE
 
 MAX_PREFILL_GRAPHS = 8  # prefill graphs kept, by shape (least recently used go)
@@ -136,8 +136,7 @@ class FastGPT2(Engine):
         if why_not is None:
             w = self.weights
             layers = [
-                (lw.w_qkv, lw.b_qkv, lw.w_o, lw.b_o, lw.w_fc, lw.b_fc, lw.w_proj, lw.b_proj, kv)
-                for lw, kv in zip(w.layers, self.cache.layers, strict=True)
+                decoder_layer(lw, kv) for lw, kv in zip(w.layers, self.cache.layers, strict=True)
             ]
             try:
                 return Decoder(
@@ -147,8 +146,8 @@ class FastGPT2(Engine):
                     max_batch=min(self.n_slots, MAX_FUSED_BATCH),
                     wte=w.wte,
                     wpe=w.wpe,
-                    lm_head=w.lm_head,
-                    lm_bias=w.lm_bias,
+                    ln_f_g=w.ln_f_g,
+                    ln_f_b=w.ln_f_b,
                     layers=layers,
                 )
             except TinyNNError as e:
@@ -367,6 +366,25 @@ class FastGPT2(Engine):
         self._prefill_graphs.clear()
         self._decode_graphs.clear()
         self.root.close()
+
+
+def decoder_layer(lw: LayerWeights, kv: Tensor) -> tuple[Tensor, ...]:
+    """A layer's tensors in the order tnn_decoder_new takes them (native/tinynn.h)."""
+    return (
+        lw.ln_1_g,
+        lw.ln_1_b,
+        lw.w_qkv,
+        lw.b_qkv,
+        lw.w_o,
+        lw.b_o,
+        lw.ln_2_g,
+        lw.ln_2_b,
+        lw.w_fc,
+        lw.b_fc,
+        lw.w_proj,
+        lw.b_proj,
+        kv,
+    )
 
 
 def prefill_bucket(t: int) -> int:

@@ -1,7 +1,8 @@
 """The fast engine's graph: n_seq sequences of n_q tokens over a run of slots.
 
-- x = wte[tokens] + wpe[positions]; a norm is one node (its affine part is
-  folded into the next product, gpt2.engine.upload).
+- x = wte[tokens] + wpe[positions]; a LayerNorm is ggml_norm, then its gain
+  (ggml_mul) and bias (ggml_add), the file's own tensors (gpt2.engine.upload).
+  The output head is wte itself (tied) after ln_f: no bias.
 - One QKV product per layer; K | V of a position are adjacent in its output,
   so one set_rows at runtime row indices writes both into the cache.
 - Attention is one flash_attn_ext over the cache with a mask row per query
@@ -133,7 +134,7 @@ def build_graph(
         kv_size = cache.element_bytes
         kv_offset = shape.first_slot * cache.slot_bytes
         for layer, kv_cache in zip(w.layers, cache.layers, strict=True):
-            h = s.layer_norm(x, None, None, c.layer_norm_epsilon)  # [d, N]
+            h = s.layer_norm(x, layer.ln_1_g, layer.ln_1_b, c.layer_norm_epsilon)  # [d, N]
             qkv = _linear(s, layer.w_qkv, layer.b_qkv, h, by_column["w_qkv"])  # [3d, N]
             q = s.view_4d(
                 qkv,
@@ -168,14 +169,14 @@ def build_graph(
                     )  # [dh, nh, n_q, B]
             attn = s.reshape(attn, d, n)  # [d, N]
             x = s.add(x, _linear(s, layer.w_o, layer.b_o, attn, by_column["w_o"]))
-            h = s.layer_norm(x, None, None, c.layer_norm_epsilon)
+            h = s.layer_norm(x, layer.ln_2_g, layer.ln_2_b, c.layer_norm_epsilon)  # [d, N]
             u = s.gelu_exact(_linear(s, layer.w_fc, layer.b_fc, h, by_column["w_fc"]))  # [d_ff, N]
             x = s.add(x, _linear(s, layer.w_proj, layer.b_proj, u, by_column["w_proj"]))  # [d, N]
         if shape.last_only:  # only the last real token of each sequence needs logits
             x = s.get_rows(x, s.view_1d(ints, n_seq, 3 * n * I32_BYTES))  # [d, n_seq]
-        x = s.layer_norm(x, None, None, c.layer_norm_epsilon)
-        lm_by_column = cpu and not _alone_as_among(root, w.lm_head)
-        logits = _linear(s, w.lm_head, w.lm_bias, x, lm_by_column)  # [V, rows]
+        x = s.layer_norm(x, w.ln_f_g, w.ln_f_b, c.layer_norm_epsilon)  # [d, rows]
+        lm_by_column = cpu and not _alone_as_among(root, w.wte)
+        logits = _linear(s, w.wte, None, x, lm_by_column)  # [V, rows]: the tied head
         s.set_output(logits)
         out_ids = s.set_output(s.argmax(logits))  # [rows]
         s.realize(out_ids)
@@ -185,15 +186,16 @@ def build_graph(
     return Graph(s, ints, out_ids, logits)
 
 
-def _linear(s: Session, w: Tensor, b: Tensor, x: Tensor, by_column: bool) -> Tensor:
-    """x W + b, [n_out, cols] from x [n_in, cols]. by_column: x is laid out
+def _linear(s: Session, w: Tensor, b: Tensor | None, x: Tensor, by_column: bool) -> Tensor:
+    """x W + b (b None: x W), [n_out, cols] from x [n_in, cols]. by_column: x is laid out
     [n_in, 1, cols], so ggml-cpu runs each column alone (vec_dot), never
     several together (tinyBLAS): the same sum for a column whatever cols."""
     if not by_column:
-        return s.add(s.matmul(w, x), b)
-    n_in, cols = x.ne[0], x.ne[1]
-    y = s.matmul(w, s.reshape(x, n_in, 1, cols))  # [n_out, 1, cols]
-    return s.add(s.reshape(y, w.ne[1], cols), b)
+        y = s.matmul(w, x)  # [n_out, cols]
+    else:
+        n_in, cols = x.ne[0], x.ne[1]
+        y = s.reshape(s.matmul(w, s.reshape(x, n_in, 1, cols)), w.ne[1], cols)  # [n_out, cols]
+    return y if b is None else s.add(y, b)
 
 
 def _alone_as_among(root: Session, w: Tensor) -> bool:

@@ -1,18 +1,28 @@
-"""The fast engine's weights: declared in the root session, folded and uploaded.
+"""The fast engine's weights: declared in the root session and uploaded as the file stores them.
 
-LayerNorm gamma and beta are folded into the matmul that follows each norm
-(W' = diag(gamma) W, b' = b + beta W), so a norm is one node; the final one is
-folded into a separate unembedding matrix and bias. Q, K and V are one fused
-matrix per layer.
+The device holds the file's bytes: every 2-D weight goes to the backend in the file's own
+type (f32, f16, q8_0 blocks byte for byte) where the engine takes that type, converted only
+where the user asked for another `dtype` (or the engine has no such type: bf16 and f64 are
+widened to f32, exactly; other quantized types become q8_0). LayerNorm's gain and bias are
+tensors of their own, applied on the device after each norm (gpt2.engine.graph, our fused
+kernels' prologue, native/cuda/embed_norm.cuh); the output head is wte itself (tied),
+read after ln_f. Q, K and V are one matrix per layer (c_attn).
 
-Uploading streams: every 2-D weight goes from the file to the backend a slice of rows at a
-time (`Rows`, gpt2.weights), in the file's own type where the engine takes that type, so no
-copy of the model, in any type, is ever held. A few threads read and convert slices (pread
-and numpy's casts release the GIL) while the main thread uploads them in order; slices in
-flight are bounded (`WORKERS`, `SLICE_VALUES`). Folding keeps the arithmetic of
-`fold_layer_norm` exactly (the same products in float64, the same casts, the bias's product
-as the same BLAS call on an array of the same layout), so the logits are bit-identical to
-folding whole tensors.
+Layout. ggml's products and our kernels read a linear layer as n_out rows of n_in values
+([n_out, n_in] in numpy terms, ne = [n_in, n_out]), with a q8_0 block running along n_in.
+llama.cpp's GGUF layout stores its weights so, and so do wte (vocabulary rows) and wpe in every
+layout: those are uploaded a slice of rows at a time as they lie in the file. The Ruby
+converter's GGUF and HF's safetensors store the linear weights the other way round (Conv1D,
+[n_in, n_out]): those are transposed on the host, a permutation of the file's values in their
+own type (`FileTensors.rows`). A product over the other axis would need ggml_mul_mat to read
+a transposed matrix, which it refuses for every type, and a q8_0 block along n_out cannot be
+read along n_in at all: such a tensor (no writer of ours makes one) is dequantized,
+transposed and quantized again.
+
+Uploading streams: a 2-D weight goes from the file to the backend a slice of rows at a time
+(`Rows`, gpt2.weights), so no copy of the model, in any type, is ever held. A few threads
+read (and where asked, convert) slices (pread and numpy's casts release the GIL) while the
+main thread uploads them in order; slices in flight are bounded (`WORKERS`, `SLICE_VALUES`).
 """
 
 from __future__ import annotations
@@ -36,11 +46,15 @@ Q8_0_BLOCK = 32  # q8_0 quantizes 32 values along the input axis together
 
 @dataclass
 class LayerWeights:
-    w_qkv: Tensor  # [d, 3d], ln_1 folded in
+    ln_1_g: Tensor  # f32 [d]: ln_1's gain, applied on the device
+    ln_1_b: Tensor  # f32 [d]: ln_1's bias
+    w_qkv: Tensor  # [d, 3d] (ne): 3d rows of d, q | k | v
     b_qkv: Tensor  # [3d]
     w_o: Tensor  # [d, d]
     b_o: Tensor  # [d]
-    w_fc: Tensor  # [d, d_ff], ln_2 folded in
+    ln_2_g: Tensor  # f32 [d]
+    ln_2_b: Tensor  # f32 [d]
+    w_fc: Tensor  # [d, d_ff]
     b_fc: Tensor  # [d_ff]
     w_proj: Tensor  # [d_ff, d]
     b_proj: Tensor  # [d]
@@ -48,22 +62,11 @@ class LayerWeights:
 
 @dataclass
 class FastWeights:
-    wte: Tensor  # [d, V], read by get_rows
-    lm_head: Tensor  # [d, V], ln_f folded in
-    lm_bias: Tensor  # [V]
-    wpe: Tensor  # [d, n_rows]
+    wte: Tensor  # [d, V]: read by get_rows, and the (tied) output head after ln_f
+    wpe: Tensor  # f32 [d, n_rows]
+    ln_f_g: Tensor  # f32 [d]
+    ln_f_b: Tensor  # f32 [d]
     layers: list[LayerWeights]
-
-
-def fold_layer_norm(
-    gamma: np.ndarray, beta: np.ndarray, w: np.ndarray, b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(diag(gamma) W, b + beta W) in float64: norm(x)*g + beta then x W + b,
-    as norm(x) W' + b'. w is (in, out)."""
-    w64 = w.astype(np.float64)
-    return gamma.astype(np.float64)[:, None] * w64, b.astype(np.float64) + beta.astype(
-        np.float64
-    ) @ w64
 
 
 def declare_weights(s: Session, c: GPT2Config, dtype: str, n_rows: int) -> FastWeights:
@@ -79,15 +82,19 @@ def declare_weights(s: Session, c: GPT2Config, dtype: str, n_rows: int) -> FastW
     d = c.n_embd
     return FastWeights(
         wte=matrix(d, c.vocab_size),
-        lm_head=matrix(d, c.vocab_size),
-        lm_bias=vector(c.vocab_size),
         wpe=s.input_typed_persistent("f32", (d, n_rows)),
+        ln_f_g=vector(d),
+        ln_f_b=vector(d),
         layers=[
             LayerWeights(
+                ln_1_g=vector(d),
+                ln_1_b=vector(d),
                 w_qkv=matrix(d, 3 * d),
                 b_qkv=vector(3 * d),
                 w_o=matrix(d, d),
                 b_o=vector(d),
+                ln_2_g=vector(d),
+                ln_2_b=vector(d),
                 w_fc=matrix(d, c.d_ff),
                 b_fc=vector(c.d_ff),
                 w_proj=matrix(c.d_ff, d),
@@ -99,15 +106,13 @@ def declare_weights(s: Session, c: GPT2Config, dtype: str, n_rows: int) -> FastW
 
 
 WORKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
-SLICE_VALUES = 1 << 20  # values in one slice of rows (8 MB as float64); 2 x WORKERS in flight
-HEAD_ROWS = 4096  # vocabulary rows whose folded head bias is one product (25 MB of f64 at d=768)
+SLICE_VALUES = 1 << 20  # values in one slice of rows (4 MB as float32); 2 x WORKERS in flight
 _STORED_AS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 
 
 def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> None:
-    """Folds and uploads the weights into the declared tensors, streaming (see the module's
-    docstring): wte is read once, for the embedding and the folded head; the layers follow,
-    one after another."""
+    """Uploads the weights into the declared tensors, streaming (see the module's
+    docstring): wte and wpe first, then the layers, one after another."""
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="upload") as pool:
         try:
             for step in _in_order(pool, _steps(fw, weights, n_rows, device), 2 * WORKERS):
@@ -117,7 +122,7 @@ def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: s
 
 
 # A step: a job for a worker thread (read and convert one slice), and what the main thread
-# does with its result (upload it, in order; the last slice of a folded tensor: its bias).
+# does with its result (upload it, in order).
 Step = tuple[Callable[[], object], Callable[[object], None]]
 
 
@@ -140,48 +145,59 @@ def _bind(then: Callable[[object], None], result: object) -> Callable[[], None]:
 
 
 def _steps(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> Iterator[Step]:
-    yield from _embedding_and_head(fw, weights)
-    yield (lambda: _engine_type("f32", weights["wpe"][:n_rows], "wpe")), fw.wpe.upload
+    yield from _stream(fw.wte, weights.rows("wte"), "wte")
+    wpe = weights.rows("wpe")
+    yield from _stream(fw.wpe, Rows(wpe.kind, (n_rows, wpe.shape[1]), wpe.read), "wpe")
+    yield _small(fw.ln_f_g, weights, "ln_f.weight")
+    yield _small(fw.ln_f_b, weights, "ln_f.bias")
     layers = progress(enumerate(fw.layers), f"uploading to {device}", len(fw.layers))
     for i, layer in layers:
         p = f"h.{i}."
-        yield from _folded(weights, layer.w_qkv, layer.b_qkv, p + "ln_1", p + "attn.c_attn")
-        yield from _stream(
-            layer.w_o, weights.rows(p + "attn.c_proj.weight", True), p + "attn.c_proj.weight"
-        )
-        yield _small(layer.b_o, weights, p + "attn.c_proj.bias")
-        yield from _folded(weights, layer.w_fc, layer.b_fc, p + "ln_2", p + "mlp.c_fc")
-        yield from _stream(
-            layer.w_proj, weights.rows(p + "mlp.c_proj.weight", True), p + "mlp.c_proj.weight"
-        )
-        yield _small(layer.b_proj, weights, p + "mlp.c_proj.bias")
+        for t, name in (
+            (layer.ln_1_g, "ln_1.weight"),
+            (layer.ln_1_b, "ln_1.bias"),
+            (layer.w_qkv, "attn.c_attn.weight"),
+            (layer.b_qkv, "attn.c_attn.bias"),
+            (layer.w_o, "attn.c_proj.weight"),
+            (layer.b_o, "attn.c_proj.bias"),
+            (layer.ln_2_g, "ln_2.weight"),
+            (layer.ln_2_b, "ln_2.bias"),
+            (layer.w_fc, "mlp.c_fc.weight"),
+            (layer.b_fc, "mlp.c_fc.bias"),
+            (layer.w_proj, "mlp.c_proj.weight"),
+            (layer.b_proj, "mlp.c_proj.bias"),
+        ):
+            if name.endswith(".bias") or name.startswith("ln_"):
+                yield _small(t, weights, p + name)
+            else:  # canonical [in, out]; the device's rows are outputs: [out, in]
+                yield from _stream(t, weights.rows(p + name, transposed=True), p + name)
 
 
 def _small(t: Tensor, weights: GPT2Weights, name: str) -> Step:
-    """A 1-D tensor, read and converted whole."""
+    """A 1-D tensor, read whole (float32: f16 and bf16 widen exactly)."""
     return (lambda: _engine_type(t.dtype, weights[name], name)), t.upload
 
 
-def _slices(n: int, width: int, start: int = 0) -> Iterator[tuple[int, int]]:
+def _slices(n: int, width: int) -> Iterator[tuple[int, int]]:
     step = max(1, SLICE_VALUES // max(width, 1))
-    for r0 in range(start, start + n, step):
-        yield r0, min(r0 + step, start + n)
+    for r0 in range(0, n, step):
+        yield r0, min(r0 + step, n)
 
 
 def _stream(t: Tensor, rows: Rows, name: str) -> Iterator[Step]:
-    """Tensor t ([rows, width] in numpy terms) from `rows`, as they are where they are stored
-    in t's type (bytes unchanged: the same numbers as converting them, f16 -> f32 -> f16
-    and q8_0 -> f32 -> q8_0 being exact), else converted from float32 as `put` does."""
+    """Tensor t ([rows, width] in numpy terms) from `rows`: the file's bytes where t has the
+    file's type, else converted (`_in_engine_type`)."""
     row_bytes = t.nbytes // rows.shape[0]
     for r0, r1 in _slices(*rows.shape):
         yield (
-            (lambda r0=r0, r1=r1: _unfolded(t.dtype, rows, rows.read(r0, r1), name)),
+            (lambda r0=r0, r1=r1: _in_engine_type(t.dtype, rows, rows.read(r0, r1), name)),
             _upload_at(t, r0 * row_bytes),
         )
 
 
-def _unfolded(dtype: str, rows: Rows, data: np.ndarray, name: str) -> np.ndarray:
-    """Rows `data` (as rows.read gives them) in engine type `dtype`."""
+def _in_engine_type(dtype: str, rows: Rows, data: np.ndarray, name: str) -> np.ndarray:
+    """Rows `data` (as rows.read gives them) in engine type `dtype`: as stored where the file
+    has that type, else through float32 (exact from f16 and bf16)."""
     if rows.kind == _STORED_AS[dtype]:
         return np.ascontiguousarray(data).reshape(-1) if dtype == "q8_0" else data
     return _engine_type(dtype, to_f32(rows.kind, data, (len(data), rows.shape[1])), name)
@@ -189,82 +205,6 @@ def _unfolded(dtype: str, rows: Rows, data: np.ndarray, name: str) -> np.ndarray
 
 def _upload_at(t: Tensor, offset: int) -> Callable[[np.ndarray], None]:
     return lambda data: t.upload(data, offset)
-
-
-def _exact_in_f64(rows: Rows, data: np.ndarray) -> np.ndarray:
-    """Rows `data` (as rows.read gives them) in a type whose values are the float32 values
-    `GPT2Weights[...]` gives, and which float64 holds exactly: f16 and f32 as they are (f16
-    -> f32 -> f64 and f16 -> f64 agree), other kinds through float32."""
-    if rows.kind in ("F16", "F32"):
-        return data
-    return to_f32(rows.kind, data, (len(data), rows.shape[1]))
-
-
-def _folded(weights: GPT2Weights, w: Tensor, b: Tensor, norm: str, linear: str) -> Iterator[Step]:
-    """The LayerNorm `norm` folded into the linear layer `linear` (its weight [in, out]) as
-    fold_layer_norm does, a slice of output rows at a time: each worker scales its rows
-    and writes them, unscaled, into the [in, out] float64 matrix whose product with beta
-    (one call, as fold_layer_norm makes it) gives the bias after the last slice."""
-    gamma = weights[norm + ".weight"].astype(np.float64)
-    beta = weights[norm + ".bias"].astype(np.float64)
-    rows = weights.rows(linear + ".weight", transposed=True)  # [out, in]
-    n_out, n_in = rows.shape
-    w64 = np.empty((n_in, n_out))  # W, for the bias: fold_layer_norm's layout (C, [in, out])
-    name = linear + ".weight (" + norm.rsplit(".", 1)[-1] + " folded in)"
-    row_bytes = w.nbytes // n_out
-
-    def job(r0: int, r1: int) -> np.ndarray:
-        x = _exact_in_f64(rows, rows.read(r0, r1))
-        w64[:, r0:r1] = x.T  # widened to float64 as it is written
-        return _engine_type(w.dtype, np.multiply(x, gamma, dtype=np.float64), name)
-
-    for r0, r1 in _slices(n_out, n_in):
-        yield (lambda r0=r0, r1=r1: job(r0, r1)), _upload_at(w, r0 * row_bytes)
-
-    def bias(_: object) -> None:
-        b64 = weights[linear + ".bias"].astype(np.float64) + beta @ w64
-        put(b, b64, linear + ".bias (" + norm.rsplit(".", 1)[-1] + " folded in)")
-
-    yield (lambda: None), bias
-
-
-def _embedding_and_head(fw: FastWeights, weights: GPT2Weights) -> Iterator[Step]:
-    """wte, read once a slice at a time, into the embedding and into the head: lm_head =
-    wte with ln_f folded in (row j: gamma * wte[j]; bias j: beta . wte[j]), its bias one
-    product per HEAD_ROWS rows, as fold_layer_norm gives it for those rows."""
-    gamma = weights["ln_f.weight"].astype(np.float64)
-    beta = weights["ln_f.bias"].astype(np.float64)
-    rows = weights.rows("wte")
-    vocab, d = rows.shape
-    wte_row, head_row = fw.wte.nbytes // vocab, fw.lm_head.nbytes // vocab
-    bias = np.empty(vocab, np.float64)
-    head_name = "wte (ln_f folded in, the output head)"
-    for g0 in range(0, vocab, HEAD_ROWS):
-        g1 = min(g0 + HEAD_ROWS, vocab)
-        w64 = np.empty((g1 - g0, d))  # its rows' float64 values; the product takes w64.T
-
-        def job(r0: int, r1: int, g0: int = g0, w64: np.ndarray = w64):
-            data = rows.read(r0, r1)
-            x64 = w64[r0 - g0 : r1 - g0]
-            x64[...] = _exact_in_f64(rows, data)
-            embedding = _unfolded(fw.wte.dtype, rows, data, "wte")
-            return embedding, _engine_type(fw.lm_head.dtype, x64 * gamma, head_name)
-
-        def upload(result, r0: int) -> None:
-            fw.wte.upload(result[0], r0 * wte_row)
-            fw.lm_head.upload(result[1], r0 * head_row)
-
-        for r0, r1 in _slices(g1 - g0, d, g0):
-            yield (
-                (lambda r0=r0, r1=r1, job=job: job(r0, r1)),
-                (lambda res, r0=r0, upload=upload: upload(res, r0)),
-            )
-
-        def group_bias(_: object, g0: int = g0, g1: int = g1, w64: np.ndarray = w64) -> None:
-            bias[g0:g1] = np.zeros(g1 - g0) + beta @ w64.T
-
-        yield (lambda: None), group_bias
-    yield (lambda: None), lambda _: put(fw.lm_bias, bias, "the output head's bias (ln_f folded in)")
 
 
 def put(t: Tensor, a: np.ndarray, name: str = "tensor", offset: int = 0) -> None:

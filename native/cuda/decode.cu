@@ -1,11 +1,12 @@
 /* decode.cu - the fused GPT-2 decode step (decode.h): per layer five kernels
- *   1. QKV GEMV   prologue LayerNorm(x) (layer 0: of wte[token] + wpe[pos],
- *                 also writing x); epilogue bias, q, K|V into the cache
+ *   1. QKV GEMV   prologue ln_1(x) (layer 0: of wte[token] + wpe[pos], also
+ *                 writing x); epilogue bias, q, K|V into the cache
  *   2. attention  over cache rows 0..p, split by 64 positions, combined
  *   3. O GEMV     epilogue bias + residual: x += W_o a + b_o
- *   4. FC GEMV    prologue LayerNorm(x); epilogue bias + GELU
+ *   4. FC GEMV    prologue ln_2(x); epilogue bias + GELU
  *   5. proj GEMV  epilogue bias + residual: x += W_proj u + b_proj
- * then the LM head GEMV (prologue LayerNorm(x), epilogue bias) and the token
+ * (a prologue's LayerNorm applies the file's gamma and beta, embed_norm.cuh)
+ * then the head GEMV over wte itself (tied; prologue ln_f(x)) and the token
  * choice (sampling_kernels.cuh): 5 * n_layer + 2 kernels a token. Consecutive
  * kernels overlap through programmatic dependent launch: a GEMV's first weight
  * loads go out while the kernel before it finishes.
@@ -48,6 +49,7 @@ int cuda_fail(char *err, size_t err_len, cudaError_t e, const char *what) {
 struct tnn_cuda_decoder {
     tnn_cuda_model m;
     std::vector<tnn_cuda_layer> layers;
+    tnn_cuda_linear head = {}; /* wte read as the output head: d -> n_vocab, no bias */
     int max_batch = 0, n_sm = 0, device = 0;
     bool pdl = true; /* cleared if a capture with PDL edges fails */
     int n_buckets = 0, bucket_len[MAX_BUCKETS] = {};
@@ -109,7 +111,7 @@ void for_each_linear(const tnn_cuda_decoder *dec, void (*f)(const tnn_cuda_linea
         f(l.fc, ctx);
         f(l.proj, ctx);
     }
-    f(dec->m.lm_head, ctx);
+    f(dec->head, ctx);
 }
 
 cudaError_t launch_gemv(const tnn_cuda_decoder *dec, const tnn_cuda_linear &lin, int nb, const InputArgs &in, int epi,
@@ -135,6 +137,13 @@ cudaError_t launch_gemv(const tnn_cuda_decoder *dec, const tnn_cuda_linear &lin,
 }
 
 int n_split_of(int bucket) { return (bucket + ATTN_CHUNK - 1) / ATTN_CHUNK; }
+
+/* in, layer-normalized by `n` (gamma, beta) in the prologue */
+InputArgs with_norm(InputArgs in, const tnn_cuda_norm &n) {
+    in.gamma = n.gamma;
+    in.beta = n.beta;
+    return in;
+}
 
 /* Every kernel of one step, in order, on dec->stream (captured by the caller). */
 cudaError_t enqueue_step(const tnn_cuda_decoder *dec, int nb, int bucket, bool sampling, bool pdl) {
@@ -178,18 +187,20 @@ cudaError_t enqueue_step(const tnn_cuda_decoder *dec, int nb, int bucket, bool s
         const tnn_cuda_layer &L = dec->layers[il];
         __half *kv = static_cast<__half *>(L.kv);
         /* the first kernel of the graph follows the upload: an ordinary launch */
-        e = launch_gemv(dec, L.qkv, nb, il == 0 ? embed : norm_x, EPI_QKV, dec->q, kv, pdl && il > 0);
+        e = launch_gemv(dec, L.qkv, nb, with_norm(il == 0 ? embed : norm_x, L.ln_1), EPI_QKV, dec->q, kv,
+                        pdl && il > 0);
         if (e != cudaSuccess) break;
         aa.kv = kv;
         e = launch(attention_kernel, dim3(aa.n_split, m.n_head, nb), dim3(ATTN_THREADS), 0, dec->stream, pdl, aa);
         if (e != cudaSuccess) break;
         e = launch_gemv(dec, L.o, nb, att, EPI_RESID, dec->x, nullptr, pdl);
         if (e != cudaSuccess) break;
-        e = launch_gemv(dec, L.fc, nb, norm_x, EPI_GELU, dec->u, nullptr, pdl);
+        e = launch_gemv(dec, L.fc, nb, with_norm(norm_x, L.ln_2), EPI_GELU, dec->u, nullptr, pdl);
         if (e != cudaSuccess) break;
         e = launch_gemv(dec, L.proj, nb, u, EPI_RESID, dec->x, nullptr, pdl);
     }
-    if (e == cudaSuccess) e = launch_gemv(dec, m.lm_head, nb, norm_x, EPI_STORE, dec->logits, nullptr, pdl);
+    if (e == cudaSuccess)
+        e = launch_gemv(dec, dec->head, nb, with_norm(norm_x, m.ln_f), EPI_STORE, dec->logits, nullptr, pdl);
     if (e == cudaSuccess)
         e = tnn_sampling_launch(dec->logits, nb, m.n_vocab, &dec->io_dev->params[0], dec->ids_dev,
                                 dec->sampling_scratch, dec->stream);
@@ -223,6 +234,15 @@ int capture(tnn_cuda_decoder *dec, int nb, int bi, int sampling, char *err, size
 }
 
 bool aligned(const void *p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
+
+/* il: the layer, or -1 for ln_f. The prologue reads gamma and beta as float4. */
+int check_norm(const tnn_cuda_norm &n, const char *name, int il, char *err, size_t err_len) {
+    if (!n.gamma || !n.beta || !aligned(n.gamma, 16) || !aligned(n.beta, 16))
+        return fail(err, err_len, ST_EINVAL,
+                    "tnn_cuda_decoder_new: layer %d %s: gamma and beta must be 16-byte aligned device pointers", il,
+                    name);
+    return ST_OK;
+}
 
 int check_linear(const tnn_cuda_linear &l, int n_in, int n_out, const char *name, int il, char *err, size_t err_len) {
     if (!l.w) return fail(err, err_len, ST_EINVAL, "tnn_cuda_decoder_new: layer %d %s: weight is NULL", il, name);
@@ -269,7 +289,8 @@ int check_model(const tnn_cuda_model *m, int max_batch, char *err, size_t err_le
     for (int il = 0; il < m->n_layer; ++il) {
         const tnn_cuda_layer &l = m->layers[il];
         int st;
-        if ((st = check_linear(l.qkv, d, 3 * d, "qkv", il, err, err_len)) ||
+        if ((st = check_norm(l.ln_1, "ln_1", il, err, err_len)) || (st = check_norm(l.ln_2, "ln_2", il, err, err_len)) ||
+            (st = check_linear(l.qkv, d, 3 * d, "qkv", il, err, err_len)) ||
             (st = check_linear(l.o, d, d, "o", il, err, err_len)) ||
             (st = check_linear(l.fc, d, m->d_ff, "fc", il, err, err_len)) ||
             (st = check_linear(l.proj, m->d_ff, d, "proj", il, err, err_len)))
@@ -277,7 +298,9 @@ int check_model(const tnn_cuda_model *m, int max_batch, char *err, size_t err_le
         if (!l.kv || !aligned(l.kv, 16))
             return fail(err, err_len, ST_EINVAL, "tnn_cuda_decoder_new: layer %d kv: NULL or not 16-byte aligned", il);
     }
-    return check_linear(m->lm_head, d, m->n_vocab, "lm_head", -1, err, err_len);
+    const tnn_cuda_linear head = {m->wte, nullptr, m->wte_type, d, m->n_vocab};
+    const int st = check_linear(head, d, m->n_vocab, "head (wte)", -1, err, err_len);
+    return st ? st : check_norm(m->ln_f, "ln_f", -1, err, err_len);
 }
 
 struct ScratchNeeds {
@@ -397,6 +420,7 @@ extern "C" int tnn_cuda_decoder_new(const tnn_cuda_model *model, int32_t max_bat
     dec->m = *model;
     dec->layers.assign(model->layers, model->layers + model->n_layer);
     dec->m.layers = dec->layers.data();
+    dec->head = {model->wte, nullptr, model->wte_type, model->n_embd, model->n_vocab};
     dec->max_batch = max_batch;
     st = setup(dec, err, err_len);
     if (st) {

@@ -7,21 +7,23 @@
  * - a linear layer: n_out rows of n_in inputs, each row contiguous; f16, or
  *   q8_0 (per row n_in/32 blocks of 34 bytes: an f16 scale, then 32 int8);
  *   y[o] = sum_i W[o][i] x[i] + b[o].
- * - wte: n_vocab rows of d (the linear layers' types); wpe: f32, n_rows rows of d.
- * - lm_head: n_vocab rows of d, with the final LayerNorm's affine folded in;
- *   every LayerNorm's gamma and beta are folded into the product after it, so a
- *   norm here is (x - mean) / sqrt(var + eps) alone.
+ * - wte: n_vocab rows of d (the linear layers' types), read as the embedding
+ *   and as the output head (GPT-2's is tied: logits = wte ln_f(x), no bias);
+ *   wpe: f32, n_rows rows of d.
+ * - LayerNorms: gamma and beta f32, d each, the file's own: a norm here is
+ *   (x - mean) / sqrt(var + eps) * gamma + beta, applied in the prologue of
+ *   the product that reads it (embed_norm.cuh); no weight has a norm folded in.
  * - KV cache of a layer: f16, n_slots * n_rows rows of 2d: row slot*n_rows + p
  *   holds K | V of position p of the sequence in that slot, heads side by side
  *   (head h: K at h*d_head, V at d + h*d_head).
  * - qkv output: Q | K | V, each d wide, heads side by side.
  * One step of a sequence at position p in slot s: x = wte[token] + wpe[p];
- * per layer: h = norm(x); qkv = W_qkv h + b; write K, V at row s*n_rows + p;
+ * per layer: h = ln_1(x); qkv = W_qkv h + b; write K, V at row s*n_rows + p;
  * a = softmax(Q K[0..p]^T / sqrt(d_head)) V[0..p] per head;
- * x += W_o a + b_o; h = norm(x); u = gelu(W_fc h + b_fc); x += W_proj u + b_proj;
+ * x += W_o a + b_o; h = ln_2(x); u = gelu(W_fc h + b_fc); x += W_proj u + b_proj;
  * (gelu: GPT-2's tanh form in f32, as gpt2/reference.py and the engine's
  * tnn_gelu_exact compute it, not the erf form)
- * then logits = W_lm norm(x) + b_lm and the token choice.
+ * then logits = wte ln_f(x) and the token choice.
  */
 #ifndef TNN_CUDA_DECODE_H
 #define TNN_CUDA_DECODE_H
@@ -45,8 +47,15 @@ typedef struct {
 } tnn_cuda_linear;
 
 typedef struct {
+    const float *gamma; /* device: n_embd, 16-byte aligned: the norm's gain */
+    const float *beta;  /* device: n_embd, 16-byte aligned: its bias */
+} tnn_cuda_norm;
+
+typedef struct {
+    tnn_cuda_norm ln_1;   /* before qkv */
     tnn_cuda_linear qkv;  /* d -> 3d */
     tnn_cuda_linear o;    /* d -> d */
+    tnn_cuda_norm ln_2;   /* before fc */
     tnn_cuda_linear fc;   /* d -> d_ff */
     tnn_cuda_linear proj; /* d_ff -> d */
     void *kv;             /* device, f16: n_slots * n_rows rows of 2d */
@@ -55,10 +64,10 @@ typedef struct {
 typedef struct {
     int32_t n_layer, n_embd, n_head, d_ff, n_vocab, n_rows, n_slots;
     float eps;
-    const void *wte;        /* device: n_vocab rows of n_embd */
+    const void *wte;        /* device: n_vocab rows of n_embd; the embedding and the head */
     int32_t wte_type;       /* TNN_CUDA_W_* */
     const float *wpe;       /* device: n_rows rows of n_embd */
-    tnn_cuda_linear lm_head;
+    tnn_cuda_norm ln_f;     /* before the head */
     const tnn_cuda_layer *layers; /* host array of n_layer (copied by _new) */
 } tnn_cuda_model;
 

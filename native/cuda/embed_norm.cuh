@@ -1,11 +1,12 @@
 /* embed_norm.cuh - the GEMV prologue: the input vectors of a product, made
  * once per block into shared memory. A GEMV's input is either a plain f32
  * vector (attention output, GELU output), the LayerNorm of the residual x
- * (whose gamma and beta are folded into the product), or, for layer 0's QKV,
- * the LayerNorm of the embedding wte[token] + wpe[position], which the blocks
- * of row tile 0 also write to x. There is no embedding or LayerNorm kernel:
- * those bytes (NB x d floats) are read from L2 by each block while its first
- * weight loads are in flight. */
+ * (normalized, then times its gain plus its bias: the file's ln weights, no
+ * folding), or, for layer 0's QKV, the LayerNorm of the embedding
+ * wte[token] + wpe[position], which the blocks of row tile 0 also write to x.
+ * There is no embedding or LayerNorm kernel: those bytes (NB x d floats, and
+ * the norm's 2 x d) are read from L2 by each block while its first weight
+ * loads are in flight. */
 #pragma once
 
 #include "common.cuh"
@@ -17,6 +18,8 @@ struct InputArgs {
     int n_in;                /* elements of one input vector */
     const float *in;         /* PLAIN, NORM: [NB][n_in] */
     float eps;               /* NORM, EMBED_NORM */
+    const float *gamma;      /* NORM, EMBED_NORM: [n_in], the norm's gain, 16-byte aligned */
+    const float *beta;       /* NORM, EMBED_NORM: [n_in], its bias, 16-byte aligned */
     const void *wte;         /* EMBED_NORM: n_vocab rows of n_in, f16 or q8_0 */
     int wte_type;            /* TNN_CUDA_W_* */
     const float *wpe;        /* EMBED_NORM: n_rows rows of n_in */
@@ -36,7 +39,8 @@ __device__ __forceinline__ float4 input4(const InputArgs &a, int b, int e) {
 }
 
 /* Waits for the kernels before (pdl_wait), then writes elements [k0, k0+kn)
- * of the NB input vectors, normalized where asked, to xs laid out
+ * of the NB input vectors, layer-normalized where asked (gain and bias
+ * applied), to xs laid out
  * [NB][G][units] float4: unit u holds elements 4G*u .. 4G*u + 4G - 1 of the
  * slice and group g its floats 4g..4g+3, so the lanes of a warp, reading one
  * unit each, read consecutive float4 (no bank conflicts). G = 2 for f16
@@ -75,9 +79,12 @@ __device__ void stage_input(const InputArgs &a, float4 *xs, int units, int k0, i
         const int b = i / n4, e4 = i - b * n4;
         float4 v = input4(a, b, k0 + 4 * e4);
         if (write_x) *reinterpret_cast<float4 *>(a.x_out + static_cast<int64_t>(b) * a.n_in + k0 + 4 * e4) = v;
-        if (a.pro != PRO_PLAIN) {
+        if (a.pro != PRO_PLAIN) { /* (v - mean) / sqrt(var + eps) * gamma + beta */
             const float m = stat[b][0], r = stat[b][1];
-            v = make_float4((v.x - m) * r, (v.y - m) * r, (v.z - m) * r, (v.w - m) * r);
+            const float4 g = *reinterpret_cast<const float4 *>(a.gamma + k0 + 4 * e4);
+            const float4 be = *reinterpret_cast<const float4 *>(a.beta + k0 + 4 * e4);
+            v = make_float4(fmaf((v.x - m) * r, g.x, be.x), fmaf((v.y - m) * r, g.y, be.y),
+                            fmaf((v.z - m) * r, g.z, be.z), fmaf((v.w - m) * r, g.w, be.w));
         }
         xs[(b * G + e4 % G) * units + e4 / G] = v;
     }

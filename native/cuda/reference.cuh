@@ -16,8 +16,8 @@ __global__ void ref_embed_kernel(const void *wte, int wte_type, const float *wpe
     x[i] = load_weight(wte, wte_type, d, io->tokens[b], k) + wpe[static_cast<int64_t>(io->positions[b]) * d + k];
 }
 
-/* y[b] = (x[b] - mean) / sqrt(var + eps). grid NB, block 1: one thread a vector. */
-__global__ void ref_norm_kernel(const float *x, int n, float eps, float *y) {
+/* y[b] = (x[b] - mean) / sqrt(var + eps) * gamma + beta. grid NB, block 1: one thread a vector. */
+__global__ void ref_norm_kernel(const float *x, int n, float eps, const float *gamma, const float *beta, float *y) {
     const float *xb = x + static_cast<int64_t>(blockIdx.x) * n;
     float *yb = y + static_cast<int64_t>(blockIdx.x) * n;
     float s = 0.0f;
@@ -26,7 +26,7 @@ __global__ void ref_norm_kernel(const float *x, int n, float eps, float *y) {
     float ss = 0.0f;
     for (int k = 0; k < n; ++k) ss += (xb[k] - mean) * (xb[k] - mean);
     const float r = 1.0f / sqrtf(ss / n + eps);
-    for (int k = 0; k < n; ++k) yb[k] = (xb[k] - mean) * r;
+    for (int k = 0; k < n; ++k) yb[k] = (xb[k] - mean) * r * gamma[k] + beta[k];
 }
 
 /* y[b][o] = sum_k W[o][k] x[b][k] + bias[o]. grid ceil(NB*n_out/256), block 256: one thread an output. */
@@ -97,7 +97,7 @@ static inline cudaError_t ref_decode_step(const tnn_cuda_model &m, const tnn_cud
     ref_embed_kernel<<<ref_blocks(nb * d), 256, 0, st>>>(m.wte, m.wte_type, m.wpe, io, nb, d, s.x);
     for (int l = 0; l < m.n_layer; ++l) {
         const tnn_cuda_layer &L = layers[l];
-        ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, s.h);
+        ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, L.ln_1.gamma, L.ln_1.beta, s.h);
         ref_linear_kernel<<<ref_blocks(nb * 3 * d), 256, 0, st>>>(L.qkv.w, L.qkv.type, L.qkv.b, d, 3 * d, nb, s.h,
                                                                  s.qkv);
         ref_kv_write_kernel<<<nb, 256, 0, st>>>(s.qkv, io, d, m.n_rows, static_cast<__half *>(L.kv));
@@ -105,7 +105,7 @@ static inline cudaError_t ref_decode_step(const tnn_cuda_model &m, const tnn_cud
                                                                 d, m.n_rows, s.att);
         ref_linear_kernel<<<ref_blocks(nb * d), 256, 0, st>>>(L.o.w, L.o.type, L.o.b, d, d, nb, s.att, s.y);
         ref_pointwise_kernel<<<ref_blocks(nb * d), 256, 0, st>>>(1, nb * d, s.y, s.x);
-        ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, s.h);
+        ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, L.ln_2.gamma, L.ln_2.beta, s.h);
         ref_linear_kernel<<<ref_blocks(nb * m.d_ff), 256, 0, st>>>(L.fc.w, L.fc.type, L.fc.b, d, m.d_ff, nb, s.h,
                                                                   s.u);
         ref_pointwise_kernel<<<ref_blocks(nb * m.d_ff), 256, 0, st>>>(0, nb * m.d_ff, s.u, nullptr);
@@ -113,8 +113,8 @@ static inline cudaError_t ref_decode_step(const tnn_cuda_model &m, const tnn_cud
                                                              s.y);
         ref_pointwise_kernel<<<ref_blocks(nb * d), 256, 0, st>>>(1, nb * d, s.y, s.x);
     }
-    ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, s.h);
+    ref_norm_kernel<<<nb, 1, 0, st>>>(s.x, d, m.eps, m.ln_f.gamma, m.ln_f.beta, s.h);
     ref_linear_kernel<<<ref_blocks(static_cast<int64_t>(nb) * m.n_vocab), 256, 0, st>>>(
-        m.lm_head.w, m.lm_head.type, m.lm_head.b, d, m.n_vocab, nb, s.h, logits);
+        m.wte, m.wte_type, nullptr, d, m.n_vocab, nb, s.h, logits); /* the tied head */
     return cudaGetLastError();
 }

@@ -12,10 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpt2.convert import convert_hf_to_gguf
 from gpt2.engine import FastGPT2
+from gpt2.engine.fast import decoder_layer
 from gpt2.generate import generate_ids, greedy_generate
 from gpt2.reference import GPT2Reference
 from gpt2.sampling import SamplingParams, choose, draw_uniform
+from gpt2.weights import load_model
 from tests.devices import use_device
 from tests.tiny_models import check_close
 from tinynn import Decoder, Session, TinyNNError
@@ -34,10 +37,7 @@ def test_decoder_refuses_a_cpu_session(tiny_model):
     with FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1) as fast:
         assert fast.decoder is None
         w = fast.weights
-        layers = [
-            (lw.w_qkv, lw.b_qkv, lw.w_o, lw.b_o, lw.w_fc, lw.b_fc, lw.w_proj, lw.b_proj, kv)
-            for lw, kv in zip(w.layers, fast.cache.layers, strict=True)
-        ]
+        layers = [decoder_layer(lw, kv) for lw, kv in zip(w.layers, fast.cache.layers, strict=True)]
         with pytest.raises(TinyNNError, match="CUDA|without our CUDA kernels"):
             Decoder(
                 fast.root,
@@ -46,18 +46,18 @@ def test_decoder_refuses_a_cpu_session(tiny_model):
                 max_batch=1,
                 wte=w.wte,
                 wpe=w.wpe,
-                lm_head=w.lm_head,
-                lm_bias=w.lm_bias,
+                ln_f_g=w.ln_f_g,
+                ln_f_b=w.ln_f_b,
                 layers=layers,
             )
     with pytest.raises(ValueError, match="decode='fused'"):
         FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, decode="fused")
     with pytest.raises(ValueError, match="decode must be one of"):
         FastGPT2(tiny_model.weights, "cpu", "f16", n_threads=1, decode="fast")
-    with Session("cpu") as s, pytest.raises(ValueError, match="9 tensors"):
+    with Session("cpu") as s, pytest.raises(ValueError, match="13 tensors"):
         t = s.input_typed_persistent("f32", (4,))
         Decoder(
-            s, n_head=1, eps=1e-5, max_batch=1, wte=t, wpe=t, lm_head=t, lm_bias=t, layers=[(t,)]
+            s, n_head=1, eps=1e-5, max_batch=1, wte=t, wpe=t, ln_f_g=t, ln_f_b=t, layers=[(t,) * 9]
         )
 
 
@@ -113,6 +113,28 @@ def test_fused_decode_matches_reference_at_every_position(gpt2_head_models, dtyp
                 rows = [seq.start(ids[:4])]
                 rows += [seq.step(t) for t in ids[4:]]
         check_close(np.vstack(rows), ref[3:], TOL[dtype], f"{m.name} fused {dtype}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_fused_decode_of_a_gguf_reads_the_files_weights(gpt2_head_models, tmp_path, dtype):
+    """A GGUF in that type, on the device as it is stored (its f16 values or q8_0 blocks;
+    LayerNorms applied by our kernels' prologue, the head read from wte): every decoded
+    position against the float64 reference on the file's own values. The only rounding
+    left is the f16 cache and f32 sums, so f16's tolerance holds for both types."""
+    use_device("cuda")
+    for m in gpt2_head_models:
+        path = tmp_path / f"{m.name}-{dtype}.gguf"
+        convert_hf_to_gguf(m.hf_dir, path, dtype)
+        loaded = load_model(path)
+        ids = _prompt(m.config, m.config.n_positions, seed=5)
+        ref = GPT2Reference(loaded.weights.to_memory()).logits(ids)
+        with FastGPT2(loaded.weights, "cuda", dtype, decode="fused") as fast:
+            assert fast.decoder is not None
+            with fast.sequence() as seq:
+                rows = [seq.start(ids[:4])]
+                rows += [seq.step(t) for t in ids[4:]]
+        check_close(np.vstack(rows), ref[3:], TOL["f16"], f"{m.name} fused, {dtype} GGUF")
 
 
 @pytest.mark.cuda

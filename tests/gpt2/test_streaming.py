@@ -52,7 +52,7 @@ def test_streamed_logits_equal_eager(files, source, dtype, monkeypatch):
     loaded = load_model(files[source])
     assert isinstance(loaded.weights.tensors, FileTensors)  # nothing read yet
     eager = logits(loaded.weights.to_memory(), dtype)
-    monkeypatch.setattr(upload_mod, "HEAD_ROWS", 7)  # the head folded a few rows at a time
+    monkeypatch.setattr(upload_mod, "SLICE_VALUES", 7)  # the file read a row at a time
     assert_bit_identical(logits(loaded.weights, dtype), eager, f"{source} as {dtype}")
 
 

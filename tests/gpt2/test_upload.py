@@ -1,11 +1,18 @@
-"""The streaming upload (gpt2.engine.upload: slices of rows, in the file's own type, converted
-by worker threads) against the whole-tensor upload it replaced.
+"""The fast engine's weights on the device are the file's (gpt2.engine.upload).
 
-Oracle: `whole_tensor_upload` below, the upload as it was before it streamed (commit 0a7a7a2):
-every LayerNorm folded into a whole float64 copy of the next weight by `fold_layer_norm`, the
-head folded 4096 rows at a time, tensors stored in the engine's type uploaded as stored.
-Tolerance: exact (bit-identical logits), for f32, f16 and q8_0 engines, from the HF folder
-(f32 safetensors), the Ruby GGUF (split q, k, v) and llama.cpp GGUFs in f32, f16 and q8_0.
+Read back from the device (the CPU backend; CUDA too where there is one) and compared with
+the bytes the file stores:
+- a q8_0 GGUF's linear weights and token embedding: its q8_0 blocks byte for byte (and the
+  tensors it keeps in f16 or f32, where a row does not fill q8_0 blocks, as stored); f16 and
+  f32 GGUFs likewise; LayerNorm gains and biases as the file's f32 vectors, never folded;
+  no output head beside wte (tied);
+- the same bytes whatever the size of the slices the upload streams;
+- files that store the linear weights [in, out] (the Ruby GGUF, an HF folder): the file's
+  values, transposed (a permutation; f32 exactly);
+- a type the user asks for (dtype): the file's values converted, exactly where the type
+  holds them (f16 -> f32, q8_0 -> f32).
+Tolerance: exact, everywhere. The logits of these engines against the float64 reference
+and HF are checked in test_engines.py and test_reference.py.
 """
 
 from __future__ import annotations
@@ -14,66 +21,14 @@ import numpy as np
 import pytest
 
 from gpt2.convert import convert_hf_to_gguf
-from gpt2.engine import FastGPT2, fold_layer_norm
-from gpt2.engine import fast as fast_mod
+from gpt2.engine import FastGPT2
 from gpt2.engine import upload as upload_mod
-from gpt2.weights import load_model
+from gpt2.names import LAYOUT_GGUF_LLAMA, from_canonical
+from gpt2.weights import load_model, to_f32
+from tests.devices import DEVICES, use_device
 
 IDS = [1, 5, 9, 2, 7, 3, 11, 4]
-_STORED_AS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
-
-
-def whole_tensor_upload(fw, weights, n_rows, device):
-    """The upload before streaming, kept here as the oracle (same arithmetic, same calls)."""
-    put = upload_mod.put
-
-    def put_stored(t, name, transposed=False):
-        rows = weights.rows(name, transposed)  # the stored data, whole, where it is one tensor
-        if rows.kind == _STORED_AS[t.dtype]:
-            data = rows.read(0, rows.shape[0])
-            t.upload(np.ascontiguousarray(data).reshape(-1) if t.dtype == "q8_0" else data)
-            return
-        x = weights[name]
-        put(t, x.T if transposed else x, name)
-
-    def folded(norm, linear):
-        return fold_layer_norm(
-            weights[norm + ".weight"],
-            weights[norm + ".bias"],
-            weights[linear + ".weight"],
-            weights[linear + ".bias"],
-        )
-
-    put_stored(fw.wte, "wte")
-    gamma, beta = weights["ln_f.weight"], weights["ln_f.bias"]
-    wte = weights["wte"]
-    vocab = len(wte)
-    row_bytes = fw.lm_head.nbytes // vocab
-    bias = np.empty(vocab, np.float64)
-    for r0 in range(0, vocab, 4096):
-        rows = wte[r0 : r0 + 4096]
-        w, b = fold_layer_norm(gamma, beta, rows.T, np.zeros(len(rows)))
-        put(fw.lm_head, w.T, "head", offset=r0 * row_bytes)
-        bias[r0 : r0 + len(rows)] = b
-    put(fw.lm_bias, bias, "head bias")
-    put(fw.wpe, weights["wpe"][:n_rows], "wpe")
-    for i, layer in enumerate(fw.layers):
-        p = f"h.{i}."
-        w, b = folded(p + "ln_1", p + "attn.c_attn")
-        put(layer.w_qkv, w.T, "qkv")
-        put(layer.b_qkv, b, "qkv bias")
-        put_stored(layer.w_o, p + "attn.c_proj.weight", transposed=True)
-        put(layer.b_o, weights[p + "attn.c_proj.bias"], "o bias")
-        w, b = folded(p + "ln_2", p + "mlp.c_fc")
-        put(layer.w_fc, w.T, "fc")
-        put(layer.b_fc, b, "fc bias")
-        put_stored(layer.w_proj, p + "mlp.c_proj.weight", transposed=True)
-        put(layer.b_proj, weights[p + "mlp.c_proj.bias"], "proj bias")
-
-
-def logits(weights, dtype: str) -> np.ndarray:
-    with FastGPT2(weights, "cpu", dtype, n_threads=1) as m:
-        return m.logits(IDS)
+_KINDS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +45,122 @@ def sources(tiny_models, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-@pytest.mark.parametrize("source", ["hf", "ruby", "f32", "f16", "q8_0"])
-def test_streamed_upload_equals_whole_tensor_upload(
-    tiny_models, sources, source, dtype, monkeypatch
-):
+def device_tensors(fast: FastGPT2) -> dict[str, tuple]:
+    """Canonical name -> the engine's device tensor (read back later)."""
+    w = fast.weights
+    out = {"wte": w.wte, "wpe": w.wpe, "ln_f.weight": w.ln_f_g, "ln_f.bias": w.ln_f_b}
+    for i, lw in enumerate(w.layers):
+        p = f"h.{i}."
+        out |= {
+            p + "ln_1.weight": lw.ln_1_g,
+            p + "ln_1.bias": lw.ln_1_b,
+            p + "attn.c_attn.weight": lw.w_qkv,
+            p + "attn.c_attn.bias": lw.b_qkv,
+            p + "attn.c_proj.weight": lw.w_o,
+            p + "attn.c_proj.bias": lw.b_o,
+            p + "ln_2.weight": lw.ln_2_g,
+            p + "ln_2.bias": lw.ln_2_b,
+            p + "mlp.c_fc.weight": lw.w_fc,
+            p + "mlp.c_fc.bias": lw.b_fc,
+            p + "mlp.c_proj.weight": lw.w_proj,
+            p + "mlp.c_proj.bias": lw.b_proj,
+        }
+    return out
+
+
+def _bytes_of(t) -> np.ndarray:
+    return t.download().reshape(-1).view(np.uint8)
+
+
+def _first_difference(got: np.ndarray, want: np.ndarray) -> str:
+    if got.size != want.size:
+        return f"{got.size} bytes, the file has {want.size}"
+    at = int(np.flatnonzero(got != want)[0])
+    return f"first differing byte {at} of {got.size}: {got[at]} != {want[at]}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
+def test_device_weights_are_the_files_bytes(tiny_models, sources, source, device, monkeypatch):
+    """dtype auto from a llama.cpp GGUF: every tensor on the device holds the bytes its
+    file stores (wpe: its first n_rows rows), the same with 1-row slices; the output
+    head is wte itself and no tensor has a LayerNorm folded in."""
+    use_device(device)
+    checked_q8 = 0
+    for model in tiny_models:
+        loaded = load_model(sources[model.name][source])
+        assert loaded.layout == LAYOUT_GGUF_LLAMA
+        infos = loaded.weights.tensors.infos
+        for slice_values in (upload_mod.SLICE_VALUES, 1):  # default slices, then 1-row slices
+            monkeypatch.setattr(upload_mod, "SLICE_VALUES", slice_values)
+            dtype = loaded.weights.dtype_for("auto")
+            with FastGPT2(loaded.weights, device, dtype, n_threads=1) as fast:
+                assert not hasattr(fast.weights, "lm_head")  # tied: the head is wte
+                for name, t in device_tensors(fast).items():
+                    (stored,) = from_canonical(name, LAYOUT_GGUF_LLAMA)
+                    info = infos[stored]
+                    want = info.read().reshape(-1).view(np.uint8)
+                    if name == "wpe":
+                        want = want[: t.nbytes]
+                    assert _KINDS.get(t.dtype) == info.kind, (name, t.dtype, info.kind)
+                    got = _bytes_of(t)
+                    if not np.array_equal(got, want):
+                        pytest.fail(
+                            f"{model.name} {source}: {name} ({stored}, {info.kind}) on the "
+                            f"device is not the file's: {_first_difference(got, want)}"
+                        )
+                    checked_q8 += info.kind == "Q8_0"
+    if source == "q8_0":  # the q8_0 blocks really were compared (not all fell back to f16)
+        assert checked_q8 > 0
+
+
+@pytest.mark.parametrize("source", ["ruby", "hf"])
+def test_transposed_files_keep_their_values(tiny_models, sources, source):
+    """Files that store the linear weights [in, out]: the device holds the file's f32
+    values, transposed to the [out, in] rows ggml's products read, exactly."""
     for model in tiny_models:
         weights = load_model(sources[model.name][source]).weights
-        with monkeypatch.context() as m:
-            m.setattr(fast_mod, "upload_weights", whole_tensor_upload)
-            want = logits(weights, dtype)
-        with monkeypatch.context() as m:
-            m.setattr(upload_mod, "SLICE_VALUES", 3 * model.config.n_embd)  # 3-row slices
-            got = logits(weights, dtype)
-        if not np.array_equal(got, want):
-            d = np.abs(got.astype(np.float64) - want)
-            at = np.unravel_index(int(d.argmax()), d.shape)
-            pytest.fail(f"{model.name} {source} as {dtype}: max-abs {d.max():.3e} at {at}")
+        canonical = weights.to_memory()
+        with FastGPT2(weights, "cpu", "f32", n_threads=1) as fast:
+            for name, t in device_tensors(fast).items():
+                want = canonical[name]
+                if name == "wpe":
+                    want = want[: fast.n_rows]
+                elif want.ndim == 2 and name != "wte":
+                    want = want.T
+                got = t.download().reshape(want.shape)
+                assert got.dtype == np.float32
+                assert np.array_equal(got, want), (model.name, source, name)
+
+
+def test_a_dtype_asked_for_converts_the_files_values(tiny_model, sources):
+    """q8_0 and f16 files loaded as f32: the file's values, widened exactly."""
+    for source in ("q8_0", "f16"):
+        loaded = load_model(sources[tiny_model.name][source])
+        infos = loaded.weights.tensors.infos
+        with FastGPT2(loaded.weights, "cpu", "f32", n_threads=1) as fast:
+            for name in ("wte", "h.0.attn.c_attn.weight", "h.1.mlp.c_proj.weight"):
+                (stored,) = from_canonical(name, LAYOUT_GGUF_LLAMA)
+                info = infos[stored]
+                want = to_f32(info.kind, info.read(), info.shape)
+                got = device_tensors(fast)[name].download().reshape(want.shape)
+                assert np.array_equal(got, want), (source, name)
+
+
+def test_layer_norms_are_applied_on_the_device(tiny_model):
+    """The logits follow a LayerNorm's gain and bias as they are on the device: changing
+    ln_f's bias there by c moves every logit by c . wte[v] (the head reads ln_f(x) through
+    wte itself)."""
+    with FastGPT2(tiny_model.weights, "cpu", "f32", n_threads=1) as fast:
+        before = fast.logits(IDS)
+        beta = fast.weights.ln_f_b.download()
+        shift = np.random.default_rng(0).standard_normal(beta.shape).astype(np.float32)
+        fast.weights.ln_f_b.upload(beta + shift)
+        after = fast.logits(IDS)
+        wte = fast.weights.wte.download().reshape(tiny_model.config.vocab_size, -1)
+    want = (wte.astype(np.float64) @ shift)[None, :]
+    d = np.abs((after.astype(np.float64) - before) - want)
+    assert d.max() <= 1e-3, f"max-abs {d.max():.3e} at {np.unravel_index(d.argmax(), d.shape)}"
 
 
 def test_bounded_slices_in_flight(tiny_model, monkeypatch):
@@ -128,5 +182,6 @@ def test_bounded_slices_in_flight(tiny_model, monkeypatch):
             yield bound
 
     monkeypatch.setattr(upload_mod, "_in_order", counting)
-    logits(weights, "f16")
-    assert most[0] <= 2 * upload_mod.WORKERS, most[0]
+    with FastGPT2(weights, "cpu", "f16", n_threads=1) as fast:
+        fast.logits(IDS)
+    assert 0 < most[0] <= 2 * upload_mod.WORKERS, most[0]

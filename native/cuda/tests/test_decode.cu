@@ -6,14 +6,16 @@
  *     Tolerance: max |fast - ref| <= 1e-3 * max |ref| + 1e-5 (same f32 math,
  *     other summation order).
  * (b) whole steps: random tiny and GPT-2-small-shaped models (weights at GPT-2
- *     scales, q8_0 quantized here), batches 1, 3, 8 in distinct slots at
+ *     scales, q8_0 quantized here; every LayerNorm with its own random gamma
+ *     and beta, applied in the kernels' prologue; the head is wte, tied),
+ *     batches 1, 3, 8 in distinct slots at
  *     positions across the context buckets, three steps each (the greedy ids
  *     fed back). Logits against a float64 CPU step of the same math (same
  *     dequantized weights, K/V rounded to f16 as the cache does), tolerance
  *     1e-2 * max |logit|; against the reference step on the device, 2e-3.
  *     ids must be the argmax of the returned logits (greedy).
  * (c) the error contract: bad arguments give a negative status and a message,
- *     and the decoder still works.
+ *     and the decoder still works; a model without a norm's gamma is refused.
  * (d) timing (not with --quick): gpt2 and gpt2-xl shapes, f16 and q8_0,
  *     median of 200 steps: whole step (upload, graph, download, sync) and
  *     graph replay alone (cudaEvent), with the weight bytes a step reads.
@@ -97,6 +99,26 @@ static void make_linear(HostLinear &l, int n_in, int n_out, int type, float w_st
 
 static tnn_cuda_linear as_cuda(const HostLinear &l) { return {l.dw, l.db, l.type, l.n_in, l.n_out}; }
 
+/* A LayerNorm's gain and bias, at the scales of GPT-2's. */
+struct HostNorm {
+    std::vector<float> g, b;
+    float *dg = nullptr, *db = nullptr;
+};
+
+static void make_norm(HostNorm &n, int d, std::mt19937 &rng) {
+    std::normal_distribution<float> ng(1.0f, 0.2f), nb(0.0f, 0.05f);
+    n.g.resize(d);
+    n.b.resize(d);
+    for (float &v : n.g) v = ng(rng);
+    for (float &v : n.b) v = nb(rng);
+    CHECK(cudaMalloc(&n.dg, d * sizeof(float)));
+    CHECK(cudaMalloc(&n.db, d * sizeof(float)));
+    CHECK(cudaMemcpy(n.dg, n.g.data(), d * sizeof(float), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(n.db, n.b.data(), d * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+static tnn_cuda_norm as_cuda(const HostNorm &n) { return {n.dg, n.db}; }
+
 struct Shape {
     const char *name;
     int n_layer, d, n_head, d_ff, n_vocab, n_rows, n_slots;
@@ -105,8 +127,9 @@ struct Shape {
 struct HostModel {
     Shape s;
     int type;
-    std::vector<HostLinear> lin; /* 4 a layer, then lm_head */
-    HostLinear wte;              /* n_vocab x d, no bias used */
+    std::vector<HostLinear> lin;  /* 4 a layer */
+    std::vector<HostNorm> norm;   /* ln_1, ln_2 a layer, then ln_f */
+    HostLinear wte;               /* n_vocab x d: the embedding and the tied head, no bias used */
     std::vector<float> wpe;
     float *dwpe = nullptr;
     std::vector<std::vector<uint16_t>> kv; /* mirror of each layer's cache (f16 bits) */
@@ -132,15 +155,18 @@ static void build_model(HostModel &hm, const Shape &s, int type, uint32_t seed) 
     hm.type = type;
     const int d = s.d;
     const float ws = 0.05f * std::sqrt(768.0f / d), ws_ff = 0.05f * std::sqrt(768.0f / s.d_ff) * 1.4f;
-    hm.lin.resize(4 * s.n_layer + 1);
+    hm.lin.resize(4 * s.n_layer);
+    hm.norm.resize(2 * s.n_layer + 1);
     for (int l = 0; l < s.n_layer; ++l) {
+        make_norm(hm.norm[2 * l], d, rng);
         make_linear(hm.lin[4 * l + 0], d, 3 * d, type, ws, 0.02f, rng);
         make_linear(hm.lin[4 * l + 1], d, d, type, ws, 0.02f, rng);
+        make_norm(hm.norm[2 * l + 1], d, rng);
         make_linear(hm.lin[4 * l + 2], d, s.d_ff, type, ws, 0.02f, rng);
         make_linear(hm.lin[4 * l + 3], s.d_ff, d, type, ws_ff, 0.02f, rng);
     }
-    make_linear(hm.lin[4 * s.n_layer], d, s.n_vocab, type, 0.1f, 0.02f, rng);
-    make_linear(hm.wte, d, s.n_vocab, type, 0.1f, 0.0f, rng);
+    make_norm(hm.norm[2 * s.n_layer], d, rng);
+    make_linear(hm.wte, d, s.n_vocab, type, 0.1f, 0.02f, rng);
     std::normal_distribution<float> np(0.0f, 0.02f);
     hm.wpe.resize(static_cast<size_t>(s.n_rows) * d);
     for (float &v : hm.wpe) v = np(rng);
@@ -160,8 +186,9 @@ static void build_model(HostModel &hm, const Shape &s, int type, uint32_t seed) 
         void *dkv;
         CHECK(cudaMalloc(&dkv, kv_elems * 2));
         CHECK(cudaMemcpy(dkv, hm.kv[l].data(), kv_elems * 2, cudaMemcpyHostToDevice));
-        hm.layers[l] = {as_cuda(hm.lin[4 * l]), as_cuda(hm.lin[4 * l + 1]), as_cuda(hm.lin[4 * l + 2]),
-                        as_cuda(hm.lin[4 * l + 3]), dkv};
+        hm.layers[l] = {as_cuda(hm.norm[2 * l]),     as_cuda(hm.lin[4 * l]),     as_cuda(hm.lin[4 * l + 1]),
+                        as_cuda(hm.norm[2 * l + 1]), as_cuda(hm.lin[4 * l + 2]), as_cuda(hm.lin[4 * l + 3]),
+                        dkv};
     }
     hm.m = {};
     hm.m.n_layer = s.n_layer;
@@ -175,12 +202,13 @@ static void build_model(HostModel &hm, const Shape &s, int type, uint32_t seed) 
     hm.m.wte = hm.wte.dw;
     hm.m.wte_type = type;
     hm.m.wpe = hm.dwpe;
-    hm.m.lm_head = as_cuda(hm.lin[4 * s.n_layer]);
+    hm.m.ln_f = as_cuda(hm.norm[2 * s.n_layer]);
     hm.m.layers = hm.layers.data();
 }
 
 static void free_model(HostModel &hm) {
     for (HostLinear &l : hm.lin) cudaFree(l.dw), cudaFree(l.db);
+    for (HostNorm &n : hm.norm) cudaFree(n.dg), cudaFree(n.db);
     cudaFree(hm.wte.dw);
     cudaFree(hm.wte.db);
     cudaFree(hm.dwpe);
@@ -189,7 +217,7 @@ static void free_model(HostModel &hm) {
 
 /* ------------------------------------------------------- CPU float64 step */
 
-static void cpu_norm(const std::vector<double> &x, std::vector<double> &y) {
+static void cpu_norm(const std::vector<double> &x, const HostNorm &n, std::vector<double> &y) {
     double m = 0, v = 0;
     for (double e : x) m += e;
     m /= x.size();
@@ -197,16 +225,16 @@ static void cpu_norm(const std::vector<double> &x, std::vector<double> &y) {
     v /= x.size();
     const double r = 1.0 / std::sqrt(v + 1e-5);
     y.resize(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = (x[i] - m) * r;
+    for (size_t i = 0; i < x.size(); ++i) y[i] = (x[i] - m) * r * n.g[i] + n.b[i];
 }
 
-static void cpu_linear(const HostLinear &l, const std::vector<double> &x, std::vector<double> &y) {
+static void cpu_linear(const HostLinear &l, const std::vector<double> &x, std::vector<double> &y, bool bias = true) {
     y.assign(l.n_out, 0.0);
     for (int o = 0; o < l.n_out; ++o) {
         const float *w = &l.w[static_cast<size_t>(o) * l.n_in];
         double s = 0;
         for (int k = 0; k < l.n_in; ++k) s += static_cast<double>(w[k]) * x[k];
-        y[o] = s + l.b[o];
+        y[o] = s + (bias ? l.b[o] : 0.0);
     }
 }
 
@@ -217,7 +245,7 @@ static std::vector<double> cpu_step(HostModel &hm, int token, int pos, int slot)
     std::vector<double> x(d), h, qkv, att(d), y, u;
     for (int k = 0; k < d; ++k) x[k] = static_cast<double>(hm.wte.w[static_cast<size_t>(token) * d + k]) + hm.wpe[static_cast<size_t>(pos) * d + k];
     for (int l = 0; l < s.n_layer; ++l) {
-        cpu_norm(x, h);
+        cpu_norm(x, hm.norm[2 * l], h);
         cpu_linear(hm.lin[4 * l], h, qkv);
         uint16_t *row = &hm.kv[l][(static_cast<size_t>(slot) * s.n_rows + pos) * 2 * d];
         for (int j = 0; j < 2 * d; ++j) row[j] = float_to_f16_bits(static_cast<float>(qkv[d + j]));
@@ -242,14 +270,14 @@ static std::vector<double> cpu_step(HostModel &hm, int token, int pos, int slot)
         }
         cpu_linear(hm.lin[4 * l + 1], att, y);
         for (int k = 0; k < d; ++k) x[k] += y[k];
-        cpu_norm(x, h);
+        cpu_norm(x, hm.norm[2 * l + 1], h);
         cpu_linear(hm.lin[4 * l + 2], h, u);
         for (double &e : u) e = 0.5 * e * (1.0 + std::tanh(0.7978845608028654 * (e + 0.044715 * e * e * e)));
         cpu_linear(hm.lin[4 * l + 3], u, y);
         for (int k = 0; k < d; ++k) x[k] += y[k];
     }
-    cpu_norm(x, h);
-    cpu_linear(hm.lin[4 * s.n_layer], h, y);
+    cpu_norm(x, hm.norm[2 * s.n_layer], h);
+    cpu_linear(hm.wte, h, y, false); /* the tied head: wte, no bias */
     return y;
 }
 
@@ -299,6 +327,8 @@ static void test_gemv(tnn_cuda_decoder *dec, int type, int nb, int n_in, int n_o
     std::vector<float> x(static_cast<size_t>(nb) * n_in), r0(static_cast<size_t>(nb) * n_out);
     for (float &v : x) v = nx(rng);
     for (float &v : r0) v = nx(rng);
+    HostNorm norm;
+    make_norm(norm, n_in, rng);
     float *dx = upload(x), *dh, *dy, *dr = upload(r0), *dr2 = upload(r0), *dout;
     CHECK(cudaMalloc(&dh, x.size() * sizeof(float)));
     CHECK(cudaMalloc(&dy, r0.size() * sizeof(float)));
@@ -314,13 +344,15 @@ static void test_gemv(tnn_cuda_decoder *dec, int type, int nb, int n_in, int n_o
             in.n_in = n_in;
             in.in = dx;
             in.eps = 1e-5f;
+            in.gamma = norm.dg;
+            in.beta = norm.db;
             CHECK(cudaMemcpy(dr, r0.data(), r0.size() * 4, cudaMemcpyHostToDevice));
             CHECK(cudaMemcpy(dr2, r0.data(), r0.size() * 4, cudaMemcpyHostToDevice));
             CHECK(launch_gemv(dec, as_cuda(l), nb, in, epi, epi == EPI_RESID ? dr : dout, nullptr, false));
             /* reference */
             const float *src = dx;
             if (pro == PRO_NORM) {
-                ref_norm_kernel<<<nb, 1>>>(dx, n_in, 1e-5f, dh);
+                ref_norm_kernel<<<nb, 1>>>(dx, n_in, 1e-5f, norm.dg, norm.db, dh);
                 src = dh;
             }
             ref_linear_kernel<<<ref_blocks(static_cast<int64_t>(nb) * n_out), 256>>>(l.dw, type, l.db, n_in, n_out, nb, src, dy);
@@ -338,6 +370,7 @@ static void test_gemv(tnn_cuda_decoder *dec, int type, int nb, int n_in, int n_o
             report(what, max_diff(fast, ref), 1e-3 * sc + 1e-5, sc);
         }
     cudaFree(dx), cudaFree(dh), cudaFree(dy), cudaFree(dr), cudaFree(dr2), cudaFree(dout), cudaFree(l.dw), cudaFree(l.db);
+    cudaFree(norm.dg), cudaFree(norm.db);
 }
 
 static void test_attention(int nb, int n_head, int n_rows, const std::vector<int> &pos, std::mt19937 &rng) {
@@ -502,6 +535,17 @@ static void test_steps(const Shape &s, int type, bool with_cpu) {
         expect_fail("uniform 1", tnn_cuda_decoder_step(dec, 2, tok, p, sl, sp, out, nullptr, err, sizeof err));
         sp[1].uniform = 0.5f;
         expect_fail("NULL tokens", tnn_cuda_decoder_step(dec, 2, nullptr, p, sl, sp, out, nullptr, err, sizeof err));
+        {
+            std::vector<tnn_cuda_layer> bad(hm.layers);
+            tnn_cuda_model m = hm.m;
+            bad[s.n_layer - 1].ln_2.gamma = nullptr;
+            m.layers = bad.data();
+            tnn_cuda_decoder *none = nullptr;
+            expect_fail("decoder_new, ln_2 gamma NULL", tnn_cuda_decoder_new(&m, 1, &none, err, sizeof err));
+            m.layers = hm.layers.data();
+            m.ln_f.beta = hm.m.ln_f.beta + 1; /* 4-byte aligned, not 16 */
+            expect_fail("decoder_new, ln_f beta misaligned", tnn_cuda_decoder_new(&m, 1, &none, err, sizeof err));
+        }
         const int rc = tnn_cuda_decoder_step(dec, 2, tok, p, sl, sp, out, nullptr, err, sizeof err);
         const bool ok = rc == 0 && out[0] >= 0 && out[0] < s.n_vocab && out[1] >= 0 && out[1] < s.n_vocab;
         printf("  error contract: a sampling step afterwards -> %d (ids %d %d)  %s\n", rc, out[0], out[1],
@@ -565,9 +609,17 @@ static void time_model(const Shape &s, int type) {
         to_free.push_back(b);
         return l;
     };
+    /* one norm for all (the prologue reads its gamma and beta whatever they hold) */
+    std::vector<float> ones(s.d, 1.0f), zeros(s.d, 0.0f);
+    float *gamma = upload(ones), *beta = upload(zeros);
+    to_free.push_back(gamma);
+    to_free.push_back(beta);
+    const tnn_cuda_norm norm = {gamma, beta};
     std::vector<tnn_cuda_layer> layers(s.n_layer);
     size_t bytes = 0;
     for (int l = 0; l < s.n_layer; ++l) {
+        layers[l].ln_1 = norm;
+        layers[l].ln_2 = norm;
         layers[l].qkv = lin(s.d, 3 * s.d, 4 * l + 1);
         layers[l].o = lin(s.d, s.d, 4 * l + 2);
         layers[l].fc = lin(s.d, s.d_ff, 4 * l + 3);
@@ -588,9 +640,9 @@ static void time_model(const Shape &s, int type) {
     m.n_rows = s.n_rows;
     m.n_slots = s.n_slots;
     m.eps = 1e-5f;
-    m.lm_head = lin(s.d, s.n_vocab, 999);
-    m.wte = m.lm_head.w; /* tied, as GPT-2's */
+    m.wte = lin(s.d, s.n_vocab, 999).w; /* the embedding and the tied head, as GPT-2's */
     m.wte_type = type;
+    m.ln_f = norm;
     float *wpe;
     CHECK(cudaMalloc(&wpe, static_cast<size_t>(s.n_rows) * s.d * 4));
     CHECK(cudaMemset(wpe, 0, static_cast<size_t>(s.n_rows) * s.d * 4));
