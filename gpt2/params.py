@@ -3,8 +3,11 @@
 `GenerationParams` decides a whole completion: how many tokens, how each is
 chosen (its `sampling`, THE SAMPLING RULE's parameters of gpt2.sampling),
 where it stops and what it reports. Its defaults are the one set that the
-library (`generate`, `stream`, `complete`, `generate_batch`), the CLI
-(`gpt2 generate`) and the server (`gpt2 serve`) share: greedy, 50 new tokens.
+library (`generate`, `stream`, `complete`, `generate_batch`) and the server
+(`gpt2 serve`) share: greedy, 50 new tokens, no penalty; deterministic, as HF's
+generate(). The CLI's `gpt2 generate` samples instead (gpt2.cli.GENERATE_DEFAULTS:
+temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1), where a person
+reads the text and a small model's greedy text repeats itself.
 
 Keywords are checked by name: Hugging Face's `do_sample` is accepted with HF's
 meaning (False: greedy; True: sampling at temperature 1 with top_k 50 unless
