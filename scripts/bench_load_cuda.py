@@ -1,9 +1,18 @@
-"""Load time and peak memory on the GPU: GPT-2-shaped f16 GGUFs through `gpt2.load`, and
-`gpt2 convert` of an HF f32 folder to f16 GGUF (issue 13's H200 targets).
+"""Load time and peak memory on the GPU (or the CPU): GPT-2-shaped GGUFs through
+`gpt2.load`, and `gpt2 convert` of an HF f32 folder to f16 GGUF (issues 13 and 21).
 
     python scripts/bench_load_cuda.py --out bench/h200_DATE_load.json
-        [--device cuda|cpu] [--shapes gpt2 gpt2-xl] [--convert-shape gpt2-xl|none]
+        [--device cuda|cpu] [--shapes gpt2 gpt2-xl] [--dtypes f16 q8_0]
+        [--ggufs DIR] [--paths FILE ...] [--convert-shape gpt2-xl|none]
         [--work /tmp/bench_load_cuda] [--repeats 3]
+
+--ggufs: read {shape}_{dtype}.gguf from DIR (scripts/write_bench_ggufs.py's files: the
+bench's weights, llama-bench's files) instead of writing them under --work (f16 only);
+--paths: more model files, each a row of its own (the embedded gpt2/data/default.gguf).
+Each row gives seconds and GB/s (the file's bytes over the load's seconds; 10^9 bytes).
+The children import gpt2 and tinynn from the current folder first (`python -c`), then
+PYTHONPATH: run from another checkout (with TINYNN_LIB naming its library) to time it;
+each row names the gpt2 it imported.
 
 The models are random (gpt2.random_weights at gpt2.bench's WEIGHT_SCALE; load speed does
 not depend on the values), written once under --work by a child process, with a synthetic
@@ -64,6 +73,7 @@ device, path, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 import numpy  # noqa: F401
 import gpt2, tinynn
 r = {"import_rss_mib": status("VmRSS"), "import_peak_mib": status("VmHWM"), "cuda_start_s": None}
+r["gpt2_from"] = gpt2.__file__
 if device == "cuda":
     t0 = time.perf_counter()
     tinynn.Session("cuda").close()
@@ -209,7 +219,10 @@ def load_row(device: str, path: Path, repeats: int) -> dict:
         runs.append(run_child(LOAD_CHILD, device, str(path), json.dumps(PROMPT)))
         print(f"  {path.name}: {runs[-1]}", file=sys.stderr, flush=True)
     row = best_of(runs, "load_s", "load_peak_rss_mib")
+    row["file"] = path.name
     row["file_bytes"] = path.stat().st_size
+    if "load_s" in row:
+        row["gb_per_s"] = row["file_bytes"] / row["load_s"] / 1e9
     return row
 
 
@@ -238,6 +251,14 @@ def targets(device: str, rows: dict) -> dict:
     if "gpt2" in rows["load"]:
         t["gpt2_f16_load_at_most_0.5_s_after_cuda_up"] = check(
             rows["load"]["gpt2"], lambda r: r["load_s"] <= 0.5 and r["dtype"] == "f16"
+        )
+    if device == "cpu" and "gpt2_f16" in rows["load"]:  # issue 21
+        t["cpu_gpt2_f16_gguf_at_most_0.25_s"] = check(
+            rows["load"]["gpt2_f16"], lambda r: r["load_s"] <= 0.25 and r["dtype"] == "f16"
+        )
+    if "gpt2_q8_0" in rows["load"]:  # issue 21: the file's q8_0 blocks kept
+        t["gpt2_q8_0_gguf_keeps_q8_0"] = check(
+            rows["load"]["gpt2_q8_0"], lambda r: r["dtype"] == "q8_0"
         )
     if "gpt2-xl" in rows["load"]:
         t["gpt2-xl_f16_load_at_most_3_s_peak_at_most_1_gb_over_baseline"] = check(
@@ -297,6 +318,15 @@ def main() -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gpt2", "gpt2-xl"])
     ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=("f32", "f16", "q8_0"),
+        default=["f16"],
+        help="types of the shapes' GGUFs (other than f16: with --ggufs)",
+    )
+    ap.add_argument("--ggufs", type=Path, help="folder of {shape}_{dtype}.gguf to read")
+    ap.add_argument("--paths", nargs="*", type=Path, default=[], help="more model files")
+    ap.add_argument(
         "--convert-shape",
         choices=[*sorted(SHAPES), "none"],
         default="gpt2-xl",
@@ -312,20 +342,30 @@ def main() -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     convert_shape = None if a.convert_shape == "none" else a.convert_shape
+    if a.ggufs is None and a.dtypes != ["f16"]:
+        ap.error("--dtypes other than f16 need --ggufs (scripts/write_bench_ggufs.py's folder)")
     if a.make_models:
-        make_models(work, a.shapes, convert_shape)
+        make_models(work, [] if a.ggufs else a.shapes, convert_shape)
         return 0
 
-    print(f"writing the models under {work}", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--make-models"], check=True)
+    if convert_shape or a.ggufs is None:
+        print(f"writing the models under {work}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--make-models"], check=True)
     rows: dict = {"load": {}, "convert": {}}
     for shape in a.shapes:
-        rows["load"][shape] = load_row(a.device, gguf_path(work, shape), a.repeats)
+        if a.ggufs is None:
+            rows["load"][shape] = load_row(a.device, gguf_path(work, shape), a.repeats)
+            continue
+        for dtype in a.dtypes:
+            path = a.ggufs / f"{shape}_{dtype}.gguf"
+            rows["load"][f"{shape}_{dtype}"] = load_row(a.device, path, a.repeats)
+    for path in a.paths:
+        rows["load"][path.name] = load_row(a.device, path, a.repeats)
     if convert_shape:
         out = work / f"{convert_shape}_converted_f16.gguf"
         rows["convert"][convert_shape] = convert_row(hf_folder(work, convert_shape), out, a.repeats)
     result = {
-        "what": "gpt2.load of f16 GGUFs (fastest of fresh-process runs, warm page cache), "
+        "what": "gpt2.load of GGUFs (fastest of fresh-process runs, warm page cache), "
         "CUDA start-up apart, and `gpt2 convert` HF f32 -> f16 GGUF; peak RSS as VmHWM",
         "date": datetime.date.today().isoformat(),
         "device": a.device,
