@@ -89,15 +89,19 @@ step() {
         tail -12 "$OUT/kernels.log"
     fi
     if has tests; then
-        TINYNN_REQUIRE_CUDA=1 step tests 70 python3 -m pytest tests/tinynn tests/gpt2/test_engines.py \
-            tests/gpt2/test_exact_attention.py tests/reliability/test_resources.py \
-            tests/gpt2/test_fused_decode.py tests/gpt2/test_sampling.py -v \
-            -p no:cacheprovider -k cuda -o addopts="" -rA 2>&1 | tee "$OUT/tests.log" | tail -30
+        # every CUDA case of the suite (Ray's module left out where Ray is not installed:
+        # it holds none, and one collection error must not stop the rest)
+        skip=()
+        python3 -c "import ray" 2>/dev/null || skip=(--ignore=tests/gpt2/test_ray_serve.py)
+        TINYNN_REQUIRE_CUDA=1 step tests 150 python3 -m pytest tests "${skip[@]}" -v \
+            -p no:cacheprovider --continue-on-collection-errors -k cuda -o addopts="" -rA \
+            2>&1 | tee "$OUT/tests.log" | tail -30
     fi
     if has sanitize; then
-        # the fused decode's CUDA tests under compute-sanitizer's memcheck: zero errors
+        # our kernels' CUDA tests (fused decode, device sampler) under compute-sanitizer's memcheck
         TINYNN_REQUIRE_CUDA=1 step sanitize 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-            python3 -m pytest tests/gpt2/test_fused_decode.py -q -k cuda -p no:cacheprovider \
+            python3 -m pytest tests/gpt2/test_fused_decode.py tests/tinynn/test_device_sampler.py \
+            -q -k cuda -p no:cacheprovider \
             -o addopts="" > "$OUT/sanitize.log" 2>&1
         grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -4
     fi
