@@ -71,7 +71,7 @@ class ModelFile:
     def pread(self, offset: int, n_bytes: int, what: str = "data") -> bytearray:
         """Exactly `n_bytes` at `offset`; ValueError if the header's range passes the end of
         the file (checked first) or the file was cut while it is read (a short read)."""
-        self._check_range(offset, n_bytes, what)
+        self.check_range(offset, n_bytes, what)
         buf = bytearray(n_bytes)
         self._read_into(offset, memoryview(buf), what)
         return buf
@@ -82,11 +82,13 @@ class ModelFile:
         at once (pread has no shared file position)."""
         if not (out.flags.c_contiguous and out.flags.writeable):
             raise ValueError("pread_into needs a writeable C-contiguous array")
-        self._check_range(offset, out.nbytes, what)
+        self.check_range(offset, out.nbytes, what)
         self._read_into(offset, memoryview(out.reshape(-1).view(np.uint8)), what)
         return out
 
-    def _check_range(self, offset: int, n_bytes: int, what: str) -> None:
+    def check_range(self, offset: int, n_bytes: int, what: str) -> None:
+        """ValueError unless bytes offset..offset+n_bytes lie in the file (its size when
+        it was opened)."""
         if offset < 0 or n_bytes < 0 or offset + n_bytes > self.size:
             raise ValueError(
                 f"{self.path}: truncated: {what} needs bytes {offset}..{offset + n_bytes}, "

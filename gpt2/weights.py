@@ -137,14 +137,30 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """Where rows lie in a file, as they are stored there (the host's byte order): for an
+    engine that reads them straight into its own memory (tinynn's read_file_into), which
+    then checks them finite and raises `nonfinite()` where they are not."""
+
+    file: ModelFile
+    offset: int  # absolute byte offset of row 0
+    row_bytes: int
+    name: str  # the tensor's canonical name, for errors
+    nonfinite: Callable[[], ValueError]
+
+
+@dataclass(frozen=True)
 class Rows:
     """A 2-D tensor as an engine takes it, read a slice of rows at a time: `read(r0, r1)`
     gives rows r0..r1 in `kind` (floats in their numpy type, BF16 as uint16, quantized types
-    as uint8 blocks), checked finite, and may be called from several threads at once."""
+    as uint8 blocks), checked finite, and may be called from several threads at once.
+    `in_file`: where they lie in the file as stored, or None (held in memory, transposed,
+    swapped, in pieces)."""
 
     kind: str  # F32, F16, BF16, F64, Q8_0, ...
     shape: tuple[int, int]  # [rows, values per row]
     read: Callable[[int, int], np.ndarray]
+    in_file: FileRange | None = None
 
     def f32(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 as a C-contiguous float32 array."""
@@ -215,12 +231,16 @@ class FileTensors(Mapping):
         return self._checked(stored_name, info.read_rows(r0, r1))
 
     def _checked(self, stored_name: str, data: np.ndarray) -> np.ndarray:
-        info = self.infos[stored_name]
-        if not finite(info.kind, data):
-            name = to_canonical(stored_name, self.layout)
-            also = f" (stored as {info.name})" if info.name != name else ""
-            raise ValueError(f"non-finite values in tensor {name} of {self.source}{also}")
+        if not finite(self.infos[stored_name].kind, data):
+            raise self.nonfinite(stored_name)
         return data
+
+    def nonfinite(self, stored_name: str) -> ValueError:
+        """The error for a stored tensor that holds a value that is not finite."""
+        info = self.infos[stored_name]
+        name = to_canonical(stored_name, self.layout)
+        also = f" (stored as {info.name})" if info.name != name else ""
+        return ValueError(f"non-finite values in tensor {name} of {self.source}{also}")
 
     def read_f32(self, stored_name: str) -> np.ndarray:
         info = self.infos[stored_name]
@@ -250,7 +270,11 @@ class FileTensors(Mapping):
         info = self.infos[s.name]
         if (s.how == TRANSPOSE) == transposed:
             shape = (info.shape[0], math.prod(info.shape[1:]))
-            return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1))
+            in_file = None
+            if info.file is not None and self._arrays is None and info.byte_order == _HOST_ORDER:
+                nonfinite = lambda: self.nonfinite(s.name)  # noqa: E731
+                in_file = FileRange(info.file, info.offset, info.row_bytes, name, nonfinite)
+            return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1), in_file)
         if info.kind not in _FLOAT:
             return None
         data = self.read_stored(s.name).T

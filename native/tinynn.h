@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 7
+#define TNN_ABI_VERSION 8
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -286,6 +286,18 @@ TNN_API int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, i
                              int64_t offset);
 TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                              int64_t offset);
+/* Reads nbytes at file_offset of the open file fd (pread: no file position is
+ * used, so several threads may read disjoint ranges at once) straight into t's
+ * memory from byte offset: one copy, no staging. t: a contiguous tensor with
+ * memory in host memory (a CPU session's; elsewhere TNN_EBACKEND, nothing
+ * read), not i32; offset and nbytes whole values or q8_0 blocks of t's type,
+ * the bytes as the file stores them in that type (the caller knows the file's
+ * type and byte order are t's). A read error or a file that ends early is an
+ * error naming the offsets (t then holds what was read). *nonfinite_at: the
+ * byte offset, within the range, of the first value that is not finite (f32,
+ * f16, bf16; q8_0: a block's scale), or -1. */
+TNN_API int tnn_read_file_into(tnn_session *sess, tnn_tensor *t, int fd, int64_t file_offset,
+                               int64_t nbytes, int64_t offset, int64_t *nonfinite_at);
 /* One step of a realized graph: uploads in_nbytes of in_data into in (from
  * byte 0), computes, and downloads out_nbytes of out (from byte 0) into
  * out_data, waiting for the device once instead of once per call. in or out

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -242,6 +242,13 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     ),
     # void tnn_decoder_free(tnn_decoder *dec);
     "tnn_decoder_free": ([c_void_p], None, PLAIN),
+    # int tnn_read_file_into(sess, t, int fd, int64_t file_offset, int64_t nbytes,
+    #                        int64_t offset, int64_t *nonfinite_at);
+    "tnn_read_file_into": (
+        [c_void_p, c_void_p, c_int, c_int64, c_int64, c_int64, c_void_p],
+        c_int,
+        STATUS,
+    ),
     # int tnn_reset_for_rebuild(sess);
     "tnn_reset_for_rebuild": ([c_void_p], c_int, STATUS),
     # int tnn_graph_n_nodes(sess);

@@ -20,9 +20,14 @@ read along n_in at all: such a tensor (no writer of ours makes one) is dequantiz
 transposed and quantized again.
 
 Uploading streams: a 2-D weight goes from the file to the backend a slice of rows at a time
-(`Rows`, gpt2.weights), so no copy of the model, in any type, is ever held. A few threads
-read (and where asked, convert) slices (pread and numpy's casts release the GIL) while the
-main thread uploads them in order; slices in flight are bounded (`WORKERS`, `SLICE_VALUES`).
+(`Rows`, gpt2.weights), so no copy of the model, in any type, is ever held. On the CPU a
+slice stored in the engine's type is read by a worker thread straight into ggml's buffer
+(tinynn's read_file_into: one pread through the file's own descriptor, one copy, checked
+finite as it lands; several threads read at once, the GIL released). Elsewhere, and where a
+slice is converted, a few threads read and convert slices (pread and numpy's casts release
+the GIL) while the main thread uploads them in order; slices in flight are bounded
+(`WORKERS`, `SLICE_VALUES`), so the host memory a load takes over the model's own is at most
+2 x WORKERS slices.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.progress import progress
-from gpt2.weights import GPT2Weights, Rows, to_f32
-from tinynn import Session, Tensor
+from gpt2.weights import FileRange, GPT2Weights, Rows, to_f32
+from tinynn import Session, Tensor, TinyNNError
 
 WEIGHT_DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 quantizes 32 values along the input axis together
@@ -115,7 +120,8 @@ def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: s
     docstring): wte and wpe first, then the layers, one after another."""
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="upload") as pool:
         try:
-            for step in _in_order(pool, _steps(fw, weights, n_rows, device), 2 * WORKERS):
+            steps = _steps(fw, weights, n_rows, device == "cpu")
+            for step in _in_order(pool, steps, 2 * WORKERS):
                 step()
         finally:
             pool.shutdown(cancel_futures=True)
@@ -144,13 +150,17 @@ def _bind(then: Callable[[object], None], result: object) -> Callable[[], None]:
     return lambda: then(result)
 
 
-def _steps(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> Iterator[Step]:
-    yield from _stream(fw.wte, weights.rows("wte"), "wte")
+def _steps(fw: FastWeights, weights: GPT2Weights, n_rows: int, host: bool) -> Iterator[Step]:
+    """host: the tensors' memory is host memory (a CPU session's), which slices stored in
+    the engine's type are read into directly."""
+    yield from _stream(fw.wte, weights.rows("wte"), "wte", host)
     wpe = weights.rows("wpe")
-    yield from _stream(fw.wpe, Rows(wpe.kind, (n_rows, wpe.shape[1]), wpe.read), "wpe")
+    wpe = Rows(wpe.kind, (n_rows, wpe.shape[1]), wpe.read, wpe.in_file)  # its first n_rows
+    yield from _stream(fw.wpe, wpe, "wpe", host)
     yield _small(fw.ln_f_g, weights, "ln_f.weight")
     yield _small(fw.ln_f_b, weights, "ln_f.bias")
-    layers = progress(enumerate(fw.layers), f"uploading to {device}", len(fw.layers))
+    where = "the CPU" if host else "the device"
+    layers = progress(enumerate(fw.layers), f"uploading to {where}", len(fw.layers))
     for i, layer in layers:
         p = f"h.{i}."
         for t, name in (
@@ -170,7 +180,7 @@ def _steps(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> I
             if name.endswith(".bias") or name.startswith("ln_"):
                 yield _small(t, weights, p + name)
             else:  # canonical [in, out]; the device's rows are outputs: [out, in]
-                yield from _stream(t, weights.rows(p + name, transposed=True), p + name)
+                yield from _stream(t, weights.rows(p + name, transposed=True), p + name, host)
 
 
 def _small(t: Tensor, weights: GPT2Weights, name: str) -> Step:
@@ -184,10 +194,14 @@ def _slices(n: int, width: int) -> Iterator[tuple[int, int]]:
         yield r0, min(r0 + step, n)
 
 
-def _stream(t: Tensor, rows: Rows, name: str) -> Iterator[Step]:
+def _stream(t: Tensor, rows: Rows, name: str, host: bool) -> Iterator[Step]:
     """Tensor t ([rows, width] in numpy terms) from `rows`: the file's bytes where t has the
-    file's type, else converted (`_in_engine_type`)."""
+    file's type (host: read straight into t's memory), else converted (`_in_engine_type`)."""
     row_bytes = t.nbytes // rows.shape[0]
+    if host and rows.in_file is not None and rows.kind == _STORED_AS[t.dtype]:
+        for r0, r1 in _slices(*rows.shape):
+            yield (lambda r0=r0, r1=r1: _read_into(t, rows.in_file, r0, r1)), _nothing
+        return
     for r0, r1 in _slices(*rows.shape):
         yield (
             (lambda r0=r0, r1=r1: _in_engine_type(t.dtype, rows, rows.read(r0, r1), name)),
@@ -201,6 +215,22 @@ def _in_engine_type(dtype: str, rows: Rows, data: np.ndarray, name: str) -> np.n
     if rows.kind == _STORED_AS[dtype]:
         return np.ascontiguousarray(data).reshape(-1) if dtype == "q8_0" else data
     return _engine_type(dtype, to_f32(rows.kind, data, (len(data), rows.shape[1])), name)
+
+
+def _read_into(t: Tensor, src: FileRange, r0: int, r1: int) -> None:
+    """Rows r0..r1 from the file straight into t's host memory (one pread, no staging)."""
+    start, n_bytes = src.offset + r0 * src.row_bytes, (r1 - r0) * src.row_bytes
+    src.file.check_range(start, n_bytes, f"tensor {src.name}")
+    try:
+        bad = t.read_file_into(src.file.fd, start, n_bytes, r0 * src.row_bytes)
+    except TinyNNError as e:  # a read error, or the file cut while it is read
+        raise ValueError(f"{src.file.path}: cannot read tensor {src.name}: {e}") from None
+    if bad >= 0:
+        raise src.nonfinite()
+
+
+def _nothing(_: object) -> None:
+    """A step whose job did everything."""
 
 
 def _upload_at(t: Tensor, offset: int) -> Callable[[np.ndarray], None]:

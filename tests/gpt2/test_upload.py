@@ -10,12 +10,16 @@ the bytes the file stores:
 - files that store the linear weights [in, out] (the Ruby GGUF, an HF folder): the file's
   values, transposed (a permutation; f32 exactly);
 - a type the user asks for (dtype): the file's values converted, exactly where the type
-  holds them (f16 -> f32, q8_0 -> f32).
+  holds them (f16 -> f32, q8_0 -> f32);
+- on the CPU, straight from the file into ggml's buffer (no host array), a non-finite value
+  or a file cut mid-load refused by name.
 Tolerance: exact, everywhere. The logits of these engines against the float64 reference
 and HF are checked in test_engines.py and test_reference.py.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -24,7 +28,7 @@ from gpt2.convert import convert_hf_to_gguf
 from gpt2.engine import FastGPT2
 from gpt2.engine import upload as upload_mod
 from gpt2.names import LAYOUT_GGUF_LLAMA, from_canonical
-from gpt2.weights import load_model, to_f32
+from gpt2.weights import FileTensors, load_model, to_f32
 from tests.devices import DEVICES, use_device
 
 IDS = [1, 5, 9, 2, 7, 3, 11, 4]
@@ -161,6 +165,54 @@ def test_layer_norms_are_applied_on_the_device(tiny_model):
     want = (wte.astype(np.float64) @ shift)[None, :]
     d = np.abs((after.astype(np.float64) - before) - want)
     assert d.max() <= 1e-3, f"max-abs {d.max():.3e} at {np.unravel_index(d.argmax(), d.shape)}"
+
+
+@pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
+def test_cpu_reads_the_file_straight_into_ggmls_buffer(tiny_model, sources, source, monkeypatch):
+    """On the CPU a tensor stored in the engine's type goes from the file into ggml's buffer
+    in one pread (tinynn's read_file_into): no slice is read into a host array first."""
+
+    def no_host_copy(*args):
+        raise AssertionError("a slice was read into a host array")
+
+    monkeypatch.setattr(FileTensors, "read_rows", no_host_copy)
+    loaded = load_model(sources[tiny_model.name][source])
+    dtype = loaded.weights.dtype_for("auto")
+    with FastGPT2(loaded.weights, "cpu", dtype, n_threads=1) as fast:
+        assert fast.logits(IDS).shape == (len(IDS), tiny_model.config.vocab_size)
+
+
+# a value that is not finite, as each type stores it (q8_0: a block's f16 scale)
+_NOT_FINITE = {"F32": np.float32(np.nan).tobytes(), "F16": b"\x00\x7c", "Q8_0": b"\x00\x7e"}
+
+
+@pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
+def test_a_non_finite_value_read_into_the_buffer_is_refused(tiny_model, sources, source, tmp_path):
+    """A NaN or inf read straight into ggml's buffer is a ValueError naming the tensor and
+    the file, as one read through a host array is (FileTensors)."""
+    path = tmp_path / "bad.gguf"
+    data = bytearray(sources[tiny_model.name][source].read_bytes())
+    info = load_model(sources[tiny_model.name][source]).weights.tensors.infos["blk.1.ffn_up.weight"]
+    at = info.offset + 3 * info.row_bytes  # the first value (or block) of row 3
+    bad = _NOT_FINITE[info.kind]
+    data[at : at + len(bad)] = bad
+    path.write_bytes(bytes(data))
+    loaded = load_model(path)
+    with pytest.raises(
+        ValueError, match=f"non-finite values in tensor h.1.mlp.c_fc.weight of {path}"
+    ):
+        FastGPT2(loaded.weights, "cpu", loaded.weights.dtype_for("auto"), n_threads=1)
+
+
+def test_a_file_cut_while_loading_is_a_value_error(tiny_model, sources, tmp_path):
+    """The file is cut after its header was read, before the engine reads the tensors."""
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(sources[tiny_model.name]["f16"].read_bytes())
+    loaded = load_model(path)
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(ValueError, match=f"{path}: cannot read tensor .*file ended"):
+        FastGPT2(loaded.weights, "cpu", "f16", n_threads=1)
+    loaded.close()
 
 
 def test_bounded_slices_in_flight(tiny_model, monkeypatch):

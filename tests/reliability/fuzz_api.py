@@ -272,6 +272,17 @@ def call(w: World, name: str, choices: list[int]) -> None:
                 keep[-1]["top_p"] = 1.0 if c_d % 3 else 0.0
                 data = keep[-1].ctypes.data
             args += [data, nbytes]
+    elif name == "tnn_read_file_into":
+        # a real descriptor (this process's trace file, or a drawn int: stdin, a closed
+        # one), offsets and sizes as for uploads; nonfinite_at real memory or NULL
+        sess, t = w.session(next(it)), w.tensor(next(it))
+        c_fd, c_fo, c_n, c_off, c_p = next(it), next(it), next(it), next(it), next(it)
+        fd = w.trace_fd if c_fd % 3 else INT32[c_fd % len(INT32)]
+        exact = tensor_nbytes(sess, t) if c_n % 3 == 0 else None
+        nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
+        out = ctypes.c_int64()
+        args = [sess, t, fd, 0 if c_fo % 3 else i64(c_fo), nbytes]
+        args += [0 if c_off % 3 else i64(c_off), ctypes.addressof(out) if c_p % 4 else None]
     elif name == "tnn_tensor_info":
         bufs = [(ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)(), ctypes.c_int()]
         c = next(it)
