@@ -15,8 +15,11 @@
 # third_party: a call without `build` then unpacks them, and .prebuilt/libtinynn.so,
 # when present, replaces the shim (it builds on any machine, no CUDA needed).
 #
-# Results land in $OUT (default build/gpu_out): run.log, tests.log (whole) and
-# results.tgz (parity and bench JSON; the device tool returns at most 8 files).
+# Results land in $OUT (default build/gpu_out): run.log (the steps' tails, as they
+# go) and one archive, results.tgz: every step's whole log (tests.log, sanitize.log,
+# kernels.log, llama's) and its JSON, so the device tool's 8 files never drop a log.
+# The tool copies the working tree as it is: with uncommitted edits in it (other work
+# in progress), start the call's command with `git stash -u` to run what is committed.
 # Python wheels the machine lacks may sit in .whl/.
 set -u
 OUT=${OUT:-$PWD/build/gpu_out}
@@ -85,8 +88,8 @@ step() {
     if has kernels; then
         # our kernels beside their plain references, then memcheck (native/cuda/tests)
         step kernels 120 bash -c "bash native/cuda/tests/run.sh && bash native/cuda/tests/run_sampling.sh" \
-            > "$OUT/kernels.log" 2>&1
-        tail -12 "$OUT/kernels.log"
+            > "$RES/kernels.log" 2>&1
+        tail -12 "$RES/kernels.log"
     fi
     if has tests; then
         # every CUDA case of the suite (Ray's module left out where Ray is not installed:
@@ -95,15 +98,15 @@ step() {
         python3 -c "import ray" 2>/dev/null || skip=(--ignore=tests/gpt2/test_ray_serve.py)
         TINYNN_REQUIRE_CUDA=1 step tests 150 python3 -m pytest tests "${skip[@]}" -v \
             -p no:cacheprovider --continue-on-collection-errors -k cuda -o addopts="" -rA \
-            2>&1 | tee "$OUT/tests.log" | tail -30
+            2>&1 | tee "$RES/tests.log" | tail -30
     fi
     if has sanitize; then
         # our kernels' CUDA tests (fused decode, device sampler) under compute-sanitizer's memcheck
         TINYNN_REQUIRE_CUDA=1 step sanitize 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
             python3 -m pytest tests/gpt2/test_fused_decode.py tests/tinynn/test_device_sampler.py \
             -q -k cuda -p no:cacheprovider \
-            -o addopts="" > "$OUT/sanitize.log" 2>&1
-        grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -4
+            -o addopts="" > "$RES/sanitize.log" 2>&1
+        grep -E "ERROR SUMMARY|passed|failed" "$RES/sanitize.log" | tail -4
     fi
     if has profile; then
         wait_llama_build
