@@ -69,7 +69,9 @@ step() {
         bash scripts/llama_bench.sh --build-only > "$RES/llama_build.log" 2>&1 &
         llama_build=$!
     fi
-    if ! has build && [ -f .prebuilt/native_lib.tar.xz ]; then
+    # the packed CUDA libraries replace build/native/lib: only where there is a GPU (a
+    # dry run of this script on a CPU machine must keep that machine's own build)
+    if ! has build && [ -f .prebuilt/native_lib.tar.xz ] && command -v nvidia-smi >/dev/null; then
         stamp "prebuilt libraries"
         mkdir -p build/native && xz -dc .prebuilt/native_lib.tar.xz | tar -x -C build/native
         if [ -f .prebuilt/libtinynn.so ]; then cp .prebuilt/libtinynn.so build/native/lib/; fi
