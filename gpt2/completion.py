@@ -115,6 +115,9 @@ class Continuation:
             self.logprobs = []
         if self.params.max_new_tokens == 0:
             self.finish_reason = "length"
+        # it ends after this many tokens: max_new_tokens ("length"), or the last that
+        # leaves the next one a position in the context ("context")
+        self._last = min(self.params.max_new_tokens, self.max_positions - self.n_prompt + 1)
 
     @property
     def done(self) -> bool:
@@ -133,7 +136,7 @@ class Continuation:
         """Takes the next chosen token and, where log-probabilities are asked, its
         TokenLogprob (from the step's native sampler) or the logits it was chosen
         from; returns the new text that may be shown."""
-        if self.done:
+        if self.finish_reason is not None:
             raise ValueError(f"the completion has finished ({self.finish_reason})")
         if token == self.eos_id:
             self.finish_reason = "eos"
@@ -146,23 +149,33 @@ class Continuation:
                 logprob = token_logprob(logits, token, self.params.logprobs, self._decode)
             self.logprobs.append(logprob)
         piece = ""
-        if self._detok is not None:
-            new = self._detok.feed(token)
-            if new:
-                self._held.append(new)
-            if self._held and not (self._detok.pending or self._held[-1].endswith("\ufffd")):
-                piece = self._check("".join(self._held))
-                self._held.clear()
-                if self._checker is not None and self._checker.stopped:
+        detok = self._detok
+        if detok is not None:
+            new = detok.feed(token)
+            held = self._held
+            if not held and new and not detok.pending and new[-1] != "\ufffd":
+                piece = new  # the common token: its text is final and nothing waits
+            else:
+                if new:
+                    held.append(new)
+                if held and not (detok.pending or held[-1].endswith("\ufffd")):
+                    piece = "".join(held)
+                    held.clear()
+            if piece and self._checker is not None:
+                piece = self._checker.feed(piece)
+                if self._checker.stopped:
                     self.finish_reason = "stop"
                     self._show(piece)
                     return piece
-        if len(self.token_ids) >= self.params.max_new_tokens:
-            self.finish_reason = "length"
-        elif self.n_prompt + len(self.token_ids) > self.max_positions:
-            self.finish_reason = "context"  # the next token needs a position past it
-        self._show(piece)
-        if self.done:
+        n = len(self.token_ids)
+        if n >= self._last:
+            if n >= self.params.max_new_tokens:
+                self.finish_reason = "length"
+            else:
+                self.finish_reason = "context"  # the next token needs a position past it
+        if piece:
+            self._pieces.append(piece)
+        if self.finish_reason is not None:
             return piece + self._end()
         return piece
 

@@ -15,7 +15,7 @@ as soon as they are known to be invalid (tests/gpt2/test_detokenizer.py).
 
 from __future__ import annotations
 
-__all__ = ["Detokenizer", "incomplete_tail"]
+__all__ = ["Detokenizer", "final_texts", "incomplete_tail"]
 
 # The bytes that may follow a lead byte as its second (Unicode's table 3-7, well-formed
 # UTF-8): no overlong form (E0, F0), no surrogate (ED), nothing past U+10FFFF (F4).
@@ -44,6 +44,39 @@ def incomplete_tail(data: bytes) -> int:
     return 0
 
 
+# Per bytes table (by identity, the table kept alive with it): the text of each
+# token's bytes that are complete UTF-8 by themselves, not ending in U+FFFD. A
+# token fed with nothing pending is then one dict look-up. A few tables at most.
+_FINAL_TEXTS: dict[int, tuple[object, dict[bytes, str]]] = {}
+_MAX_TABLES = 4
+
+
+def _final_text(data: bytes) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text.endswith("\ufffd") else text
+
+
+def final_texts(table) -> dict[bytes, str]:
+    """{bytes: text} for the entries of a bytes table (Tokenizer.bytes_table) that
+    are final by themselves (no incomplete or invalid character, no U+FFFD at the
+    end); built once per table."""
+    entry = _FINAL_TEXTS.get(id(table))
+    if entry is not None and entry[0] is table:
+        return entry[1]
+    texts = {}
+    for data in table:
+        text = _final_text(data)
+        if text is not None:
+            texts[data] = text
+    while len(_FINAL_TEXTS) >= _MAX_TABLES:
+        del _FINAL_TEXTS[next(iter(_FINAL_TEXTS))]
+    _FINAL_TEXTS[id(table)] = (table, texts)
+    return texts
+
+
 class Detokenizer:
     """`feed(id)` returns the new final text (maybe ""); `flush()` the rest at the end.
 
@@ -60,19 +93,14 @@ class Detokenizer:
         with the text of its prefixes, O(length) a step."""
         self._tokenizer = tokenizer
         self._table = tokenizer.bytes_table()
+        self._texts = final_texts(self._table) if self._table is not None else None
         self._vocab_size = tokenizer.vocab_size
         self._pending = b""  # an incomplete character's bytes (incomplete_tail)
+        # whether bytes of an incomplete character wait for the next token (so decode
+        # of the ids so far ends in a U+FFFD that may yet become a character)
+        self.pending = False
         self._ids: list[int] = []  # without a table only: the ids so far
         self._shown = 0  # without a table only: characters of decode(ids) returned
-        self._waiting = False  # without a table only: decode(ids) ends in U+FFFD
-
-    @property
-    def pending(self) -> bool:
-        """Whether bytes of an incomplete character are waiting for the next token
-        (so decode of the ids so far ends in a U+FFFD that may yet become a character)."""
-        if self._table is None:
-            return self._waiting
-        return bool(self._pending)
 
     def feed(self, token: int) -> str:
         """The text that the next id makes final (maybe "")."""
@@ -81,9 +109,16 @@ class Detokenizer:
             raise ValueError(f"token id {token} out of range [0, {self._vocab_size})")
         if self._table is None:
             return self._redecode(token)
-        data = self._pending + self._table[token]
+        data = self._table[token]
+        if not self._pending:
+            text = self._texts.get(data)
+            if text is not None:  # complete by itself: nothing left pending
+                return text
+        else:
+            data = self._pending + data
         n = len(data) - incomplete_tail(data)
         self._pending = data[n:]
+        self.pending = n < len(data)
         return data[:n].decode("utf-8", errors="replace")
 
     def flush(self) -> str:
@@ -91,16 +126,17 @@ class Detokenizer:
         incomplete character), or "" when none wait."""
         if self._table is None:
             text = self._tokenizer.decode(self._ids)
-            tail, self._shown, self._waiting = text[self._shown :], len(text), False
+            tail, self._shown, self.pending = text[self._shown :], len(text), False
             return tail
         tail, self._pending = self._pending.decode("utf-8", errors="replace"), b""
+        self.pending = False
         return tail
 
     def _redecode(self, token: int) -> str:
         self._ids.append(token)
         text = self._tokenizer.decode(self._ids)
-        self._waiting = text.endswith("\ufffd")  # maybe a split character: wait
-        if self._waiting:
+        self.pending = text.endswith("\ufffd")  # maybe a split character: wait
+        if self.pending:
             return ""
         new, self._shown = text[self._shown :], len(text)
         return new

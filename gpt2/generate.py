@@ -28,7 +28,10 @@ from gpt2.engine.choice import position_logprobs
 from gpt2.engine.step import RowBias, StepPlan, StepResult, StepRow
 from gpt2.params import GenerationParams
 from gpt2.penalties import TokenHistory
-from gpt2.sampling import draw_uniform
+from gpt2.sampling import draw_uniforms
+
+# uniforms a member draws at once (fewer when its completion needs fewer)
+_UNIFORM_BLOCK = 64
 
 
 @dataclass
@@ -146,7 +149,11 @@ class Member:
             values = np.array([b for _, b in params.logit_bias], dtype=np.float32)
             self.bias = RowBias(ids, values)
         self.sampling = params.sampling
+        self._greedy = params.sampling.greedy
+        self._logprobs = params.logprobs
         self.rng = np.random.default_rng(params.seed)
+        self._uniforms: list[float] = []  # the next draws, last one first (draw())
+        self._drawn = 0  # uniforms taken from rng so far
         self.cont = Continuation(tokenizer, len(prompt_ids), params, engine.max_positions, eos_id)
         self._decode = tokenizer.decode if tokenizer is not None else None
         self.next_token: int | None = None
@@ -157,8 +164,16 @@ class Member:
         self.history = TokenHistory(params.penalties, self.prompt_ids) if params.penalized else None
 
     def draw(self) -> float:
-        """The uniform of this token: one draw when sampling, none when greedy."""
-        return 0.0 if self.sampling.greedy else draw_uniform(self.rng)
+        """The uniform of this token: one draw when sampling, none when greedy.
+        Draws come from rng in blocks (gpt2.sampling.draw_uniforms), the same
+        floats in the same order as one draw_uniform(rng) a token."""
+        if self._greedy:
+            return 0.0
+        if not self._uniforms:
+            n = max(1, min(_UNIFORM_BLOCK, self.params.max_new_tokens - self._drawn))
+            self._uniforms = draw_uniforms(self.rng, n)[::-1]
+            self._drawn += n
+        return self._uniforms.pop()
 
     @property
     def going(self) -> bool:
@@ -180,7 +195,7 @@ class Member:
         ends the prompt chooses a token (and draws its uniform), so a completion
         is the same however its prompt is cut."""
         if self.started:
-            return self._choosing_row(slot, (self.next_token,), position)
+            return self.decode_row(slot, position)
         if budget is not None and budget < 1:
             raise ValueError(f"a prompt chunk needs a budget of at least 1 token, got {budget}")
         start = self.prefilled
@@ -191,6 +206,25 @@ class Member:
         if end < len(self.prompt_ids) or self.cont.done:  # done: an echo's prefill only
             return StepRow(slot, tokens, start, sampling=None, logits=every)
         return self._choosing_row(slot, tokens, start, every)
+
+    def decode_row(self, slot: int, position: int) -> StepRow:
+        """The row of a started member: its last token at position (row()'s
+        common case, without its checks)."""
+        if self._greedy:
+            u = 0.0
+        else:
+            u = self._uniforms.pop() if self._uniforms else self.draw()
+        return StepRow(
+            slot,
+            (self.next_token,),
+            position,
+            self.sampling,
+            u,
+            self._logprobs,
+            None,
+            None if self.history is None else self.history.penalty(),
+            self.bias,
+        )
 
     def _choosing_row(self, slot: int, tokens, position: int, logits=None) -> StepRow:
         penalty = None if self.history is None else self.history.penalty()
@@ -219,14 +253,18 @@ class Member:
                 self.started = True
                 return None
         self.started = True
-        token = int(result.tokens[k])
+        return self.take_token(int(result.tokens[k]), result, k)
+
+    def take_token(self, token: int, result: StepResult, k: int) -> str:
+        """take() of a started member whose row k chose `token`."""
         if self.history is not None:
             self.history.add(token)
-        logprob = None
-        if self.params.logprobs is not None:
-            logprob = self._logprob(token, result, k)
-        piece = self.cont.feed(token, logprob=logprob)
-        self.next_token = None if self.cont.done else token
+        cont = self.cont
+        if self._logprobs is None:
+            piece = cont.feed(token)
+        else:
+            piece = cont.feed(token, logprob=self._logprob(token, result, k))
+        self.next_token = token if cont.finish_reason is None else None
         return piece
 
     def _prompt_logprobs(self, logits: np.ndarray) -> None:
@@ -261,23 +299,32 @@ def step_members(
     does not end its prompt, and for an echo's prefill that chooses nothing).
     budgets[i], where given, caps member i's prompt chunk (0: it sits this step
     out); without budgets prompts go in whole."""
-    table = batch.engine.context.positions
+    table = batch.engine.context.positions.tolist()
+    first = batch.first
     rows, live = [], []
     for i, m in enumerate(members):
-        if m is None or not m.going:
+        if m is None:
             continue
-        budget = None if budgets is None or m.started else budgets[i]
+        if m.started:  # the common row: a decode step's
+            if m.next_token is not None:
+                rows.append(m.decode_row(first + i, table[first + i]))
+                live.append(i)
+            continue
+        if not m.going:
+            continue
+        budget = None if budgets is None else budgets[i]
         if budget == 0:
             continue
-        slot = batch.first + i
-        rows.append(m.row(slot, int(table[slot]), budget))
+        rows.append(m.row(first + i, table[first + i], budget))
         live.append(i)
     pieces: list[str | None] = [None] * len(members)
     if not rows:
         return pieces
     result = batch.engine.step(StepPlan(rows))
+    tokens = result.tokens.tolist()
     for k, i in enumerate(live):
-        pieces[i] = members[i].take(result, k)
+        m = members[i]
+        pieces[i] = m.take_token(tokens[k], result, k) if m.started else m.take(result, k)
     return pieces
 
 
@@ -327,7 +374,7 @@ def complete_batch(engine: Engine, members: Sequence[Member]) -> list[Completion
     if len(members) == 0:
         raise ValueError("no prompts: give at least one")
     with engine.batch(len(members)) as batch:
-        while any(not m.cont.done for m in members):
+        while any(m.cont.finish_reason is None for m in members):
             step_members(batch, members)
     return [m.cont.result() for m in members]
 

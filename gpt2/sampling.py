@@ -31,6 +31,7 @@ __all__ = [
     "apply_temperature",
     "choose",
     "draw_uniform",
+    "draw_uniforms",
     "find_stop",
     "greedy",
     "kept_tokens",
@@ -88,6 +89,14 @@ class SamplingParams:
 def draw_uniform(rng: np.random.Generator) -> float:
     """One `rng.random()`, as the float32 in [0, 1) that the device gets (rule 0)."""
     return min(_f32(rng.random()), _U_MAX)
+
+
+def draw_uniforms(rng: np.random.Generator, n: int) -> list[float]:
+    """n draws at once: the same floats as n calls of draw_uniform(rng), in order
+    (`rng.random(n)` is the stream of n `rng.random()` calls), for one numpy call
+    where a generation loop needs a draw a token."""
+    block = rng.random(n).astype(np.float32)  # round to nearest, as np.float32(x)
+    return np.minimum(block, np.float32(_U_MAX)).tolist()
 
 
 def _diagnose(arr: np.ndarray) -> None:
@@ -392,6 +401,11 @@ class StopChecker:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = _validate_stops(stops)
+        # a stop string, or a proper prefix of one held back, starts with one of these:
+        # a piece that holds none of them, after nothing held, is shown whole
+        firsts = {s[0] for s in self.stops}
+        self._first = next(iter(firsts)) if len(firsts) == 1 else None
+        self._firsts = frozenset(firsts)
         self._emitted: list[str] = []  # text handed out, in pieces
         self._held = ""  # text fed and not handed out: a stop string's possible start
         self._rest = ""  # after a stop: the text from the stop string on
@@ -404,6 +418,12 @@ class StopChecker:
         if self.stopped:
             self._rest += piece
             return ""
+        if not self._held and (
+            self._first not in piece if self._first is not None else self._firsts.isdisjoint(piece)
+        ):
+            if piece:
+                self._emitted.append(piece)
+            return piece
         text = self._held + piece
         match = _find_stop(text, self.stops)
         if match.cut is not None:

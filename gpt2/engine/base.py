@@ -68,11 +68,12 @@ class Engine:
 
     def step(self, plan: StepPlan) -> StepResult:
         """Runs one step: every row of the plan (gpt2.engine.step), one result row each."""
-        tokens = self.context.check_plan(plan, self.vocab_size, self.max_positions)
-        with self.context.lock:
-            self.context.pool.check_open()
+        context = self.context
+        tokens, slots, ends = context.checked(plan, self.vocab_size, self.max_positions)
+        with context.lock:
+            context.pool.check_open()
             result = self._run(plan.rows, tokens)
-            self.context.advance(plan)
+            context.move(slots, ends)
         return result
 
     def check_prompt(self, token_ids: Sequence[int]) -> np.ndarray:

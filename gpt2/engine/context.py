@@ -10,6 +10,8 @@ and move it on.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from gpt2.engine.step import LOGITS, StepPlan
@@ -48,13 +50,58 @@ class Context:
     def check_plan(self, plan: StepPlan, vocab_size: int, max_positions: int) -> np.ndarray:
         """Checks every row against the table and the model; the tokens of all
         rows, concatenated (int32). Raises ValueError naming the row."""
+        return self.checked(plan, vocab_size, max_positions)[0]
+
+    def checked(
+        self, plan: StepPlan, vocab_size: int, max_positions: int
+    ) -> tuple[np.ndarray, list[int], list[int]]:
+        """check_plan's tokens, with each row's slot and the position it moves it to
+        (what `move` takes once the step has run).
+
+        The checks run over the rows' columns at once (a few C-level passes, not a
+        Python loop a row); a plan that fails any of them, or has rows of an
+        unusual shape, goes through `_check_rows`, the same checks a row at a time,
+        which names the first bad row."""
         rows = plan.rows if isinstance(plan, StepPlan) else None
         if rows is None:
             raise TypeError(f"step takes a StepPlan, got {type(plan).__name__}")
         n = len(rows)
         if n == 0:
             raise ValueError("the step plan has no rows")
-        slots = [r.slot for r in rows]
+        columns = zip(*map(_COLUMNS, rows), strict=True)  # a tuple a field, a row an entry
+        slots, tokens, starts, samplings, uniforms, logprobs, logits = columns
+        if not _slots_pass(slots, self.n_slots):
+            self._check_slots(slots)
+        all_tokens = _decode_tokens(tokens)
+        if all_tokens is not None:  # the common step: one token a row
+            lengths = None
+        else:
+            arrays = [_token_array(i, t) for i, t in enumerate(tokens)]
+            lengths = [len(t) for t in arrays]
+            all_tokens = np.concatenate(arrays) if n > 1 else arrays[0]
+        lo, hi = int(all_tokens.min()), int(all_tokens.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+        ends = _columns_pass(
+            self.positions.tolist(),
+            max_positions,
+            slots,
+            starts,
+            lengths,
+            samplings,
+            uniforms,
+            logprobs,
+            logits,
+        )
+        if ends is None:
+            self._check_rows(rows, lengths or [1] * n, max_positions)
+            ends = [p + k for p, k in zip(starts, lengths or [1] * n, strict=True)]
+        return all_tokens.astype(np.int32, copy=False), list(slots), ends
+
+    def _check_slots(self, slots) -> None:
+        """Raises for the first row whose slot is not one of the context's, or for
+        a slot given twice."""
         if any(type(s) is not int or not 0 <= s < self.n_slots for s in slots):
             bad = next(
                 i for i, s in enumerate(slots) if type(s) is not int or not 0 <= s < self.n_slots
@@ -62,19 +109,12 @@ class Context:
             raise ValueError(
                 f"row {bad}: slot must be an int in 0..{self.n_slots - 1}, got {slots[bad]!r}"
             )
-        if len(set(slots)) != n:
-            raise ValueError(f"a slot appears in more than one row: {slots}")
-        all_tokens = _decode_tokens(rows)
-        if all_tokens is not None:  # the common step: one token a row
-            lengths = [1] * n
-        else:
-            tokens = [_token_array(i, r.tokens) for i, r in enumerate(rows)]
-            lengths = [len(t) for t in tokens]
-            all_tokens = np.concatenate(tokens) if n > 1 else tokens[0]
-        lo, hi = int(all_tokens.min()), int(all_tokens.max())
-        if lo < 0 or hi >= vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"a slot appears in more than one row: {list(slots)}")
+
+    def _check_rows(self, rows, lengths: list[int], max_positions: int) -> None:
+        """The checks of `checked` after the slots' and tokens', a row at a time:
+        raises for the first bad row."""
         positions = self.positions.tolist()
         for i, r in enumerate(rows):
             p, table = r.position, positions[r.slot]
@@ -103,19 +143,79 @@ class Context:
                 raise ValueError(f"row {i}: log-probabilities are of a chosen token: give sampling")
             if r.logits not in LOGITS:
                 raise ValueError(f"row {i}: logits must be one of {LOGITS}, got {r.logits!r}")
-        return all_tokens.astype(np.int32, copy=False)
 
     def advance(self, plan: StepPlan) -> None:
         """Moves each row's slot past its tokens (after the step ran)."""
-        for r in plan.rows:
-            self.positions[r.slot] = r.position + len(r.tokens)
+        rows = plan.rows
+        self.move([r.slot for r in rows], [r.position + len(r.tokens) for r in rows])
+
+    def move(self, slots: list[int], ends: list[int]) -> None:
+        """Moves slots[i] to position ends[i] (`checked`'s slots and ends), at once."""
+        self.positions.put(slots, ends)
 
 
-def _decode_tokens(rows) -> np.ndarray | None:
-    """The tokens of a step whose every row is one int in a tuple or list (what the
-    generation loop builds), as one array; None for any other step."""
-    ones = [r.tokens[0] for r in rows if type(r.tokens) in (tuple, list) and len(r.tokens) == 1]
-    if len(ones) != len(rows) or any(type(t) is not int for t in ones):
+_COLUMNS = operator.attrgetter(
+    "slot", "tokens", "position", "sampling", "uniform", "logprobs", "logits"
+)
+_ROW_SAMPLING = {SamplingParams, type(None)}
+_ROW_LOGPROBS = {int, type(None)}
+_LOGITS = set(LOGITS)
+
+
+def _slots_pass(slots, n_slots: int) -> bool:
+    """Whether every slot is an int in 0..n_slots - 1, each at most once."""
+    try:
+        if set(map(type, slots)) != {int} or min(slots) < 0 or max(slots) >= n_slots:
+            return False
+    except (TypeError, ValueError):
+        return False
+    return len(set(slots)) == len(slots)
+
+
+def _columns_pass(
+    table, max_positions, slots, starts, lengths, samplings, uniforms, logprobs, logits
+) -> list[int] | None:
+    """The positions the rows move their slots to, where every row passes the checks
+    of Context._check_rows, each done over a column at once; None where any fails
+    (or a column holds something these passes do not judge: _check_rows will)."""
+    try:
+        if set(map(type, starts)) != {int} or min(starts) < 0:
+            return None
+        if not all(map(operator.le, starts, map(table.__getitem__, slots))):
+            return None
+        if lengths is None:
+            ends = [p + 1 for p in starts]
+        else:
+            ends = list(map(operator.add, starts, lengths))
+        if max(ends) > max_positions:
+            return None
+        if not set(map(type, samplings)) <= _ROW_SAMPLING:
+            return None
+        lo, hi, total = min(uniforms), max(uniforms), sum(uniforms)
+        if not (0.0 <= lo and hi < 1.0 and total == total):  # total: NaN if any is
+            return None
+        if set(logprobs) != {None}:  # rows that ask for log-probabilities
+            if not set(map(type, logprobs)) <= _ROW_LOGPROBS:
+                return None
+            asked = set(logprobs) - {None}
+            if min(asked) < 0 or max(asked) > MAX_LOGPROBS:
+                return None
+            if any(k is not None and s is None for k, s in zip(logprobs, samplings, strict=True)):
+                return None
+        if not set(logits) <= _LOGITS:
+            return None
+    except (TypeError, ValueError):  # a column of unorderable or unhashable values
+        return None
+    return ends
+
+
+def _decode_tokens(tokens) -> np.ndarray | None:
+    """The tokens of a step whose every row's tokens are one int in a tuple or list
+    (what the generation loop builds), as one array; None for any other step."""
+    if not set(map(type, tokens)) <= {tuple, list} or set(map(len, tokens)) != {1}:
+        return None
+    ones = [t[0] for t in tokens]
+    if set(map(type, ones)) != {int}:
         return None
     return np.array(ones, dtype=np.int64)
 

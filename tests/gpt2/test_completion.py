@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 import gpt2
+from gpt2.bench_runtime import InstantEngine
 from gpt2.completion import Continuation
+from gpt2.config import GPT2Config
+from gpt2.engine.step import StepPlan, StepRow
+from gpt2.generate import Member
 from gpt2.params import GenerationParams
 from gpt2.reference import GPT2Reference
-from gpt2.sampling import SamplingParams, choose
+from gpt2.sampling import SamplingParams, choose, draw_uniform, draw_uniforms
 
 SAMPLED = {"temperature": 0.9, "top_k": 20, "seed": 3}
 
@@ -198,3 +202,53 @@ def test_a_member_joins_a_running_batch(model):
     assert got_b == alone_b
     with engine.batch(2) as batch, pytest.raises(ValueError, match="member"):
         batch.start_member(2, a)
+
+
+class _Fixed:
+    """A generator stand-in whose every draw is `value`."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def random(self, n: int | None = None):
+        return self.value if n is None else np.full(n, self.value)
+
+
+def test_uniforms_drawn_in_blocks_are_the_single_draws_stream():
+    """A member draws its uniforms in blocks (draw_uniforms: rng.random(n)); they are
+    the floats of one draw_uniform(rng) a token, in order, across block edges, and
+    a draw that rounds up to 1 is clamped below it as draw_uniform clamps it."""
+    for seed, n_new in [(0, 1), (1, 63), (2, 64), (3, 65), (4, 200)]:
+        rng = np.random.default_rng(seed)
+        want = [draw_uniform(rng) for _ in range(n_new)]
+        assert draw_uniforms(np.random.default_rng(seed), n_new) == want
+        p = GenerationParams(max_new_tokens=n_new, temperature=0.8, seed=seed)
+        with InstantEngine(GPT2Config(vocab_size=64), 1) as engine:
+            member = Member(engine, None, [1, 2], p)
+            assert [member.draw() for _ in range(n_new)] == want
+    high = _Fixed(1.0 - 1e-12)  # rounds to 1.0 in float32
+    assert draw_uniforms(high, 3) == [draw_uniform(high)] * 3
+    assert draw_uniforms(high, 1)[0] < 1.0
+
+
+def test_a_sampled_completion_is_a_draw_a_token_stepped_by_hand(model):
+    """complete() with a seed gives the tokens of a loop that draws one
+    draw_uniform(rng) a token and runs a one-row plan a step (what it did before
+    uniforms were drawn in blocks)."""
+    engine, tok = model.engine, model.tokenizer
+    ids = tok.encode("the cat")
+    for seed in (1, 2, 3):
+        p = GenerationParams(max_new_tokens=40, temperature=1.3, top_k=50, seed=seed)
+        got = model.complete(ids, params=p)
+        rng, want = np.random.default_rng(seed), []
+        with engine.sequence() as seq:
+            row = StepRow(seq.slot, ids, 0, p.sampling, draw_uniform(rng))
+            token = int(engine.step(StepPlan([row])).tokens[0])
+            while token != tok.eos_id:
+                want.append(token)
+                position = len(ids) + len(want) - 1
+                if len(want) == 40 or position + 1 > engine.max_positions:
+                    break
+                row = StepRow(seq.slot, [token], position, p.sampling, draw_uniform(rng))
+                token = int(engine.step(StepPlan([row])).tokens[0])
+        assert got.token_ids == want, seed

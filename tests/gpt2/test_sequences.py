@@ -19,6 +19,7 @@ from gpt2.api import make_engine
 from gpt2.engine.base import Engine
 from gpt2.engine.step import StepPlan, StepRow
 from gpt2.generate import greedy_generate, greedy_generate_batch
+from gpt2.sampling import SamplingParams
 from gpt2.sequence import SequenceBatch, SingleSequence
 from gpt2.slots import NoFreeSlotError
 
@@ -92,6 +93,53 @@ def test_a_bad_row_is_refused_before_the_device_runs(model, row, message):
         with pytest.raises(ValueError, match=message):
             engine.step(StepPlan([row]))
         assert int(engine.context.positions[0]) == 0
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"position": 3}, "row 2: position"),  # past the slot's next position
+        ({"position": np.int64(2)}, "row 2: position"),  # not an int
+        ({"uniform": float("nan")}, "row 2: uniform"),
+        ({"uniform": 1.0}, "row 2: uniform"),
+        ({"uniform": -0.25}, "row 2: uniform"),
+        ({"logprobs": -1}, "row 2: logprobs"),
+        ({"logprobs": True}, "row 2: logprobs"),  # equal to the others' 1, not an int
+        ({"logprobs": 2, "sampling": None}, "row 2: log-probabilities"),
+        ({"logits": "every"}, "row 2: logits"),
+        ({"logits": ["last"]}, "row 2: logits"),
+        ({"sampling": "greedy"}, "row 2: sampling"),
+        ({"tokens": "many"}, "row 2: .*pass the context"),
+        ({"slot": 99}, "row 2: slot"),
+        ({"slot": "0"}, "row 2: slot"),
+        ({"slot": "the second row's"}, "more than one row"),
+    ],
+)
+def test_a_bad_row_among_good_ones_is_named(model, bad, message):
+    """The checks run over a plan's columns at once; a plan that fails one is
+    checked a row at a time, and the error names the bad row (here the third of
+    three decode rows) before the device runs."""
+    engine = model.engine
+    sampled = SamplingParams(0.9, 5, 1.0)
+    with engine.batch(3) as batch:
+        first = batch.first
+        batch.start([[1, 2], [3, 4], [5, 6]])
+        good = [
+            StepRow(first + i, [7 + i], 2, sampled, 0.5, logprobs=1, logits="last")
+            for i in range(2)
+        ]
+        kw = {"slot": first + 2, "tokens": [9], "position": 2, "sampling": sampled, "uniform": 0.5}
+        kw.update(bad)
+        if kw["slot"] == "the second row's":
+            kw["slot"] = first + 1
+        if kw["tokens"] == "many":
+            kw["tokens"] = [1] * (engine.max_positions - 1)
+        with pytest.raises(ValueError, match=message):
+            engine.step(StepPlan([*good, StepRow(**kw)]))
+        assert batch.positions == [2, 2, 2]
+        out = engine.step(StepPlan(good))  # the good rows alone run, and move on
+        assert batch.positions == [3, 3, 2]
+        assert all(out.tokens >= 0) and [len(t) for t in out.top_ids] == [1, 1]
 
 
 def test_interleaved_streams_equal_each_alone(model):
