@@ -3,13 +3,15 @@
     python scripts/load_test.py --clients 1,8,32,64 --seconds 20 --out bench/cpu_DATE_serve.json
     python scripts/load_test.py --url http://127.0.0.1:8000 --clients 32 --seconds 30
 
-Without --url it starts the server in this process (uvicorn in a thread, on a
-free port of 127.0.0.1) over --model (default: the embedded model), its queue
-long enough for the most clients. Each client sends streamed /v1/completions
-one after another until the time is up, each prompt of token ids of a length
-drawn log-uniform from --min-prompt-tokens to --max-prompt-tokens (capped by
-the context less max_tokens) by a generator seeded by --seed, the client count
-and the client's number: a run sends the same prompts again. Per client count
+Without --url it starts `gpt2 serve` over --model (default: the embedded model)
+on a free port of 127.0.0.1, its queue long enough for the most clients: in a
+process of its own (--server process, the default: the clients' threads do not
+share its interpreter) or in this one (--server thread: uvicorn in a thread).
+Each client sends streamed /v1/completions one after another until the time
+is up, each prompt of token ids of a length drawn log-uniform from
+--min-prompt-tokens to --max-prompt-tokens (capped by the context less
+max_tokens) by a generator seeded by --seed, the client count and the
+client's number: a run sends the same prompts again. Per client count
 it reports requests/s, tokens/s, time to first token (TTFT) and inter-token
 latency (ITL, between consecutive streamed chunks of text) at p50/p99 as the
 client measured them, errors, and what the server's /metrics counted over the
@@ -152,6 +154,9 @@ def run_clients(url: str, model: str, n: int, args) -> dict:
         "latency_ms_p99": _pct(lat, 99),
         "errors": len(errors),
         "first_errors": errors[:3],
+        "load_average_1m_after": round(os.getloadavg()[0], 2)
+        if hasattr(os, "getloadavg")
+        else None,
         "server": server_summary(before, after),
     }
 
@@ -207,6 +212,8 @@ def server_summary(before: dict[str, float], after: dict[str, float]) -> dict:
             "gpt2_completion_tokens_total",
             "gpt2_steps_total",
             "gpt2_rejected_total",
+            'gpt2_graph_builds_total{kind="prefill"}',
+            'gpt2_graph_builds_total{kind="decode"}',
         )
     }
     for short, name in (
@@ -288,6 +295,63 @@ def start_server(args) -> tuple[str, object, object]:
     return f"http://127.0.0.1:{port}", (server, thread), model
 
 
+def start_server_process(args) -> tuple[str, subprocess.Popen, int]:
+    """`python -m gpt2 serve` in a process of its own; its URL, the process and
+    the model's context."""
+    from gpt2.resolve import resolve_model
+    from gpt2.weights import load_model
+
+    context = load_model(resolve_model(args.model)).config.n_positions  # the header only
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    max_queue = max(4 * args.max_batch, *args.clients)
+    cmd = [
+        sys.executable, "-m", "gpt2", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--device", args.device, "--dtype", args.dtype, "--max-batch", str(args.max_batch),
+        "--max-queue", str(max_queue), "--model-name", "gpt2",
+    ]  # fmt: skip
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"gpt2 serve exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}"
+            )
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("gpt2 serve did not answer /health within 180 s")
+        time.sleep(0.1)
+    return url, proc, context
+
+
+def stop_server_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (a drain), then a kill should it outlast 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("tinynn-gpt2", "numpy", "fastapi", "uvicorn", "httpx", "starlette"):
@@ -330,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--server",
+        choices=("process", "thread"),
+        default="process",
+        help="without --url: gpt2 serve in a process of its own, or uvicorn in a thread here",
+    )
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument(
         "--clients",
@@ -357,14 +427,30 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    server = model = None
+    server = model = proc = None
     url = args.url
     if args.random:
         args.work.mkdir(parents=True, exist_ok=True)
         args.model = str(random_model_file(args.random, args.dtype, args.work))
-    if url is None:
+    context = GPT2_CONTEXT
+    if url is None and args.server == "process":
+        url, proc, context = start_server_process(args)
+    elif url is None:
         url, server, model = start_server(args)
-    context = args.context or (model.engine.max_positions if model is not None else GPT2_CONTEXT)
+        context = model.engine.max_positions
+    context = args.context or context
+    try:
+        return _run(args, p, url, context, proc, load_before)
+    finally:
+        if proc is not None:
+            stop_server_process(proc)
+        if server is not None:
+            server[0].should_exit = True
+            server[1].join(30)
+            model.close()
+
+
+def _run(args, p, url: str, context: int, proc, load_before) -> int:
     args.max_prompt_tokens = min(args.max_prompt_tokens, context - args.max_tokens)
     if not 1 <= args.min_prompt_tokens <= args.max_prompt_tokens:
         p.error(
@@ -391,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "server": {
             "url_given": args.url is not None,
+            "process": "given" if args.url else ("own" if proc is not None else "the clients'"),
             "model": f"random {args.random} weights, synthetic vocabulary"
             if args.random
             else args.model or "embedded default",
@@ -420,10 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
-    if server is not None:
-        server[0].should_exit = True
-        server[1].join(30)
-        model.close()
     return 1 if any(r["errors"] for r in rows) else 0
 
 

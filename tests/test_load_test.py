@@ -20,12 +20,17 @@ ROW_KEYS = {
     "clients", "wall_s", "requests", "requests_per_s", "prompt_tokens", "prompt_tokens_p50",
     "prompt_tokens_max", "tokens", "tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50",
     "itl_ms_p99", "latency_ms_p50", "latency_ms_p99", "errors", "first_errors", "server",
+    "load_average_1m_after",
 }  # fmt: skip
 SERVER_KEYS = {
     "gpt2_prefill_tokens_total", "gpt2_decode_tokens_total", "gpt2_completion_tokens_total",
     "gpt2_steps_total", "gpt2_rejected_total", "ttft_ms_p50", "ttft_ms_p99", "ttft_ms_mean",
     "itl_ms_p50", "itl_ms_p99", "itl_ms_mean", "batch_rows_mean",
+    'gpt2_graph_builds_total{kind="prefill"}', 'gpt2_graph_builds_total{kind="decode"}',
 }  # fmt: skip
+
+
+KINDS = ("prefill", "decode")
 
 
 def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
@@ -54,6 +59,7 @@ def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
         extra = row["server"]["gpt2_completion_tokens_total"] - row["tokens"]
         assert 0 <= extra <= row["requests"], extra
         assert row["server"]["gpt2_prefill_tokens_total"] == row["prompt_tokens"]
+        assert all(row["server"][f'gpt2_graph_builds_total{{kind="{k}"}}'] >= 0 for k in KINDS)
     after = report["server_metrics_after"]
     assert after["gpt2_time_to_first_token_seconds_count"] > 0
     assert (

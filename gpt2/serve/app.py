@@ -34,6 +34,7 @@ finish_reason is OpenAI's: "stop" (a stop string or end-of-text) or "length"
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -65,6 +67,7 @@ from gpt2.token_ids import check_token_ids
 
 log = logging.getLogger("gpt2.serve")
 
+GRAPH_KINDS = ("prefill", "decode")  # the engine's graph caches (/metrics)
 OPENAI_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "context": "length"}
 RETRY_AFTER_S = "1"
 MAX_REQUEST_BYTES = 8 << 20  # a request body, by default (8 MiB)
@@ -174,6 +177,41 @@ def _top_json(top: tuple[tuple[int, str, float], ...]) -> dict[str, float]:
     return out
 
 
+class _Post:
+    """Hands the scheduler thread's events to one event loop: the events that arrive
+    before the loop has taken the last ones go over together, one wake-up
+    (call_soon_threadsafe, a write to the loop's self-pipe) for a step's tokens of
+    every request, not one a token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: collections.deque = collections.deque()  # (queue, item)
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        """queue.put_nowait(item) on the loop, soon (from any thread)."""
+        with self._lock:
+            self._items.append((queue, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except BaseException:  # the loop is closed: the caller hears of it
+            with self._lock:
+                self._scheduled = False
+            raise
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._scheduled = False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class _Choice:
     """One choice's request and what the response needs of it."""
 
@@ -202,6 +240,13 @@ def create_app(
     scheduler = Scheduler(model, max_batch, max_queue, max_step_tokens=max_step_tokens)
     n_ctx = model.engine.max_positions
     tok = model.tokenizer
+    posts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its _Post
+
+    def _post(loop: asyncio.AbstractEventLoop) -> _Post:
+        post = posts.get(loop)
+        if post is None:
+            post = posts[loop] = _Post(loop)
+        return post
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -275,6 +320,18 @@ def create_app(
             ),
         ):
             lines += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        builds = {k: getattr(model.engine, f"{k}_graph_builds", None) for k in GRAPH_KINDS}
+        if any(v is not None for v in builds.values()):  # the fast engine counts them
+            lines += [
+                "# HELP gpt2_graph_builds_total Compute graphs the engine built, by kind "
+                "(a build costs milliseconds on the CPU; the step that needs it waits).",
+                "# TYPE gpt2_graph_builds_total counter",
+                *(
+                    f'gpt2_graph_builds_total{{kind="{k}"}} {v}'
+                    for k, v in builds.items()
+                    if v is not None
+                ),
+            ]
         for name, hist, what in (
             (
                 "gpt2_time_to_first_token_seconds",
@@ -331,7 +388,7 @@ def create_app(
             raise APIError(400, f"prompt: {e}", param="prompt") from None
         return ids, tok.decode(ids) if tok is not None else ""
 
-    async def _plan(body: CompletionRequest, loop, queue: asyncio.Queue) -> list[_Choice]:
+    async def _plan(body: CompletionRequest, post: _Post, queue: asyncio.Queue) -> list[_Choice]:
         bad = body.unsupported()
         if bad:
             raise APIError(400, f"{bad} is not supported by this server", param=bad)
@@ -395,7 +452,7 @@ def create_app(
                 index = p_index * body.n + j
 
                 def sink(ev: Event, index=index) -> None:
-                    loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
+                    post.put(queue, (index, ev))
 
                 try:
                     job = Job(model, ids, params, sink, echo)
@@ -451,9 +508,8 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        choices = await _plan(body, loop, queue)
+        choices = await _plan(body, _post(asyncio.get_running_loop()), queue)
         by_index = {c.index: c for c in choices}
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -509,9 +565,10 @@ def create_app(
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         _submit(choices)
 
+        pre = _chunk_prefix(head)
+
         def chunk(index: int, text: str, lp, finish_reason) -> str:
-            choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish_reason}
-            return f"data: {_dumps({**head, 'choices': [choice]})}\n\n"
+            return _sse_chunk(pre, index, text, lp, finish_reason)
 
         async def events():
             done = 0
@@ -520,30 +577,38 @@ def create_app(
                 if body.echo and n_top is None:  # the prompt's text at once
                     for c in choices:
                         yield chunk(c.index, c.prompt_text, None, None)
-                while done < len(choices):
-                    index, ev = await queue.get()
-                    if ev.error is not None:
-                        err = {
-                            "message": ev.error,
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                        yield f"data: {_dumps({'error': err})}\n\n"
-                        break
-                    c = by_index[index]
-                    if ev.prompt_logprobs is not None:  # echo with logprobs: after its prefill
-                        yield chunk(
-                            index, c.prompt_text, _echo_logprobs(c, ev.prompt_logprobs), None
-                        )
-                    lp = _token_logprobs(c, ev) if n_top is not None else None
-                    reason = None
-                    if ev.done is not None:
-                        reason = OPENAI_FINISH[ev.done.finish_reason]
-                        n_completion += ev.done.usage.completion_tokens
-                        done += 1
-                    if ev.text or reason or (lp and lp["tokens"]):
-                        yield chunk(index, ev.text, lp, reason)
+                failed = False
+                while done < len(choices) and not failed:
+                    # what has come since the last send goes out in one
+                    got = [await queue.get()]
+                    while not queue.empty():
+                        got.append(queue.get_nowait())
+                    out = []
+                    for index, ev in got:
+                        if ev.error is not None:
+                            err = {
+                                "message": ev.error,
+                                "type": "server_error",
+                                "param": None,
+                                "code": None,
+                            }
+                            out.append(f"data: {_dumps({'error': err})}\n\n")
+                            failed = True
+                            break
+                        c = by_index[index]
+                        if ev.prompt_logprobs is not None:  # echo with logprobs: after prefill
+                            lps = _echo_logprobs(c, ev.prompt_logprobs)
+                            out.append(chunk(index, c.prompt_text, lps, None))
+                        lp = _token_logprobs(c, ev) if n_top is not None else None
+                        reason = None
+                        if ev.done is not None:
+                            reason = OPENAI_FINISH[ev.done.finish_reason]
+                            n_completion += ev.done.usage.completion_tokens
+                            done += 1
+                        if ev.text or reason or (lp and lp["tokens"]):
+                            out.append(chunk(index, ev.text, lp, reason))
+                    if out:
+                        yield "".join(out)
                 if include_usage and done == len(choices):
                     n_prompt = sum(len(c.prompt_ids) for c in choices[:: body.n])
                     usage = {
@@ -564,6 +629,23 @@ def create_app(
 
 def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _chunk_prefix(head: dict) -> str:
+    """The part of every streamed chunk of a response before its text (_sse_chunk)."""
+    return f'data: {_dumps(head)[:-1]},"choices":[{{"text":'
+
+
+def _sse_chunk(prefix: str, index: int, text: str, lp: dict | None, finish_reason) -> str:
+    """One server-sent event: `data: ` and _dumps of {**head, "choices": [{"text",
+    "index", "logprobs", "finish_reason"}]}, written from its parts (the head's
+    JSON once a response, not a dict and a dumps of it a token)."""
+    lp_json = "null" if lp is None else _dumps(lp)
+    reason = "null" if finish_reason is None else _dumps(finish_reason)
+    return (
+        f'{prefix}{_dumps(text)},"index":{index},"logprobs":{lp_json},'
+        f'"finish_reason":{reason}}}]}}\n\n'
+    )
 
 
 def serve(

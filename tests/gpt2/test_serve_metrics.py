@@ -151,6 +151,14 @@ def test_metrics_count_what_was_served(model):
     assert 1 <= rows_sum / rows_count <= 4  # the batch holds 1..max_batch sequences
     assert rows_sum >= completion  # a step gives each of its sequences at most one token
     assert 0 < ttft_sum / ttft_count < 60 and 0 < itl_sum / itl_count < 60
+    # the engine's graph builds, by kind: what a step that needs a new graph waits for
+    builds = {lb["kind"]: v for _, lb, v in families["gpt2_graph_builds_total"]["samples"]}
+    assert families["gpt2_graph_builds_total"]["type"] == "counter"
+    assert builds == {
+        "prefill": model.engine.prefill_graph_builds,
+        "decode": model.engine.decode_graph_builds,
+    }
+    assert builds["prefill"] >= 1 and builds["decode"] >= 1
     # the series that were there before keep their names
     for name in (
         "gpt2_requests_total",
