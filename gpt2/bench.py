@@ -2,7 +2,10 @@
 
 Weights are random (timing only; the output says so). Workloads (SPEC.md):
 decode at batch 1 after a 16-token prompt (128 new tokens), prefill of 128
-and 1024 tokens, 32 sequences decoding together, and the CPU decode. Each of
+and 1024 tokens, 32 sequences decoding together, the CPU decode, whole
+generate() calls, and a fresh process loading the weights as a GGUF file
+(load: gpt2.bench_load, seconds and GB/s, CUDA's start-up apart, llama.cpp's
+whole process beside it with --llama-bench). Each of
 our numbers is the median (and p90) over timed steps after warm-up; each HF
 number comes from the same process, with torch's default attention. HF runs
 twice for decode at batch 1: eager, and "compiled" (static KV cache, the
@@ -18,12 +21,14 @@ import inspect
 import json
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
+from gpt2 import bench_load
 from gpt2.config import GPT2Config
 from gpt2.engine import WEIGHT_DTYPES, FastGPT2
 from gpt2.engine.fast import DECODE_MODES
@@ -34,7 +39,7 @@ SHAPES = {
     "gpt2": GPT2Config(n_layer=12, n_embd=768, n_head=12),
     "gpt2-xl": GPT2Config(n_layer=48, n_embd=1600, n_head=25),
 }
-WORKLOADS = ("decode", "prefill", "batch", "cpu", "generate")
+WORKLOADS = ("decode", "prefill", "batch", "cpu", "generate", "load")
 # what `gpt2 generate` samples with by default (gpt2/cli.py)
 DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95}
 WEIGHT_SCALE = 0.02  # timing only: GPT-2's initializer_range, as HF's side is initialised
@@ -460,6 +465,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "comparison); fused: only ours; graphs: only ggml's (default: %(default)s)",
     )
     p.add_argument(
+        "--load-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "gpt2_bench_load",
+        help="load: where the GGUF files are written once and kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--load-repeats",
+        type=int,
+        default=3,
+        help="load: fresh processes a file, the fastest reported (default: %(default)s)",
+    )
+    p.add_argument(
+        "--llama-bench",
+        type=Path,
+        default=None,
+        help="load: llama.cpp's llama-bench, timed as a whole process on the same files "
+        "(default: %(default)s = not run)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         default=None,
@@ -529,7 +553,15 @@ def run(args: argparse.Namespace) -> int:
                 with engine(n_slots=batch) as many:
                     stats = ours_batch(many, batch, args.prompt_len, batch_tokens)
                     add("ours", f"decode b{batch}", stats)
-            if args.no_hf or dtype == "q8_0":
+            if "load" in wl:
+                path = bench_load.model_file(weights, shape, dtype, args.load_dir)
+                add("ours", "load", bench_load.ours(args.device, path, args.load_repeats))
+                if args.llama_bench is not None:
+                    stats = bench_load.llama_cpp(
+                        args.llama_bench, args.device, path, args.load_repeats
+                    )
+                    add("llama.cpp", "load", stats)
+            if args.no_hf or dtype == "q8_0" or not (decode or wl & {"prefill", "batch"}):
                 continue
             try:
                 model = hf_model(config, args.device, dtype)
@@ -571,9 +603,11 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def _format_row(r: dict) -> str:
     head = f"{r['shape']:8} {r['dtype']:5} {r['workload']:13} {r['engine']:11} "
-    if "ms_mean" not in r:  # a compiled HF run that was skipped or failed
-        return head + r["hf_compiled"]
+    if "ms_mean" not in r:  # a compiled HF run that was skipped or failed, a failed load
+        return head + r.get("hf_compiled", r.get("error", "no result"))
     tok = f"{r['tok_s']:9.1f} tok/s" if "tok_s" in r else " " * 15
+    if "gb_s" in r:  # a load: the file's bytes over the fastest run's seconds
+        tok = f"{r['gb_s']:9.3f} GB/s "
     return head + f"{r['ms_mean']:9.3f} ms  p50 {r['ms_p50']:8.3f}  p90 {r['ms_p90']:8.3f}  {tok}"
 
 
@@ -586,9 +620,11 @@ def format_table(rows: list[dict], env: dict) -> str:
     for r in rows:
         head = f"| {r['shape']} | {r['dtype']} | {r['workload']} | {r['engine']} | "
         if "ms_mean" not in r:
-            lines.append(head + f"{r['hf_compiled']} | | | | | |")
+            lines.append(head + f"{r.get('hf_compiled', r.get('error', ''))} | | | | | |")
             continue
         tok = f"{r['tok_s']:.1f}" if "tok_s" in r else ""
+        if "gb_s" in r:
+            tok = f"{r['gb_s']:.3f} GB/s"
         ratio = f"{r['speedup_vs_hf']:.2f}x" if "speedup_vs_hf" in r else ""
         compiled_ratio = (
             f"{r['speedup_vs_hf_compiled']:.2f}x" if "speedup_vs_hf_compiled" in r else ""
