@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpt2.completion import Completion, TokenLogprob
+from gpt2.engine.fast import prefill_bucket
 from gpt2.generate import Member, step_members
 from gpt2.params import GenerationParams
 from gpt2.serve.metrics import ROWS_BUCKETS, TIME_BUCKETS_S, Histogram
@@ -320,14 +321,26 @@ class Scheduler:
     def _budgets(self, members: list[Request | None]) -> list[int]:
         """Each member's prompt chunk this step: decode rows count one token each
         and always go in; prompt chunks take what is left of max_step_tokens, the
-        oldest admitted first (0: a prompt waits for the next step)."""
+        oldest admitted first (0: a prompt waits for the next step). A chunk whose
+        prefill bucket (gpt2.engine.fast.prefill_bucket: the tokens the engine
+        computes for it) is not the oldest chunk's waits for a step of its own
+        size: the engine prefills adjacent slots in one graph, every row padded to
+        the longest's bucket (a 5-token chunk beside a 150-token one computes 256)."""
         going = [(i, r) for i, r in enumerate(members) if r is not None and r.member.going]
         left = self.max_step_tokens - sum(r.member.started for _, r in going)
         budgets = [0] * len(members)
         prompts = sorted((p for p in going if not p[1].member.started), key=lambda p: p[1].admitted)
+        size = None  # the bucket of this step's chunks: the oldest one's
         for i, r in prompts:
-            budgets[i] = _prompt_chunk(r.member.prompt_left, left)
-            left -= budgets[i]
+            n = _prompt_chunk(r.member.prompt_left, left)
+            if n == 0:
+                continue
+            if size is None:
+                size = prefill_bucket(n)
+            elif prefill_bucket(n) != size:
+                continue
+            budgets[i] = n
+            left -= n
         return budgets
 
     def _after_token(self, members: list[Request | None], i: int, piece: str) -> None:
