@@ -69,7 +69,7 @@ class Engine:
     def step(self, plan: StepPlan) -> StepResult:
         """Runs one step: every row of the plan (gpt2.engine.step), one result row each."""
         context = self.context
-        tokens, slots, ends = context.checked(plan, self.vocab_size, self.max_positions)
+        tokens, slots, ends = context.check_plan(plan, self.vocab_size, self.max_positions)
         with context.lock:
             context.pool.check_open()
             result = self._run(plan.rows, tokens)

@@ -47,16 +47,12 @@ class Context:
         """Gives the slots back (pass the owner acquire was given, or none)."""
         self.pool.release(first, count, owner=owner)
 
-    def check_plan(self, plan: StepPlan, vocab_size: int, max_positions: int) -> np.ndarray:
-        """Checks every row against the table and the model; the tokens of all
-        rows, concatenated (int32). Raises ValueError naming the row."""
-        return self.checked(plan, vocab_size, max_positions)[0]
-
-    def checked(
+    def check_plan(
         self, plan: StepPlan, vocab_size: int, max_positions: int
     ) -> tuple[np.ndarray, list[int], list[int]]:
-        """check_plan's tokens, with each row's slot and the position it moves it to
-        (what `move` takes once the step has run).
+        """Checks every row against the table and the model; the tokens of all rows,
+        concatenated (int32), each row's slot and the position it moves it to (what
+        `move` takes once the step has run). Raises ValueError naming the row.
 
         The checks run over the rows' columns at once (a few C-level passes, not a
         Python loop a row); a plan that fails any of them, or has rows of an
@@ -113,7 +109,7 @@ class Context:
             raise ValueError(f"a slot appears in more than one row: {list(slots)}")
 
     def _check_rows(self, rows, lengths: list[int], max_positions: int) -> None:
-        """The checks of `checked` after the slots' and tokens', a row at a time:
+        """The checks of `check_plan` after the slots' and tokens', a row at a time:
         raises for the first bad row."""
         positions = self.positions.tolist()
         for i, r in enumerate(rows):
@@ -144,13 +140,8 @@ class Context:
             if r.logits not in LOGITS:
                 raise ValueError(f"row {i}: logits must be one of {LOGITS}, got {r.logits!r}")
 
-    def advance(self, plan: StepPlan) -> None:
-        """Moves each row's slot past its tokens (after the step ran)."""
-        rows = plan.rows
-        self.move([r.slot for r in rows], [r.position + len(r.tokens) for r in rows])
-
     def move(self, slots: list[int], ends: list[int]) -> None:
-        """Moves slots[i] to position ends[i] (`checked`'s slots and ends), at once."""
+        """Moves slots[i] to position ends[i] (check_plan's slots and ends), at once."""
         self.positions.put(slots, ends)
 
 
