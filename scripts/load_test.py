@@ -161,6 +161,63 @@ def run_clients(url: str, model: str, n: int, args) -> dict:
     }
 
 
+def run_direct(model, n: int, args) -> dict:
+    """The same clients' requests (prompts, max_tokens, sampling) on the server's
+    scheduler in this process, with no HTTP: what the engine and the scheduler
+    give alone, the ceiling of the server's tokens/s (--direct)."""
+    from gpt2.params import GenerationParams
+    from gpt2.serve.scheduler import Request, Scheduler
+
+    deadline = time.perf_counter() + args.seconds
+    done: list[int] = []
+    lock = threading.Lock()
+    finished = threading.Event()
+    live = [n]
+    with Scheduler(model, args.max_batch, max(4 * args.max_batch, n)) as scheduler:
+
+        def client(k: int) -> None:
+            rng = np.random.default_rng([args.seed, n, k])
+            lengths = prompt_lengths(rng, args.min_prompt_tokens, args.max_prompt_tokens)
+            params = GenerationParams(max_new_tokens=args.max_tokens, temperature=0.8, top_k=40)
+
+            def next_request() -> None:
+                if time.perf_counter() >= deadline:
+                    with lock:
+                        live[0] -= 1
+                        if live[0] == 0:
+                            finished.set()
+                    return
+                prompt = rng.integers(0, PROMPT_VOCAB, next(lengths)).tolist()
+                scheduler.submit([Request(model, prompt, params, sink)])
+
+            def sink(ev) -> None:  # on the scheduler's thread
+                if ev.done is not None:
+                    with lock:
+                        done.append(ev.done.usage.completion_tokens)
+                    next_request()
+
+            next_request()
+
+        steps_before = scheduler.stats.steps
+        t0 = time.perf_counter()
+        for k in range(n):
+            client(k)
+        finished.wait(args.seconds + 120)
+        wall = time.perf_counter() - t0
+        steps = scheduler.stats.steps - steps_before
+    return {
+        "clients": n,
+        "wall_s": round(wall, 2),
+        "requests": len(done),
+        "tokens": sum(done),
+        "tokens_per_s": round(sum(done) / wall, 1),
+        "steps": steps,
+        "load_average_1m_after": round(os.getloadavg()[0], 2)
+        if hasattr(os, "getloadavg")
+        else None,
+    }
+
+
 def server_metrics(url: str) -> dict[str, float]:
     """The server's /metrics as {series (with its labels): value}; {} where it has none."""
     try:
@@ -423,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the server's context (default: the model's here, {GPT2_CONTEXT} with --url)",
     )
     p.add_argument("--seed", type=int, default=0, help="of the prompts' lengths and ids")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="also run the same requests on the scheduler in this process, no HTTP: "
+        "the engine's and scheduler's tokens/s alone (the server's ceiling)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args(argv)
 
@@ -465,6 +528,18 @@ def _run(args, p, url: str, context: int, proc, load_before) -> int:
         row = run_clients(url, name, n, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    direct = []
+    if args.direct:
+        import gpt2
+
+        with gpt2.load(
+            args.model, args.device, args.dtype, n_slots=args.max_batch, n_threads=args.threads
+        ) as model:
+            run_direct(model, 1, argparse.Namespace(**{**vars(args), "seconds": 2}))  # warm-up
+            for n in args.clients:
+                row = run_direct(model, n, args)
+                print(json.dumps({"direct": row}), flush=True)
+                direct.append(row)
     report = {
         "what": "gpt2 serve load test: N streaming clients for T seconds (scripts/load_test.py)",
         "date": datetime.date.today().isoformat(),
@@ -497,12 +572,17 @@ def _run(args, p, url: str, context: int, proc, load_before) -> int:
         },
         "seconds": args.seconds,
         "results": rows,
+        "direct": direct,  # --direct: the same requests on the scheduler alone, no HTTP
         "server_metrics_before": metrics_before,
         "server_metrics_after": server_metrics(url),
     }
     if len(rows) > 1 and rows[0]["tokens_per_s"]:
         report["speedup_last_vs_first"] = round(
             rows[-1]["tokens_per_s"] / rows[0]["tokens_per_s"], 2
+        )
+    if len(direct) > 1 and direct[0]["tokens_per_s"]:
+        report["direct_speedup_last_vs_first"] = round(
+            direct[-1]["tokens_per_s"] / direct[0]["tokens_per_s"], 2
         )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """scripts/load_test.py end to end on the CPU: a short run over the embedded model
-(the server started by the script) gives a report of the documented structure
-and no errors. Speeds are not asserted: they belong to the machine."""
+(the server started by the script in a process of its own, and the same requests
+on the scheduler alone) gives a report of the documented structure and no errors.
+Speeds are not asserted: they belong to the machine."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ SERVER_KEYS = {
 
 
 KINDS = ("prefill", "decode")
+DIRECT_KEYS = {
+    "clients", "wall_s", "requests", "tokens", "tokens_per_s", "steps", "load_average_1m_after",
+}  # fmt: skip
 
 
 def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
@@ -38,7 +42,7 @@ def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "scripts" / "load_test.py"), "--device", "cpu",
         "--threads", "1", "--clients", "1,8", "--seconds", "3", "--max-tokens", "16",
-        "--out", str(out),
+        "--direct", "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -60,6 +64,12 @@ def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
         assert 0 <= extra <= row["requests"], extra
         assert row["server"]["gpt2_prefill_tokens_total"] == row["prompt_tokens"]
         assert all(row["server"][f'gpt2_graph_builds_total{{kind="{k}"}}'] >= 0 for k in KINDS)
+    # --direct: the same clients on the scheduler alone, no HTTP
+    assert [row["clients"] for row in report["direct"]] == [1, 8]
+    for row in report["direct"]:
+        assert set(row) == DIRECT_KEYS, set(row) ^ DIRECT_KEYS
+        assert row["requests"] > 0 and row["tokens"] > 0 and row["steps"] > 0
+    assert report["direct_speedup_last_vs_first"] > 0
     after = report["server_metrics_after"]
     assert after["gpt2_time_to_first_token_seconds_count"] > 0
     assert (
