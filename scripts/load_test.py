@@ -218,6 +218,26 @@ def run_direct(model, n: int, args) -> dict:
     }
 
 
+def run_engine(model, n: int, args) -> dict:
+    """n sequences decoded together by the engine (generate.complete_batch: 16-token
+    prompts, max_tokens each, the clients' sampling), the best of 3: the engine's
+    tokens/s at n sequences, without the clients' varied prompts (--direct)."""
+    from gpt2.generate import Member, complete_batch
+    from gpt2.params import GenerationParams
+
+    rng = np.random.default_rng([args.seed, n])
+    params = GenerationParams(max_new_tokens=args.max_tokens, temperature=0.8, top_k=40, seed=1)
+    best = math.inf
+    for _ in range(3):
+        prompts = [rng.integers(0, PROMPT_VOCAB, 16).tolist() for _ in range(n)]
+        members = [Member(model.engine, None, p, params) for p in prompts]
+        t0 = time.perf_counter()
+        done = complete_batch(model.engine, members)
+        best = min(best, time.perf_counter() - t0)
+    tokens = sum(len(c.token_ids) for c in done)
+    return {"sequences": n, "tokens": tokens, "tokens_per_s": round(tokens / best, 1)}
+
+
 def server_metrics(url: str) -> dict[str, float]:
     """The server's /metrics as {series (with its labels): value}; {} where it has none."""
     try:
@@ -484,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         "--direct",
         action="store_true",
         help="also run the same requests on the scheduler in this process, no HTTP: "
-        "the engine's and scheduler's tokens/s alone (the server's ceiling)",
+        "the engine's and scheduler's tokens/s alone (the server's ceiling); and the "
+        "engine's tokens/s decoding as many sequences as clients (up to --max-batch)",
     )
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args(argv)
@@ -528,7 +549,7 @@ def _run(args, p, url: str, context: int, proc, load_before) -> int:
         row = run_clients(url, name, n, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    direct = []
+    direct, engine = [], []
     if args.direct:
         import gpt2
 
@@ -540,6 +561,8 @@ def _run(args, p, url: str, context: int, proc, load_before) -> int:
                 row = run_direct(model, n, args)
                 print(json.dumps({"direct": row}), flush=True)
                 direct.append(row)
+            engine = [run_engine(model, n, args) for n in args.clients if n <= args.max_batch]
+            print(json.dumps({"engine": engine}), flush=True)
     report = {
         "what": "gpt2 serve load test: N streaming clients for T seconds (scripts/load_test.py)",
         "date": datetime.date.today().isoformat(),
@@ -573,6 +596,7 @@ def _run(args, p, url: str, context: int, proc, load_before) -> int:
         "seconds": args.seconds,
         "results": rows,
         "direct": direct,  # --direct: the same requests on the scheduler alone, no HTTP
+        "engine": engine,  # --direct: n sequences of 16-token prompts decoded together
         "server_metrics_before": metrics_before,
         "server_metrics_after": server_metrics(url),
     }

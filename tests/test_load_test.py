@@ -70,6 +70,8 @@ def test_a_short_cpu_run_reports_its_structure_and_no_errors(tmp_path):
         assert set(row) == DIRECT_KEYS, set(row) ^ DIRECT_KEYS
         assert row["requests"] > 0 and row["tokens"] > 0 and row["steps"] > 0
     assert report["direct_speedup_last_vs_first"] > 0
+    assert [row["sequences"] for row in report["engine"]] == [1, 8]
+    assert all(row["tokens"] == row["sequences"] * 16 for row in report["engine"])
     after = report["server_metrics_after"]
     assert after["gpt2_time_to_first_token_seconds_count"] > 0
     assert (
