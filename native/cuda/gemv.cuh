@@ -104,7 +104,8 @@ __device__ __forceinline__ void gemv_finish(const GemvArgs &a, float (&acc)[R][N
  * its R rows within the slice (8 weights each), U = 8/R chunks a row ahead,
  * and keeps R x NB f32 sums.
  * Bytes: the tile's weights once (8R x slice x 2), its input slice from L2
- * (NB x slice x 4, plus NB x n_in x 8 for the norm statistics), outputs. */
+ * (NB x slice x 4, plus NB x n_in x 8 for the norm statistics and the
+ * slice of the norm's gamma and beta, 2 x slice x 4), outputs. */
 template <int NB, int R>
 __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_f16_kernel(GemvArgs a) {
     constexpr int U = 8 / R;
@@ -179,7 +180,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_f16_kernel(GemvArgs a
  * Launch: grid tiles * splits, block 256 (8 warps, 16 rows a tile), dynamic
  * shared memory NB * slice * 4 + 8 warps x 2 stages x 2 rows x 1120 bytes.
  * Bytes: the tile's weights once (16 x slice x 34/32), the input slice from L2
- * (NB x slice x 4 plus the statistics), outputs. */
+ * (NB x slice x 4 plus the statistics, gamma and beta), outputs. */
 constexpr int Q8_STAGE_BYTES = 1120; /* 32 blocks + alignment slack, a multiple of 16 */
 
 template <int NB>
