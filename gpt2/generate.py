@@ -160,6 +160,7 @@ class Member:
         self.started = False  # its prompt is in the cache and its first token chosen
         self.prefilled = 0  # prompt tokens in its cache
         self._chunk = 0  # prompt tokens of the row it gave last
+        self._decode_row: StepRow | None = None  # decode_row's, given again each step
         # its tokens and generated counts, for penalties only (None: no penalty, no cost)
         self.history = TokenHistory(params.penalties, self.prompt_ids) if params.penalized else None
 
@@ -214,17 +215,17 @@ class Member:
             u = 0.0
         else:
             u = self._uniforms.pop() if self._uniforms else self.draw()
-        return StepRow(
-            slot,
-            (self.next_token,),
-            position,
-            self.sampling,
-            u,
-            self._logprobs,
-            None,
-            None if self.history is None else self.history.penalty(),
-            self.bias,
-        )
+        row = self._decode_row
+        if row is None or row.slot != slot:
+            row = self._decode_row = StepRow(
+                slot, (self.next_token,), position, self.sampling, u, self._logprobs, None
+            )
+            row.bias = self.bias
+        else:  # the row of its last step, which no one holds past that step: moved on
+            row.tokens, row.position, row.uniform = (self.next_token,), position, u
+        if self.history is not None:
+            row.penalty = self.history.penalty()
+        return row
 
     def _choosing_row(self, slot: int, tokens, position: int, logits=None) -> StepRow:
         penalty = None if self.history is None else self.history.penalty()
@@ -307,7 +308,8 @@ def step_members(
             continue
         if m.started:  # the common row: a decode step's
             if m.next_token is not None:
-                rows.append(m.decode_row(first + i, table[first + i]))
+                slot = first + i
+                rows.append(m.decode_row(slot, table[slot]))
                 live.append(i)
             continue
         if not m.going:

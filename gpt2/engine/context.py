@@ -203,9 +203,12 @@ def _columns_pass(
 def _decode_tokens(tokens) -> np.ndarray | None:
     """The tokens of a step whose every row's tokens are one int in a tuple or list
     (what the generation loop builds), as one array; None for any other step."""
-    if not set(map(type, tokens)) <= {tuple, list} or set(map(len, tokens)) != {1}:
+    if not set(map(type, tokens)) <= {tuple, list}:
         return None
-    ones = [t[0] for t in tokens]
+    try:
+        ones = [t for (t,) in tokens]
+    except ValueError:  # a row of another length
+        return None
     if set(map(type, ones)) != {int}:
         return None
     return np.array(ones, dtype=np.int64)
