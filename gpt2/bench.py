@@ -15,6 +15,7 @@ one-token step under `torch.compile`), the fastest path a torch user would pick.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import functools
 import inspect
@@ -343,6 +344,20 @@ def _hf_compiled_row(model, args: argparse.Namespace) -> dict:
 
 
 # -- the run -------------------------------------------------------------------------
+def ggml_version() -> str:
+    """The ggml the loaded libtinynn runs, as its libggml-base says: "0.25.3
+    (llama-cpp-python-0.3.36)" (the build stamps native/ggml.pin's package and
+    version as ggml's commit); "unknown" where that library cannot be read."""
+    import tinynn
+
+    try:
+        base = ctypes.CDLL(str(Path(tinynn.library_path()).parent / "libggml-base.so"))
+        base.ggml_version.restype = base.ggml_commit.restype = ctypes.c_char_p
+        return f"{base.ggml_version().decode()} ({base.ggml_commit().decode()})"
+    except (OSError, AttributeError):
+        return "unknown"
+
+
 def environment(device: str) -> dict:
     import importlib.metadata as md
 
@@ -351,7 +366,7 @@ def environment(device: str) -> dict:
         "machine": platform.node() and platform.machine(),
         "cpu": _cpu_name(),
         "python": platform.python_version(),
-        "ggml": "0.20.2 (libggml-python 0.20.2.post1 sdist)",
+        "ggml": ggml_version(),
         "weights": "random (timing only)",
     }
     for pkg in ("numpy", "torch", "transformers"):

@@ -1,4 +1,5 @@
-"""Where ggml-cuda 0.20.2 multiplies f32 matrices on TF32 tensor cores.
+"""Where ggml-cuda 0.20.2 multiplies f32 matrices on TF32 tensor cores (0.25.3's source reads
+the same: mmf.cu and the dispatch between mmvf, mmf and cuBLAS are unchanged).
 
 An f32 matrix times 1..3 columns runs an f32 kernel (mmvf), 17 or more go to
 cuBLAS (strict f32: the shim sets NVIDIA_TF32_OVERRIDE=0), and 4..16 columns

@@ -1,8 +1,10 @@
 """Fetch the pinned ggml source into third_party/ggml (git-ignored), once.
 
 ggml is not committed: we download the source distribution named in
-native/ggml.pin with pip, check its sha256, and extract its ggml/ folder.
-A folder already holding the pinned version is reused.
+native/ggml.pin with pip, check its sha256, and extract the folder the pin's
+`subdir=` names (ggml/ when it names none) and nothing else. A folder already
+holding the pinned version (its .tinynn-pin stamp holds the sha256) is reused;
+one holding another pin is emptied first, so no file of the old ggml lingers.
 
     python native/fetch_ggml.py [--dest third_party/ggml]
 """
@@ -11,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN_FILE = ROOT / "native" / "ggml.pin"
 STAMP = ".tinynn-pin"
+DEFAULT_SUBDIR = "ggml"
 
 
 def read_pin(path: Path = PIN_FILE) -> dict[str, str]:
@@ -66,20 +70,30 @@ def download_sdist(pin: dict[str, str], workdir: Path) -> Path:
     return found[0]
 
 
-def extract_ggml(sdist: Path, dest: Path) -> None:
+def extract_ggml(sdist: Path, dest: Path, subdir: str = DEFAULT_SUBDIR) -> int:
+    """Extract `subdir` (relative to the sdist's top folder) of `sdist` into `dest`,
+    regular files and folders only (no links, no path leaving `dest`). Returns the
+    number of files extracted."""
+    want = PurePosixPath(subdir).parts
+    if not want or ".." in want or PurePosixPath(subdir).is_absolute():
+        raise SystemExit(f"fetch_ggml: bad subdir '{subdir}' in the pin")
+    n = len(want)
+    members = []
     with tarfile.open(sdist) as tar:
-        members = []
         for m in tar.getmembers():
-            parts = Path(m.name).parts
-            if len(parts) >= 2 and parts[1] == "ggml":
-                if m.issym() or m.islnk() or ".." in parts:
-                    continue
-                m.name = str(Path(*parts[2:])) if len(parts) > 2 else "."
-                members.append(m)
-        if not members:
-            raise SystemExit(f"fetch_ggml: {sdist.name} has no ggml/ folder")
+            parts = PurePosixPath(m.name).parts
+            if len(parts) <= n or parts[1 : n + 1] != want or ".." in parts:
+                continue
+            if not (m.isfile() or m.isdir()):
+                continue
+            m.name = str(PurePosixPath(*parts[n + 1 :])) if len(parts) > n + 1 else "."
+            members.append(m)
+        files = sum(m.isfile() for m in members)
+        if files == 0:
+            raise SystemExit(f"fetch_ggml: {sdist.name} has no {subdir}/ folder")
         dest.mkdir(parents=True, exist_ok=True)
         tar.extractall(dest, members=members, filter="data")
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdist", type=Path, help="use this already downloaded sdist")
     args = parser.parse_args(argv)
 
-    pin = read_pin()
+    pin = read_pin(PIN_FILE)
     stamp = args.dest / STAMP
     if stamp.exists() and stamp.read_text().strip() == pin["sha256"]:
         print(f"fetch_ggml: {args.dest} already holds {pin['package']} {pin['version']}")
         return 0
 
+    subdir = pin.get("subdir", DEFAULT_SUBDIR)
+    if not stamp.exists() and args.dest.exists() and any(args.dest.iterdir()):
+        raise SystemExit(
+            f"fetch_ggml: {args.dest} holds files but no {STAMP}: not ours to replace (remove it)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         sdist = args.sdist or download_sdist(pin, Path(tmp))
         got = sha256_of(sdist)
@@ -101,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"fetch_ggml: sha256 mismatch for {sdist.name}: expected {pin['sha256']}, got {got}"
             )
-        extract_ggml(sdist, args.dest)
+        if stamp.exists():
+            shutil.rmtree(args.dest)  # another pin's ggml: none of its files may stay
+        files = extract_ggml(sdist, args.dest, subdir)
     stamp.write_text(pin["sha256"] + "\n")
-    print(f"fetch_ggml: extracted ggml into {args.dest}")
+    print(f"fetch_ggml: extracted {subdir}/ ({files} files) into {args.dest}")
     return 0
 
 

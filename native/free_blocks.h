@@ -10,7 +10,8 @@
 
 #include "ggml.h"
 
-/* The most free blocks the graph allocator (ggml_gallocr, ggml 0.20.2) can
+/* The most free blocks the graph allocator (ggml_gallocr; ggml-alloc.c is the
+ * same in 0.20.2 and 0.25.3 but for which ops may run in place) can
  * hold while placing graph, by the bound above, with allocations and frees
  * counted the way it makes them: inputs first (never freed: tinynn flags
  * them as outputs, so they form one region), then each node, freeing a

@@ -138,7 +138,8 @@ static int avoid_fragmentation(tnn_session *sess, int fallback_sources) {
  * Reserve first: ggml 0.20.2's ggml_backend_sched_alloc_graph ignores a
  * failed re-reservation and then writes through the missing buffer
  * (SIGSEGV) when the compute memory cannot be allocated (a CUDA graph
- * larger than the GPU did, 2026-11-29). After a failed reserve the
+ * larger than the GPU did, 2026-11-29; 0.25.3 returns false there instead,
+ * but leaves the same half-placed allocator behind). After a failed reserve the
  * allocator keeps assignments without a buffer, so the scheduler is
  * replaced by a fresh one. The reserve splits the graph once more, and a
  * split rewrites the sources of ops that fall back to the CPU to copies it

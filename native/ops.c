@@ -432,7 +432,7 @@ tnn_tensor *tnn_flash_attn_ext(tnn_session *sess, tnn_tensor *q, tnn_tensor *k, 
         }
     }
     struct ggml_tensor *r = ggml_flash_attn_ext(sess->ctx, q, k, v, mask, (float)scale, 0.0f, 0.0f);
-    ggml_flash_attn_ext_set_prec(r, GGML_PREC_F32);
+    ggml_prec_set_acc(r, GGML_PREC_F32); /* true for a flash_attn_ext node */
     return r;
 }
 

@@ -98,6 +98,9 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    sys.path.insert(0, str(ROOT))  # this checkout's gpt2, as the children run it
+    from gpt2.bench import ggml_version
+
     result = {
         "what": "decode speed quiet and beside busy `yes > /dev/null` neighbours (issue 15)",
         "date": date.today().isoformat(),
@@ -110,7 +113,7 @@ def main() -> None:
             "python": platform.python_version(),
             "numpy": numpy.__version__,
             "commit": commit,
-            "ggml": "0.20.2",
+            "ggml": ggml_version(),
         },  # fmt: skip
         "rows": rows,
     }

@@ -128,3 +128,19 @@ def test_hf_compiled_skips_and_failures_in_ratios_and_table():
     assert "| s | f16 | decode b1 | hf-compiled | failed: RuntimeError: boom |" in table
     assert "| 4.00x | 2.00x |" in table  # f32 ours: vs HF, vs HF compiled
     assert bench._format_row(rows[5]).endswith("failed: RuntimeError: boom")
+
+
+def test_results_name_the_ggml_that_ran():
+    """A bench file records the ggml of the library that ran (libggml-base's own version and
+    the pin the build stamped as its commit), not a string written by hand."""
+    import re
+    from pathlib import Path
+
+    pin_file = Path(__file__).resolve().parents[2] / "native" / "ggml.pin"
+    pin = dict(
+        line.split("=", 1) for line in pin_file.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )  # fmt: skip
+    got = bench.environment("cpu")["ggml"]
+    stamp = re.escape(f"{pin['package']}-{pin['version']}")
+    assert re.fullmatch(rf"\d+\.\d+\.\d+ \({stamp}\)", got), (got, pin)
