@@ -26,9 +26,8 @@ from gpt2.weights import GPT2Weights
 
 PROMPT = [464, 2068, 7586]  # token ids (modulo the vocabulary size)
 
-# One fresh process: a load and one token, its memory read from /proc/self/status (MiB).
-CHILD = r"""
-import json, sys, time
+# What a fresh child reads of its own memory: /proc/self/status, kB -> MiB.
+STATUS = r"""
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
@@ -40,6 +39,13 @@ def reset_peak():  # VmHWM := VmRSS (Linux 4.0+); False where it is refused
         return True
     except OSError:
         return False
+"""
+
+# One fresh process: a load and one token, its memory read as STATUS does (MiB).
+CHILD = (
+    STATUS
+    + r"""
+import json, sys, time
 device, path, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 import numpy  # noqa: F401
 import gpt2, tinynn
@@ -61,6 +67,7 @@ r["first_token_s"] = time.perf_counter() - t0
 model.close()
 print(json.dumps(r))
 """
+)
 
 
 def synthetic_tokenizer(vocab_size: int):

@@ -48,22 +48,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 GB_MIB = 1e9 / 2**20  # one GB (10^9 bytes) in MiB
-PROMPT = [464, 2068, 7586]  # any ids below the vocabulary size
-
-# what every child reads of its own memory: /proc/self/status, kB -> MiB
-STATUS = r"""
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-def reset_peak():  # VmHWM := VmRSS (Linux 4.0+); False where it is refused
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-"""
+# what every child reads of its own memory, and the prompt: gpt2 bench's load workload's
+from gpt2.bench_load import PROMPT, STATUS, synthetic_tokenizer  # noqa: E402
 
 LOAD_CHILD = (
     STATUS
@@ -149,7 +135,6 @@ def write_hf_folder(weights, tokenizer, folder: Path) -> None:
 def make_models(work: Path, shapes: list[str], convert_shape: str | None) -> None:
     """Each shape's f16 GGUF, and the convert shape's HF f32 folder; files already there
     are kept (each is written under a temporary name and renamed when complete)."""
-    from load_test import synthetic_tokenizer  # scripts/: this script's own folder
 
     from gpt2.bench import SHAPES, WEIGHT_SCALE
     from gpt2.convert import write_gguf_llama_layout

@@ -307,32 +307,11 @@ def server_summary(before: dict[str, float], after: dict[str, float]) -> dict:
     return out
 
 
-def synthetic_tokenizer(vocab_size: int):
-    """A byte-level BPE of `vocab_size` tokens (256 bytes, then byte pairs, then
-    <|endoftext|>): any id a random model draws decodes to text, so streamed
-    chunks carry text as with a real vocabulary."""
-    from tokenizers import AddedToken, models, pre_tokenizers
-
-    from gpt2.tokenizer import EOS_TOKEN, Tokenizer, _byte_level
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    merges = []
-    for a in alphabet:
-        for b in alphabet:
-            if len(vocab) == vocab_size - 1:
-                break
-            merges.append((a, b))
-            vocab[a + b] = len(vocab)
-    hf = _byte_level(models.BPE(vocab, merges))
-    hf.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
-    return Tokenizer(hf, "synthetic")
-
-
 def random_model_file(shape: str, dtype: str, work: Path) -> Path:
     """The bench's random weights of `shape` as a GGUF of `dtype`, with a synthetic
     tokenizer (the GPU machine has no GPT-2 vocabulary and no network)."""
     from gpt2.bench import SHAPES, WEIGHT_SCALE
+    from gpt2.bench_load import synthetic_tokenizer
     from gpt2.convert import write_gguf_llama_layout
     from gpt2.random_weights import random_weights
 

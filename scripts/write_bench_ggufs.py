@@ -12,25 +12,17 @@ shape and type: DIR/{shape}_{dtype}.gguf; a file already there is kept.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from gpt2.bench import SHAPES, WEIGHT_SCALE  # noqa: E402
+from gpt2.bench_load import synthetic_tokenizer  # noqa: E402
 from gpt2.convert import write_gguf_llama_layout  # noqa: E402
 from gpt2.random_weights import random_weights  # noqa: E402
-
-# load_test imports httpx (the serve extra) at the top but synthetic_tokenizer does not use
-# it: where httpx is missing, an empty stand-in lets the import through.
-if importlib.util.find_spec("httpx") is None:
-    sys.modules["httpx"] = types.ModuleType("httpx")
-from load_test import synthetic_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
