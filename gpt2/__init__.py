@@ -15,7 +15,7 @@ What is here, a concern a module:
   our fused CUDA decode step through tinynn.Decoder), port/ (the close port of
   the Ruby engine classes).
 - config, names (the one tensor-name table), weights (GGUF and HF checkpoints),
-  convert, inspect_model, resolve (paths and hub ids).
+  torch_bin (pytorch_model.bin), convert, inspect_model, resolve (paths and hub ids).
 - reference (float64 numpy), parity, bench, random_weights, cli.
 """
 

@@ -63,7 +63,8 @@ _Q = gguf.GGMLQuantizationType
 _GGUF_TYPES = {_Q.F32, _Q.F16, _Q.BF16, _Q.Q8_0, _Q.Q4_0, _Q.Q4_1, _Q.Q5_0, _Q.Q5_1}
 # safetensors dtype -> our kind
 _ST_KINDS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "F64": "F64"}
-_FLOAT = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+# the float kinds a tensor can hold, as numpy reads them (BF16: its raw 16 bits)
+FLOAT_KINDS = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
 # the engine dtype that keeps a file's type (bf16 -> f32: exact; f16 would clip bf16's range)
 _AUTO = {"F32": "f32", "F64": "f32", "BF16": "f32", "F16": "f16", "Q8_0": "q8_0"}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; a larger header means a corrupt file
@@ -125,8 +126,8 @@ class TensorInfo:
         shape = self.shape if shape is None else shape
         data = np.frombuffer(raw, np.uint8)
         swap = self.byte_order != _HOST_ORDER
-        if self.kind in _FLOAT:
-            values = data.view(_FLOAT[self.kind])
+        if self.kind in FLOAT_KINDS:
+            values = data.view(FLOAT_KINDS[self.kind])
             return (values.byteswap() if swap else values).reshape(shape)
         if swap:  # checked swappable when the file was indexed (_check_byte_order)
             blocks = data.reshape(-1, _SCALE_FIRST[self.kind]).copy()
@@ -173,7 +174,7 @@ def to_f32(kind: str, data: np.ndarray, shape: tuple[int, ...] | None = None) ->
         bits = np.array(data, np.uint32, order="C")
         bits <<= 16
         return bits.view(np.float32)
-    if kind in _FLOAT:
+    if kind in FLOAT_KINDS:
         return np.array(data, np.float32, order="C")
     x = gguf.quants.dequantize(data, _Q[kind])
     return np.array(x.reshape(shape if shape is not None else x.shape), np.float32, order="C")
@@ -275,7 +276,7 @@ class FileTensors(Mapping):
                 nonfinite = lambda: self.nonfinite(s.name)  # noqa: E731
                 in_file = FileRange(info.file, info.offset, info.row_bytes, name, nonfinite)
             return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1), in_file)
-        if info.kind not in _FLOAT:
+        if info.kind not in FLOAT_KINDS:
             return None
         data = self.read_stored(s.name).T
         return Rows(info.kind, data.shape, lambda r0, r1: data[r0:r1])
@@ -514,7 +515,7 @@ def _check_n_bytes(t: TensorInfo, path: Path) -> None:
 
 def _check_byte_order(t: TensorInfo, path: Path) -> None:
     """A tensor of a file in the other byte order must be one that decode can swap."""
-    if t.byte_order != _HOST_ORDER and t.kind not in _FLOAT and t.kind not in _SCALE_FIRST:
+    if t.byte_order != _HOST_ORDER and t.kind not in FLOAT_KINDS and t.kind not in _SCALE_FIRST:
         order = "big-endian" if t.byte_order == ">" else "little-endian"
         raise ValueError(
             f"{path}: tensor {t.name}: {t.kind} in a {order} GGUF is not supported "
@@ -587,7 +588,9 @@ def _hf_tensor_infos(
     elif index.exists():
         files = [folder / f for f in shard_names(index)]
     elif torch_bin.exists():
-        infos, arrays = _read_torch_bin(torch_bin)
+        from gpt2.torch_bin import read_torch_bin  # it imports this module (TensorInfo)
+
+        infos, arrays = read_torch_bin(torch_bin)
         return infos, [torch_bin], arrays
     else:
         raise ValueError(
@@ -652,7 +655,7 @@ def _safetensors_infos(f: HeldFile) -> dict[str, TensorInfo]:
                 f"{path}: truncated: tensor {name} ends at byte {8 + n + end}, file has {size}"
             )
         if dtype in _ST_KINDS:
-            need = math.prod(shape) * np.dtype(_FLOAT[dtype]).itemsize
+            need = math.prod(shape) * np.dtype(FLOAT_KINDS[dtype]).itemsize
             if end - begin != need:
                 raise ValueError(
                     f"{path}: tensor {name}: {dtype} {tuple(shape)} needs {need} bytes, "
@@ -676,68 +679,6 @@ def shard_names(index: Path) -> list[str]:
             f"{index}: weight_map must map tensor names to shard file names in the same folder"
         )
     return sorted(set(weight_map.values()))
-
-
-def _read_torch_bin(path: Path) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
-    """pytorch_model.bin through torch's safe loader (tensors only, no code run)."""
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(
-            f"{path}: a PyTorch checkpoint needs torch (pip install torch), or convert it once "
-            'where torch is: `python -c "from transformers import GPT2LMHeadModel as M; '
-            "M.from_pretrained('FOLDER').save_pretrained('FOLDER', safe_serialization=True)\"`"
-        ) from None
-    # read through the descriptor that was checked to be a regular file, never re-opened
-    with ModelFile(path) as f, open(f.fd, "rb", closefd=False) as stream:
-        try:
-            state = torch.load(stream, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types on bad files
-            raise ValueError(
-                f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})"
-            ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict ({type(state).__name__})")
-    infos, arrays = {}, {}
-    for name, t in state.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{path}: entry {name!r} is not a tensor")
-        try:
-            infos[name], arrays[name] = _torch_tensor(torch, path, name, t)
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any tensor torch cannot hand over plainly
-            raise ValueError(
-                f"{path}: tensor {name}: cannot read it ({type(e).__name__}: {e})"
-            ) from None
-    return infos, arrays
-
-
-def _torch_tensor(torch, path: Path, name: str, t) -> tuple[TensorInfo, np.ndarray]:
-    """One tensor of a state dict as (info, array in its own type); nn.Parameter as its
-    data, any layout but a dense (strided) one refused by name."""
-    if t.layout != torch.strided:
-        raise ValueError(
-            f"{path}: tensor {name}: {str(t.layout).removeprefix('torch.')} tensors are not "
-            "supported (a GPT-2 checkpoint's are dense)"
-        )
-    t = t.detach()  # nn.Parameter, requires_grad: the same values, as a plain tensor
-    kind = _TORCH_KINDS.get(str(t.dtype), str(t.dtype))
-    if kind == "BF16":
-        a = t.contiguous().view(torch.int16).numpy().view(np.uint16)
-    elif kind in _FLOAT:
-        a = t.contiguous().numpy()
-    else:
-        a = np.empty(0)
-    return TensorInfo(name, path, 0, a.nbytes, kind, tuple(t.shape)), a
-
-
-_TORCH_KINDS = {
-    "torch.float32": "F32",
-    "torch.float16": "F16",
-    "torch.bfloat16": "BF16",
-    "torch.float64": "F64",
-}
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gpt2
+import gpt2.torch_bin as torch_bin_mod
 import gpt2.weights as weights_mod
 from gpt2.config import GPT2Config
 from gpt2.convert import write_gguf_llama_layout
@@ -229,7 +230,7 @@ def test_torch_bin_renamed_over_while_it_loads(tmp_path, monkeypatch):
     a, b = two_models()
     folder = write_torch_folder(a, tmp_path / "a", lambda k, t: t)
     other = write_torch_folder(b, tmp_path / "b", lambda k, t: t) / "pytorch_model.bin"
-    real, done = weights_mod.ModelFile, []
+    real, done = torch_bin_mod.ModelFile, []  # the torch checkpoint's reader opens it
 
     class Racing(real):
         def __init__(self, path):
@@ -238,7 +239,7 @@ def test_torch_bin_renamed_over_while_it_loads(tmp_path, monkeypatch):
                 os.replace(other, path)
                 done.append(1)
 
-    monkeypatch.setattr(weights_mod, "ModelFile", Racing)
+    monkeypatch.setattr(torch_bin_mod, "ModelFile", Racing)
     loaded = load_model(folder)
     assert done
     assert_weights_of(loaded.weights, a, "pytorch_model.bin renamed over")
