@@ -120,8 +120,10 @@ def test_fused_decode_matches_reference_at_every_position(gpt2_head_models, dtyp
 def test_fused_decode_of_a_gguf_reads_the_files_weights(gpt2_head_models, tmp_path, dtype):
     """A GGUF in that type, on the device as it is stored (its f16 values or q8_0 blocks;
     LayerNorms applied by our kernels' prologue, the head read from wte): every decoded
-    position against the float64 reference on the file's own values. The only rounding
-    left is the f16 cache and f32 sums, so f16's tolerance holds for both types."""
+    position against the float64 reference on the file's own values. In our kernels the
+    only rounding left is the f16 cache and f32 sums, so f16's tolerance holds for both
+    types; the prefill row comes from ggml-cuda, which rounds the activations of a q8_0
+    product to 8 bits (measured 8.6e-2 on the H100), so it gets its type's tolerance."""
     use_device("cuda")
     for m in gpt2_head_models:
         path = tmp_path / f"{m.name}-{dtype}.gguf"
@@ -134,7 +136,11 @@ def test_fused_decode_of_a_gguf_reads_the_files_weights(gpt2_head_models, tmp_pa
             with fast.sequence() as seq:
                 rows = [seq.start(ids[:4])]
                 rows += [seq.step(t) for t in ids[4:]]
-        check_close(np.vstack(rows), ref[3:], TOL["f16"], f"{m.name} fused, {dtype} GGUF")
+        prefill = check_close(rows[0], ref[3], TOL[dtype], f"{m.name} prefill, {dtype} GGUF")
+        decoded = check_close(
+            np.vstack(rows[1:]), ref[4:], TOL["f16"], f"{m.name} fused, {dtype} GGUF"
+        )
+        print(f"{m.name} {dtype} GGUF: prefill row {prefill:.2e}, decoded rows {decoded:.2e}")
 
 
 @pytest.mark.cuda
