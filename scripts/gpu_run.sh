@@ -203,7 +203,10 @@ step() {
     fi
     if has load; then
         wait_llama_build
-        step load 120 python3 scripts/bench_load_cuda.py --out "$RES/load_h200.json" 2>&1 | tail -12
+        # the user step's GGUFs when it ran (f16 and q8_0), else f16 written here
+        ggufs=(); [ -d /tmp/ggufs ] && ggufs=(--ggufs /tmp/ggufs --dtypes f16 q8_0)
+        step load 120 python3 scripts/bench_load_cuda.py "${ggufs[@]}" --convert-shape none \
+            --paths gpt2/data/default.gguf --out "$RES/load_h200.json" 2>&1 | tail -12
     fi
     if has parity-xl; then
         step "parity gpt2-xl" 90 python3 scripts/cuda_parity.py --shapes gpt2-xl --out "$RES/xl" 2>&1 | tail -12
