@@ -65,7 +65,7 @@ stamp() { echo "== $(date -u +%H:%M:%S) (${SECONDS}s) $*"; }
     stamp pack
     lib_dir=$(cd "$WORK" && env -u PYTHONPATH "$PY" -c \
         "import pathlib, tinynn; print(pathlib.Path(tinynn.__file__).parent)")
-    cp "$lib_dir"/libggml*.so* "$lib_dir"/libtinynn.so "$WORK/pack/lib/"  # *.so.0: sonames
+    cp "$lib_dir"/libggml*.so "$lib_dir"/libtinynn.so "$WORK/pack/lib/"
     tar -C "$WORK/pack" -c lib | xz -T0 -6 | split -b 15M -d - "$OUT/native_lib.tar.xz."
     ls -la "$OUT"
     # the tests, copied away from the checkout (relative paths now name the
