@@ -316,17 +316,23 @@ struct GemvPlan {
     size_t smem; /* dynamic shared memory bytes */
 };
 
-/* The launch shape of one product: enough blocks for TNN_GEMV_BLOCKS_PER_SM
- * per SM where the input can be split (slices of at least 256 inputs), and
- * slices small enough that the input fits in 64 KiB of shared memory. */
+/* The launch shape of one product. The slices of the input fix the order in
+ * which a row's products are summed (lanes within a slice, then slices in
+ * order), and nothing else does: so they are chosen once for every batch size,
+ * and a sequence gets the same bits whatever shares its step (batch
+ * invariance). They are one vector's: enough blocks for
+ * TNN_GEMV_BLOCKS_PER_SM per SM where the input can be split (slices of at
+ * least 256 inputs), and small enough that TNN_DEC_MAX_BATCH vectors of a
+ * slice fit in 64 KiB of shared memory. Only the tiles follow the batch. */
 static inline GemvPlan gemv_plan(int type, int nb, int n_in, int n_out, int n_sm) {
     GemvPlan p;
-    const int rb = 8 * gemv_rows_per_warp(type, nb);
+    const int rb1 = 8 * gemv_rows_per_warp(type, 1), rb = 8 * gemv_rows_per_warp(type, nb);
+    const int tiles1 = (n_out + rb1 - 1) / rb1;
     p.tiles = (n_out + rb - 1) / rb;
     const int target = TNN_GEMV_BLOCKS_PER_SM * n_sm;
-    int splits = std::max(1, (target + p.tiles - 1) / p.tiles);
+    int splits = std::max(1, (target + tiles1 - 1) / tiles1);
     splits = std::min(splits, std::max(1, n_in / 256));
-    const int by_smem = static_cast<int>((static_cast<int64_t>(nb) * n_in * 4 + 65535) / 65536);
+    const int by_smem = static_cast<int>((static_cast<int64_t>(TNN_DEC_MAX_BATCH) * n_in * 4 + 65535) / 65536);
     splits = std::max(std::max(splits, by_smem), 1);
     p.slice = ((n_in + splits - 1) / splits + 31) / 32 * 32;
     p.splits = (n_in + p.slice - 1) / p.slice;

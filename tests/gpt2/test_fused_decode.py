@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpt2.config import GPT2Config
 from gpt2.convert import convert_hf_to_gguf
 from gpt2.engine import FastGPT2
 from gpt2.engine.fast import decoder_layer
 from gpt2.generate import generate_ids, greedy_generate
+from gpt2.random_weights import random_weights
 from gpt2.reference import GPT2Reference
 from gpt2.sampling import SamplingParams, choose, draw_uniform
 from gpt2.weights import load_model
@@ -169,6 +171,45 @@ def test_fused_greedy_and_batches_equal_the_graph_path(gpt2_head_models, dtype):
     agree = np.mean([a == b for x, y in zip(outs[True], outs[False], strict=True)
                      for a, b in zip(x, y, strict=True)])  # fmt: skip
     assert agree >= (0.95 if dtype == "f16" else 0.8), agree
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_fused_decode_is_batch_invariant(dtype):
+    """A sequence's logits from our kernels are the same bits whatever shares
+    its step: stepped alone, then among 1..7 others (other slots, other
+    positions), past one attention chunk (64 positions). GPT-2-small's width,
+    whose products the kernels split differently by batch size if the split
+    followed the batch."""
+    use_device("cuda")
+    config = GPT2Config(n_layer=2, n_embd=768, n_head=12, n_positions=128, vocab_size=1024)
+    rng = np.random.default_rng(21)
+    steps, slot = 80, 3
+    ids = rng.integers(0, config.vocab_size, (8, steps)).tolist()
+    with FastGPT2(random_weights(config, seed=4), "cuda", dtype, n_slots=8, decode="fused") as fast:
+        dec = fast.decoder
+        assert dec is not None and dec.max_batch == 8
+        alone = [dec.step([ids[slot][t]], [t], [slot], logits=True)[1][0] for t in range(steps)]
+        others = [j for j in range(8) if j != slot]
+        done = dict.fromkeys(others, 0)  # positions the other slots have reached
+        for t in range(steps):
+            members = [slot] + others[: t % 8]
+            tokens = [ids[j][t] if j == slot else ids[j][done[j]] for j in members]
+            positions = [t if j == slot else done[j] for j in members]
+            order = rng.permutation(len(members))  # the sequence at any index
+            _, logits = dec.step(
+                [tokens[k] for k in order],
+                [positions[k] for k in order],
+                [members[k] for k in order],
+                logits=True,
+            )
+            got = logits[int(np.flatnonzero(order == 0)[0])]
+            assert np.array_equal(got, alone[t]), (
+                f"step {t} in a batch of {len(members)}: "
+                f"{int((got != alone[t]).sum())} logits differ from the sequence alone"
+            )
+            for j in members[1:]:
+                done[j] += 1
 
 
 @pytest.mark.cuda

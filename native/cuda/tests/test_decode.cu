@@ -24,6 +24,7 @@
 #include "../reference.cuh"
 
 #include <chrono>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -371,6 +372,52 @@ static void test_gemv(tnn_cuda_decoder *dec, int type, int nb, int n_in, int n_o
         }
     cudaFree(dx), cudaFree(dh), cudaFree(dy), cudaFree(dr), cudaFree(dr2), cudaFree(dout), cudaFree(l.dw), cudaFree(l.db);
     cudaFree(norm.dg), cudaFree(norm.db);
+}
+
+/* Batch invariance: each vector's outputs from a launch of nb = 1..8 vectors
+ * equal, bit for bit, those of the same vector among 8 (gemv_plan keeps one
+ * set of slices for every batch size). */
+static void test_gemv_invariance(tnn_cuda_decoder *dec, int type, int n_in, int n_out, std::mt19937 &rng) {
+    HostLinear l;
+    make_linear(l, n_in, n_out, type, 0.05f * std::sqrt(768.0f / n_in), 0.02f, rng);
+    std::normal_distribution<float> nx(0.5f, 3.0f);
+    const int max_nb = TNN_DEC_MAX_BATCH;
+    std::vector<float> x(static_cast<size_t>(max_nb) * n_in);
+    for (float &v : x) v = nx(rng);
+    HostNorm norm;
+    make_norm(norm, n_in, rng);
+    float *dx = upload(x), *dout;
+    CHECK(cudaMalloc(&dout, static_cast<size_t>(max_nb) * n_out * sizeof(float)));
+    InputArgs in = {};
+    in.pro = PRO_NORM;
+    in.n_in = n_in;
+    in.eps = 1e-5f;
+    in.gamma = norm.dg;
+    in.beta = norm.db;
+    std::vector<float> all;
+    int differ = 0;
+    for (int nb = max_nb; nb >= 1; --nb) {
+        const GemvPlan p = gemv_plan(type, nb, n_in, n_out, dec->n_sm);
+        if (p.smem > 48 * 1024)
+            CHECK(cudaFuncSetAttribute(gemv_kernel(type, nb), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(p.smem)));
+        /* the last nb vectors: each sits at another index than among all 8 */
+        in.in = dx + static_cast<size_t>(max_nb - nb) * n_in;
+        CHECK(launch_gemv(dec, as_cuda(l), nb, in, EPI_STORE, dout, nullptr, false));
+        CHECK(cudaDeviceSynchronize());
+        const std::vector<float> got = download(dout, static_cast<size_t>(nb) * n_out);
+        if (nb == max_nb) {
+            all = got;
+            continue;
+        }
+        const float *want = all.data() + static_cast<size_t>(max_nb - nb) * n_out;
+        if (std::memcmp(got.data(), want, got.size() * sizeof(float)) != 0) ++differ;
+    }
+    char what[160];
+    snprintf(what, sizeof what, "gemv %s %4d->%-5d: batches 1..7 against 8, batches that differ", type ? "q8_0" : "f16 ",
+             n_in, n_out);
+    report(what, differ, 0, 0);
+    cudaFree(dx), cudaFree(dout), cudaFree(l.dw), cudaFree(l.db), cudaFree(norm.dg), cudaFree(norm.db);
 }
 
 static void test_attention(int nb, int n_head, int n_rows, const std::vector<int> &pos, std::mt19937 &rng) {
@@ -750,6 +797,8 @@ int main(int argc, char **argv) {
         for (int type = 0; type < 2; ++type)
             for (int nb : {1, 3, 8})
                 for (const IO &io : shapes) test_gemv(shell, type, nb, io.n_in, io.n_out, rng);
+        for (int type = 0; type < 2; ++type)
+            for (const IO &io : shapes) test_gemv_invariance(shell, type, io.n_in, io.n_out, rng);
         cudaFree(shell->partial);
         cudaFree(shell->counters);
         shell->partial = nullptr;
