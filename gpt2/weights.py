@@ -28,6 +28,7 @@ import logging
 import math
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ class TensorInfo:
 @dataclass(frozen=True)
 class FileRange:
     """Where rows lie in a file, as they are stored there (the host's byte order): for an
-    engine that reads them straight into its own memory (tinynn's read_file_into), which
+    engine that reads them straight into its own memory (tinynn.read_file_ranges), which
     then checks them finite and raises `nonfinite()` where they are not."""
 
     file: ModelFile
@@ -278,8 +279,23 @@ class FileTensors(Mapping):
             return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1), in_file)
         if info.kind not in FLOAT_KINDS:
             return None
-        data = self.read_stored(s.name).T
-        return Rows(info.kind, data.shape, lambda r0, r1: data[r0:r1])
+        whole = _ReadOnce(lambda: self.read_stored(s.name).T)  # by the first slice's reader
+        shape = (math.prod(info.shape[1:]), info.shape[0])
+        return Rows(info.kind, shape, lambda r0, r1: whole()[r0:r1])
+
+
+class _ReadOnce:
+    """A value made by the first call, in whichever thread calls first; the others wait
+    for it (a tensor read whole once, then sliced by several threads)."""
+
+    def __init__(self, make: Callable[[], np.ndarray]):
+        self._make, self._value, self._lock = make, None, threading.Lock()
+
+    def __call__(self) -> np.ndarray:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
 
 
 @dataclass

@@ -4,7 +4,16 @@
  * are first touched. So the caches need no clearing at load, and a cache slot
  * costs resident memory only for the rows a sequence has reached: a model
  * loaded with 4 slots of 1024 rows holds the weights, not 4 full caches. (A
- * malloc'd buffer would have to be cleared, touching every page at once.) */
+ * malloc'd buffer would have to be cleared, touching every page at once.)
+ *
+ * The weights are written whole right after, and then the kernel's cost is
+ * the first touch of each page: a fault and a zeroed page, 4 KiB at a time,
+ * about 4x the copy itself on the 2-core machine measured (GPT-2 small f16,
+ * 252 MB, two threads: 0.28 s into fresh pages, 0.05 s into touched ones, 0.10
+ * s into fresh huge pages). Huge pages take 1/512 of the faults, so the
+ * weights (and only they: the caches stay lazy at 4 KiB) are advised to use
+ * them just before they are read in. Advice only: where the kernel has none
+ * to give, pages stay small. */
 #include <sys/mman.h>
 
 #include "tinynn_internal.h"
@@ -48,6 +57,18 @@ ggml_backend_buffer_t alloc_host_weights(tnn_session *sess) {
     sess->host_weights = map;
     sess->host_weights_size = total;
     return buf;
+}
+
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+
+void advise_huge_pages(tnn_session *root, const void *start, size_t n) {
+    uintptr_t map = (uintptr_t)root->host_weights, map_end = map + root->host_weights_size;
+    uintptr_t lo = (uintptr_t)start, hi = lo + n;
+    if (!root->host_weights || lo < map || hi > map_end) return; /* not our mapping */
+    /* Whole huge pages inside the range; the pages at its ends may hold a cache. */
+    lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    hi &= ~(HUGE_PAGE - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
 void free_host_weights(tnn_session *sess) {

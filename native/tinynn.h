@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 8
+#define TNN_ABI_VERSION 9
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -286,18 +286,50 @@ TNN_API int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, i
                              int64_t offset);
 TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                              int64_t offset);
-/* Reads nbytes at file_offset of the open file fd (pread: no file position is
- * used, so several threads may read disjoint ranges at once) straight into t's
- * memory from byte offset: one copy, no staging. t: a contiguous tensor with
- * memory in host memory (a CPU session's; elsewhere TNN_EBACKEND, nothing
- * read), not i32; offset and nbytes whole values or q8_0 blocks of t's type,
- * the bytes as the file stores them in that type (the caller knows the file's
- * type and byte order are t's). A read error or a file that ends early is an
- * error naming the offsets (t then holds what was read). *nonfinite_at: the
- * byte offset, within the range, of the first value that is not finite (f32,
- * f16, bf16; q8_0: a block's scale), or -1. */
-TNN_API int tnn_read_file_into(tnn_session *sess, tnn_tensor *t, int fd, int64_t file_offset,
-                               int64_t nbytes, int64_t offset, int64_t *nonfinite_at);
+
+/* One range of a file for tnn_read_file_ranges: nbytes at file_offset go to
+ * tensor t from byte offset (32 bytes). */
+typedef struct tnn_file_range {
+    tnn_tensor *t;
+    int64_t file_offset;
+    int64_t nbytes;
+    int64_t offset;
+} tnn_file_range;
+
+/* tnn_read_file_ranges' flags: stage host memory too (the path device memory
+ * takes, for tests on machines without a device). */
+#define TNN_READ_STAGED 1
+
+/* Reads n_ranges ranges of the open file fd into tensors, the bytes as the file
+ * stores them in each tensor's type (the caller knows the file's type and byte
+ * order are the tensor's). Each range is checked before anything is read: t a
+ * live tensor with memory, contiguous, not i32; offset and nbytes inside it and
+ * whole values or q8_0 blocks of its type; file_offset >= 0. pread is used (no
+ * file position), by n_threads threads (1..64, the calling one included)
+ * reading pieces at once, each checking its piece as it lands:
+ * - a tensor in host memory: straight into it (pread, one copy);
+ * - a tensor in device memory (or any, with TNN_READ_STAGED): into n_staging
+ *   (1..16) staging buffers of staging_bytes (4096..2^30) each, the device's
+ *   page-locked host memory where it has some, else plain memory; a round of
+ *   pieces fills one buffer, then goes to the device asynchronously on the
+ *   session's stream while the next rounds are read; a buffer is read into again
+ *   only when its own copies are done (an event, or a synchronize where the
+ *   device has none). One synchronize at the end: when this returns, every
+ *   byte is in place and the staging buffers are freed.
+ * ranges_nbytes must be n_ranges * sizeof(tnn_file_range). Returns TNN_OK
+ * when every byte was read and none is a value that is not finite (f32, f16,
+ * bf16; q8_0: a block's scale); else *bad_range (-1 when none) is the range
+ * that failed to read (an error naming it and the offsets; TNN_ESHAPE where the
+ * file ended early) or that holds the first value that is not finite (TNN_OK,
+ * *nonfinite_at its byte offset in the range; -1 otherwise; host-memory ranges
+ * are read, and so checked, before staged ones). After either,
+ * reading stops: the tensors hold part of the file. Memory of its own: the
+ * staging buffers (only for staged ranges). */
+TNN_API int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges,
+                                 int64_t n_ranges, int64_t ranges_nbytes, int n_threads,
+                                 int64_t staging_bytes, int n_staging, int flags,
+                                 int64_t *bad_range, int64_t *nonfinite_at);
+
 /* One step of a realized graph: uploads in_nbytes of in_data into in (from
  * byte 0), computes, and downloads out_nbytes of out (from byte 0) into
  * out_data, waiting for the device once instead of once per call. in or out

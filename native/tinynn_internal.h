@@ -15,6 +15,8 @@
  *   index_bounds.c    index tensors: registration and the one bound check
  *   graph.c           graph building, scheduler, realize, compute
  *   transfers.c       upload, download, tnn_compute_io
+ *   file_reads.c      a file's bytes into tensors: parallel preads, staging
+ *                     through page-locked memory for device memory
  *   cuda_specifics.c  what a CUDA session does differently, and why
  *   decoder.c         tnn_decoder_*: our fused CUDA decode step (cuda/decode.h)
  *   device_sampler.c  tnn_compute_io_sample: a step, then token choice on the
@@ -151,6 +153,9 @@ void adapt_threads(tnn_session *s);
 ggml_backend_buffer_t alloc_host_weights(tnn_session *sess);
 /* Unmaps it; after the buffer over it is freed. */
 void free_host_weights(tnn_session *sess);
+/* n bytes from start, about to be written whole (weights read from a file):
+ * asks for huge pages where they lie in root's mapping (see host_weights.c). */
+void advise_huge_pages(tnn_session *root, const void *start, size_t n);
 
 /* ---- tensors.c: ownership and the checks every op makes -------------------- */
 

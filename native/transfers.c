@@ -1,8 +1,6 @@
 /* transfers.c - bytes in and out of tensors: upload, download, and
  * tnn_compute_io (upload, compute, download with one wait). */
-#include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "tinynn_internal.h"
 
@@ -100,93 +98,6 @@ int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, int64_t n
 int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                      int64_t offset) {
     return download(sess, t, data, nbytes, offset, -1, __func__);
-}
-
-/* ---- from a file, straight into host memory ----------------------------------------- */
-
-/* Byte offset (from p) of the first value of type `type` in n bytes that is
- * not finite (f32, f16, bf16: the value; q8_0: a block's f16 scale), or -1.
- * Other types are not checked. n is a whole number of values or blocks. */
-static int64_t first_nonfinite(const unsigned char *p, size_t n, enum ggml_type type) {
-    switch (type) {
-    case GGML_TYPE_F32:
-        for (size_t i = 0; i + 4 <= n; i += 4) {
-            uint32_t v;
-            memcpy(&v, p + i, 4);
-            if ((v & 0x7f800000u) == 0x7f800000u) return (int64_t)i;
-        }
-        return -1;
-    case GGML_TYPE_F16:
-    case GGML_TYPE_BF16: {
-        const uint16_t exp = type == GGML_TYPE_F16 ? 0x7c00u : 0x7f80u;
-        for (size_t i = 0; i + 2 <= n; i += 2) {
-            uint16_t v;
-            memcpy(&v, p + i, 2);
-            if ((v & exp) == exp) return (int64_t)i;
-        }
-        return -1;
-    }
-    case GGML_TYPE_Q8_0: {
-        const size_t block = ggml_type_size(GGML_TYPE_Q8_0); /* an f16 scale, 32 int8 */
-        for (size_t i = 0; i + block <= n; i += block) {
-            uint16_t v;
-            memcpy(&v, p + i, 2);
-            if ((v & 0x7c00u) == 0x7c00u) return (int64_t)i;
-        }
-        return -1;
-    }
-    default:
-        return -1;
-    }
-}
-
-int tnn_read_file_into(tnn_session *sess, tnn_tensor *t, int fd, int64_t file_offset,
-                       int64_t nbytes, int64_t offset, int64_t *nonfinite_at) {
-    const char *func = __func__;
-    static const char any = 0; /* check_transfer's data: the file stands for it */
-    int rc = check_transfer(sess, t, &any, nbytes, offset, -1, func);
-    if (rc != TNN_OK) return rc;
-    if (!nonfinite_at) return fail(TNN_EINVAL, func, "nonfinite_at is NULL");
-    *nonfinite_at = -1;
-    if (t->type == GGML_TYPE_I32) {
-        return fail(TNN_EINVAL, func, "t is %s: index tensors are uploaded with their checks "
-                    "(tnn_upload_i32)", SHAPE(t));
-    }
-    if (!ggml_backend_buffer_is_host(storage_of(t)->buffer)) {
-        return fail(TNN_EBACKEND, func, "t %s is not in host memory (%s): upload it from a "
-                    "host copy", SHAPE(t), ggml_backend_buffer_name(storage_of(t)->buffer));
-    }
-    if (fd < 0 || file_offset < 0) {
-        return fail(TNN_EINVAL, func, "fd=%d, file_offset=%lld: expected an open descriptor and "
-                    "an offset >= 0", fd, (long long)file_offset);
-    }
-    const size_t unit = ggml_type_size(t->type); /* a value, or a block of values */
-    if (unit == 0 || offset % (int64_t)unit || nbytes % (int64_t)unit) {
-        return fail(TNN_ESHAPE, func, "%lld bytes at offset %lld of t %s: not whole %s values "
-                    "(%zu bytes)", (long long)nbytes, (long long)offset, SHAPE(t),
-                    ggml_type_name(t->type), unit);
-    }
-    unsigned char *dst = (unsigned char *)t->data + offset;
-    int64_t done = 0;
-    while (done < nbytes) {
-        size_t want = (size_t)(nbytes - done);
-        if (want > ((size_t)1 << 30)) want = (size_t)1 << 30; /* pread's count, bounded */
-        ssize_t got = pread(fd, dst + done, want, (off_t)(file_offset + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            return fail(TNN_EBACKEND, func, "reading %lld bytes at file offset %lld: %s",
-                        (long long)nbytes, (long long)file_offset, strerror(errno));
-        }
-        if (got == 0) {
-            return fail(TNN_ESHAPE, func, "the file ended at byte %lld: %lld of the %lld bytes "
-                        "at file offset %lld were read (truncated?)",
-                        (long long)(file_offset + done), (long long)done, (long long)nbytes,
-                        (long long)file_offset);
-        }
-        done += got;
-    }
-    *nonfinite_at = first_nonfinite(dst, (size_t)nbytes, t->type);
-    return TNN_OK;
 }
 
 /* ---- one step: upload, compute, download -------------------------------------------- */

@@ -29,7 +29,7 @@ for src in native/cuda/*.cu; do
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-nvcc -shared -o "$LIB/libtinynn.so" "$OBJ"/*.o -L"$LIB" -lggml -lggml-base -ldl \
+nvcc -shared -o "$LIB/libtinynn.so" "$OBJ"/*.o -L"$LIB" -lggml -lggml-base -ldl -lpthread \
     -cudart static -Xlinker -rpath,'$ORIGIN'
 rm -rf "$OBJ"
 echo "build_shim_cuda: $LIB/libtinynn.so"

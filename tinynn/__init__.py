@@ -18,12 +18,15 @@ with tinynn.Session("cpu") as s:
 from ._lib import ABI_VERSION, library_path
 from .decoder import Decoder
 from .errors import TinyNNError
+from .file_reads import FILE_RANGE_DTYPE, FileReadError, read_file_ranges
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
 from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
 
 __all__ = [
     "ABI_VERSION",
     "Decoder",
+    "FILE_RANGE_DTYPE",
+    "FileReadError",
     "SAMPLING_DTYPE",
     "SampledRows",
     "Session",
@@ -33,5 +36,6 @@ __all__ = [
     "cuda_unavailable_reason",
     "library_path",
     "penalize_rows",
+    "read_file_ranges",
     "sample_rows",
 ]

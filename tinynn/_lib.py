@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -242,10 +242,13 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     ),
     # void tnn_decoder_free(tnn_decoder *dec);
     "tnn_decoder_free": ([c_void_p], None, PLAIN),
-    # int tnn_read_file_into(sess, t, int fd, int64_t file_offset, int64_t nbytes,
-    #                        int64_t offset, int64_t *nonfinite_at);
-    "tnn_read_file_into": (
-        [c_void_p, c_void_p, c_int, c_int64, c_int64, c_int64, c_void_p],
+    # int tnn_read_file_ranges(sess, int fd, const tnn_file_range *ranges, int64_t n_ranges,
+    #                          int64_t ranges_nbytes, int n_threads, int64_t staging_bytes,
+    #                          int n_staging, int flags, int64_t *bad_range,
+    #                          int64_t *nonfinite_at);
+    "tnn_read_file_ranges": (
+        [c_void_p, c_int, c_void_p, c_int64, c_int64, c_int, c_int64, c_int, c_int]
+        + [c_void_p, c_void_p],
         c_int,
         STATUS,
     ),

@@ -105,24 +105,6 @@ class Tensor:
         offset = _i64(offset, "offset")
         getattr(lib, fn)(self._session._ptr(), self.handle, array.ctypes.data, array.nbytes, offset)
 
-    def read_file_into(self, fd: int, file_offset: int, nbytes: int, offset: int = 0) -> int:
-        """Reads ``nbytes`` at ``file_offset`` of the open file ``fd`` straight into the
-        tensor's memory at byte ``offset`` (host memory only: a CPU session's), as the file
-        stores them in the tensor's type. Returns the byte offset, within the range, of the
-        first value that is not finite, or -1. Safe from several threads at once for
-        disjoint ranges (the GIL is released while the file is read)."""
-        at = ctypes.c_int64(-1)
-        self._session._lib.tnn_read_file_into(
-            self._session._ptr(),
-            self.handle,
-            c_integer(fd, "fd", INT32),
-            _i64(file_offset, "file_offset"),
-            _i64(nbytes, "nbytes"),
-            _i64(offset, "offset"),
-            ctypes.addressof(at),
-        )
-        return at.value
-
     def download(self) -> np.ndarray:
         """A copy of the tensor's data as a numpy array of ``shape``
         (uint8 bytes for q8_0)."""

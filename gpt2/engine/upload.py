@@ -19,21 +19,25 @@ a transposed matrix, which it refuses for every type, and a q8_0 block along n_o
 read along n_in at all: such a tensor (no writer of ours makes one) is dequantized,
 transposed and quantized again.
 
-Uploading streams: a 2-D weight goes from the file to the backend a slice of rows at a time
-(`Rows`, gpt2.weights), so no copy of the model, in any type, is ever held. On the CPU a
-slice stored in the engine's type is read by a worker thread straight into ggml's buffer
-(tinynn's read_file_into: one pread through the file's own descriptor, one copy, checked
-finite as it lands; several threads read at once, the GIL released). Elsewhere, and where a
-slice is converted, a few threads read and convert slices (pread and numpy's casts release
-the GIL) while the main thread uploads them in order; slices in flight are bounded
-(`WORKERS`, `SLICE_VALUES`), so the host memory a load takes over the model's own is at most
-2 x WORKERS slices.
+Reading. Every tensor the file stores as the engine takes it (its type, its orientation,
+the host's byte order) is read in one call, `tinynn.read_file_ranges`, through the file's own
+descriptor: a few threads pread pieces at once, each checked finite as it lands; on the CPU
+straight into ggml's buffer (one copy), on a device through a few page-locked staging
+buffers whose rounds are copied asynchronously while the next are read, one wait at the end
+(memory over the model's own: the staging buffers, N_STAGING x STAGING_BYTES). The others
+(a type converted, a transposed file, weights held in memory) stream a slice of rows at a
+time (`Rows`, gpt2.weights): a few threads read and convert slices (pread and numpy's casts
+release the GIL) while the main thread uploads them in order; slices in flight are bounded
+(`WORKERS`, `SLICE_VALUES`), so the host memory they take over the model's own is at most
+2 x WORKERS slices. The file's tensors are read first: on the CPU the memory they are read
+into is advised to use huge pages before it is first touched (native/host_weights.c), and so
+is the rest of the weights, which lie between them.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,8 +46,8 @@ import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.progress import progress
-from gpt2.weights import FileRange, GPT2Weights, Rows, to_f32
-from tinynn import Session, Tensor, TinyNNError
+from gpt2.weights import FileRange, FileTensors, GPT2Weights, Rows, to_f32
+from tinynn import FileReadError, Session, Tensor, read_file_ranges
 
 WEIGHT_DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 quantizes 32 values along the input axis together
@@ -112,19 +116,102 @@ def declare_weights(s: Session, c: GPT2Config, dtype: str, n_rows: int) -> FastW
 
 WORKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
 SLICE_VALUES = 1 << 20  # values in one slice of rows (4 MB as float32); 2 x WORKERS in flight
+# Staging buffers for the file's bytes on their way to a device (page-locked): a round fills
+# one while the copies of the others run.
+STAGING_BYTES = 16 << 20
+N_STAGING = 4
+STAGE_HOST_MEMORY = False  # tests: the CPU's tensors through the device's staged path too
 _STORED_AS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 
 
 def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> None:
-    """Uploads the weights into the declared tensors, streaming (see the module's
-    docstring): wte and wpe first, then the layers, one after another."""
+    """Uploads the weights into the declared tensors (see the module's docstring): those the
+    file stores as the engine takes them in one read of the file, then the others, streamed
+    slice by slice."""
+    as_stored: list[tuple[Tensor, FileRange, int]] = []
+    others: deque[tuple[Tensor, Rows | None, str]] = deque()
+    for t, rows, name in _tensors(fw, weights, n_rows):
+        if rows is not None and rows.in_file is not None and rows.kind == _STORED_AS[t.dtype]:
+            as_stored.append((t, rows.in_file, rows.shape[0]))
+        else:
+            others.append((t, rows, name))
+    _read_as_stored(as_stored)
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="upload") as pool:
         try:
-            steps = _steps(fw, weights, n_rows, device == "cpu")
+            steps = _steps(others, weights, device)
             for step in _in_order(pool, steps, 2 * WORKERS):
                 step()
         finally:
             pool.shutdown(cancel_futures=True)
+
+
+def _tensors(
+    fw: FastWeights, weights: GPT2Weights, n_rows: int
+) -> Iterator[tuple[Tensor, Rows | None, str]]:
+    """Each declared tensor, its rows as the engine takes them (a vector: one value a row;
+    None for a vector held in pieces) and its canonical name: wte and wpe first, then the
+    layers, one after another."""
+    yield fw.wte, weights.rows("wte"), "wte"
+    wpe = weights.rows("wpe")
+    yield fw.wpe, Rows(wpe.kind, (n_rows, wpe.shape[1]), wpe.read, wpe.in_file), "wpe"
+    yield fw.ln_f_g, _vector(weights, "ln_f.weight"), "ln_f.weight"
+    yield fw.ln_f_b, _vector(weights, "ln_f.bias"), "ln_f.bias"
+    for i, layer in enumerate(fw.layers):
+        p = f"h.{i}."
+        for t, name in (
+            (layer.ln_1_g, "ln_1.weight"),
+            (layer.ln_1_b, "ln_1.bias"),
+            (layer.w_qkv, "attn.c_attn.weight"),
+            (layer.b_qkv, "attn.c_attn.bias"),
+            (layer.w_o, "attn.c_proj.weight"),
+            (layer.b_o, "attn.c_proj.bias"),
+            (layer.ln_2_g, "ln_2.weight"),
+            (layer.ln_2_b, "ln_2.bias"),
+            (layer.w_fc, "mlp.c_fc.weight"),
+            (layer.b_fc, "mlp.c_fc.bias"),
+            (layer.w_proj, "mlp.c_proj.weight"),
+            (layer.b_proj, "mlp.c_proj.bias"),
+        ):
+            if name.endswith(".bias") or name.startswith("ln_"):
+                yield t, _vector(weights, p + name), p + name
+            else:  # canonical [in, out]; the device's rows are outputs: [out, in]
+                yield t, weights.rows(p + name, transposed=True), p + name
+
+
+def _vector(weights: GPT2Weights, name: str) -> Rows | None:
+    """A 1-D tensor as rows of one value, where the file holds it whole; else None."""
+    tensors = weights.tensors
+    rows = tensors.rows(name) if isinstance(tensors, FileTensors) else None
+    return rows if rows is not None and rows.in_file is not None else None
+
+
+def _read_as_stored(reads: list[tuple[Tensor, FileRange, int]]) -> None:
+    """The first `rows` rows of each FileRange into its tensor from byte 0, in one
+    read_file_ranges call per file (every range checked against the file's size first)."""
+    by_file: dict[int, list[tuple[Tensor, FileRange, int]]] = defaultdict(list)
+    for read in reads:
+        by_file[id(read[1].file)].append(read)
+    for group in by_file.values():
+        file = group[0][1].file
+        ranges = []
+        for t, src, rows in group:
+            file.check_range(src.offset, rows * src.row_bytes, f"tensor {src.name}")
+            ranges.append((t, src.offset, rows * src.row_bytes, 0))
+        try:
+            bad = read_file_ranges(
+                group[0][0].session,
+                file.fd,
+                ranges,
+                n_threads=WORKERS,
+                staging_bytes=STAGING_BYTES,
+                n_staging=N_STAGING,
+                staged=STAGE_HOST_MEMORY,
+            )
+        except FileReadError as e:  # a read error, or the file cut while it is read
+            what = f"tensor {group[e.range_index][1].name}" if e.range_index >= 0 else "tensors"
+            raise ValueError(f"{file.path}: cannot read {what}: {e}") from None
+        if bad is not None:
+            raise group[bad[0]][1].nonfinite()
 
 
 # A step: a job for a worker thread (read and convert one slice), and what the main thread
@@ -150,37 +237,19 @@ def _bind(then: Callable[[object], None], result: object) -> Callable[[], None]:
     return lambda: then(result)
 
 
-def _steps(fw: FastWeights, weights: GPT2Weights, n_rows: int, host: bool) -> Iterator[Step]:
-    """host: the tensors' memory is host memory (a CPU session's), which slices stored in
-    the engine's type are read into directly."""
-    yield from _stream(fw.wte, weights.rows("wte"), "wte", host)
-    wpe = weights.rows("wpe")
-    wpe = Rows(wpe.kind, (n_rows, wpe.shape[1]), wpe.read, wpe.in_file)  # its first n_rows
-    yield from _stream(fw.wpe, wpe, "wpe", host)
-    yield _small(fw.ln_f_g, weights, "ln_f.weight")
-    yield _small(fw.ln_f_b, weights, "ln_f.bias")
-    where = "the CPU" if host else "the device"
-    layers = progress(enumerate(fw.layers), f"uploading to {where}", len(fw.layers))
-    for i, layer in layers:
-        p = f"h.{i}."
-        for t, name in (
-            (layer.ln_1_g, "ln_1.weight"),
-            (layer.ln_1_b, "ln_1.bias"),
-            (layer.w_qkv, "attn.c_attn.weight"),
-            (layer.b_qkv, "attn.c_attn.bias"),
-            (layer.w_o, "attn.c_proj.weight"),
-            (layer.b_o, "attn.c_proj.bias"),
-            (layer.ln_2_g, "ln_2.weight"),
-            (layer.ln_2_b, "ln_2.bias"),
-            (layer.w_fc, "mlp.c_fc.weight"),
-            (layer.b_fc, "mlp.c_fc.bias"),
-            (layer.w_proj, "mlp.c_proj.weight"),
-            (layer.b_proj, "mlp.c_proj.bias"),
-        ):
-            if name.endswith(".bias") or name.startswith("ln_"):
-                yield _small(t, weights, p + name)
-            else:  # canonical [in, out]; the device's rows are outputs: [out, in]
-                yield from _stream(t, weights.rows(p + name, transposed=True), p + name, host)
+def _steps(
+    others: deque[tuple[Tensor, Rows | None, str]], weights: GPT2Weights, device: str
+) -> Iterator[Step]:
+    """The streamed tensors' steps: vectors read whole, 2-D tensors a slice at a time. Each
+    tensor leaves `others` as its steps are made, so that what its rows hold (a transposed
+    tensor is read whole, by its first slice's job) goes once its last slice is uploaded."""
+    where = "the CPU" if device == "cpu" else "the device"
+    for _ in progress(range(len(others)), f"uploading to {where}", len(others), "tensor"):
+        t, rows, name = others.popleft()
+        if t.ndim == 1:
+            yield _small(t, weights, name)
+        else:
+            yield from _stream(t, rows, name)
 
 
 def _small(t: Tensor, weights: GPT2Weights, name: str) -> Step:
@@ -194,14 +263,10 @@ def _slices(n: int, width: int) -> Iterator[tuple[int, int]]:
         yield r0, min(r0 + step, n)
 
 
-def _stream(t: Tensor, rows: Rows, name: str, host: bool) -> Iterator[Step]:
-    """Tensor t ([rows, width] in numpy terms) from `rows`: the file's bytes where t has the
-    file's type (host: read straight into t's memory), else converted (`_in_engine_type`)."""
+def _stream(t: Tensor, rows: Rows, name: str) -> Iterator[Step]:
+    """Tensor t ([rows, width] in numpy terms) from `rows`, converted to t's type
+    (`_in_engine_type`) a slice at a time."""
     row_bytes = t.nbytes // rows.shape[0]
-    if host and rows.in_file is not None and rows.kind == _STORED_AS[t.dtype]:
-        for r0, r1 in _slices(*rows.shape):
-            yield (lambda r0=r0, r1=r1: _read_into(t, rows.in_file, r0, r1)), _nothing
-        return
     for r0, r1 in _slices(*rows.shape):
         yield (
             (lambda r0=r0, r1=r1: _in_engine_type(t.dtype, rows, rows.read(r0, r1), name)),
@@ -210,27 +275,13 @@ def _stream(t: Tensor, rows: Rows, name: str, host: bool) -> Iterator[Step]:
 
 
 def _in_engine_type(dtype: str, rows: Rows, data: np.ndarray, name: str) -> np.ndarray:
-    """Rows `data` (as rows.read gives them) in engine type `dtype`: as stored where the file
-    has that type, else through float32 (exact from f16 and bf16)."""
+    """Rows `data` (as rows.read gives them) in engine type `dtype`, contiguous (a transposed
+    view is copied here, in the worker, not by the upload): as stored where the file has that
+    type, else through float32 (exact from f16 and bf16)."""
     if rows.kind == _STORED_AS[dtype]:
-        return np.ascontiguousarray(data).reshape(-1) if dtype == "q8_0" else data
+        data = np.ascontiguousarray(data)
+        return data.reshape(-1) if dtype == "q8_0" else data
     return _engine_type(dtype, to_f32(rows.kind, data, (len(data), rows.shape[1])), name)
-
-
-def _read_into(t: Tensor, src: FileRange, r0: int, r1: int) -> None:
-    """Rows r0..r1 from the file straight into t's host memory (one pread, no staging)."""
-    start, n_bytes = src.offset + r0 * src.row_bytes, (r1 - r0) * src.row_bytes
-    src.file.check_range(start, n_bytes, f"tensor {src.name}")
-    try:
-        bad = t.read_file_into(src.file.fd, start, n_bytes, r0 * src.row_bytes)
-    except TinyNNError as e:  # a read error, or the file cut while it is read
-        raise ValueError(f"{src.file.path}: cannot read tensor {src.name}: {e}") from None
-    if bad >= 0:
-        raise src.nonfinite()
-
-
-def _nothing(_: object) -> None:
-    """A step whose job did everything."""
 
 
 def _upload_at(t: Tensor, offset: int) -> Callable[[np.ndarray], None]:

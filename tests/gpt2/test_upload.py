@@ -6,13 +6,14 @@ the bytes the file stores:
   tensors it keeps in f16 or f32, where a row does not fill q8_0 blocks, as stored); f16 and
   f32 GGUFs likewise; LayerNorm gains and biases as the file's f32 vectors, never folded;
   no output head beside wte (tied);
-- the same bytes whatever the size of the slices the upload streams;
+- the same bytes through the staging buffers a device's weights take (forced on the CPU,
+  buffers far smaller than a tensor: many rounds);
 - files that store the linear weights [in, out] (the Ruby GGUF, an HF folder): the file's
   values, transposed (a permutation; f32 exactly);
 - a type the user asks for (dtype): the file's values converted, exactly where the type
   holds them (f16 -> f32, q8_0 -> f32);
-- on the CPU, straight from the file into ggml's buffer (no host array), a non-finite value
-  or a file cut mid-load refused by name.
+- on the CPU, straight from the file into ggml's buffer (no host array), in one read of
+  the file; a non-finite value or a file cut mid-load refused by name, staged or not.
 Tolerance: exact, everywhere. The logits of these engines against the float64 reference
 and HF are checked in test_engines.py and test_reference.py.
 """
@@ -20,6 +21,7 @@ and HF are checked in test_engines.py and test_reference.py.
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -47,6 +49,14 @@ def sources(tiny_models, tmp_path_factory):
             convert_hf_to_gguf(model.hf_dir, files[dtype], dtype)
         out[model.name] = files
     return out
+
+
+def stage_small(monkeypatch, staged: bool = True) -> None:
+    """Uploads after this go through 2 staging buffers of 4 KiB (on the CPU too), or as
+    they would by default (staged False)."""
+    monkeypatch.setattr(upload_mod, "STAGE_HOST_MEMORY", staged)
+    monkeypatch.setattr(upload_mod, "STAGING_BYTES", 4096 if staged else 16 << 20)
+    monkeypatch.setattr(upload_mod, "N_STAGING", 2 if staged else 4)
 
 
 def device_tensors(fast: FastGPT2) -> dict[str, tuple]:
@@ -87,16 +97,16 @@ def _first_difference(got: np.ndarray, want: np.ndarray) -> str:
 @pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
 def test_device_weights_are_the_files_bytes(tiny_models, sources, source, device, monkeypatch):
     """dtype auto from a llama.cpp GGUF: every tensor on the device holds the bytes its
-    file stores (wpe: its first n_rows rows), the same with 1-row slices; the output
-    head is wte itself and no tensor has a LayerNorm folded in."""
+    file stores (wpe: its first n_rows rows), the same through 4 KiB staging buffers; the
+    output head is wte itself and no tensor has a LayerNorm folded in."""
     use_device(device)
     checked_q8 = 0
     for model in tiny_models:
         loaded = load_model(sources[model.name][source])
         assert loaded.layout == LAYOUT_GGUF_LLAMA
         infos = loaded.weights.tensors.infos
-        for slice_values in (upload_mod.SLICE_VALUES, 1):  # default slices, then 1-row slices
-            monkeypatch.setattr(upload_mod, "SLICE_VALUES", slice_values)
+        for staged in (False, True):
+            stage_small(monkeypatch, staged)
             dtype = loaded.weights.dtype_for("auto")
             with FastGPT2(loaded.weights, device, dtype, n_threads=1) as fast:
                 assert not hasattr(fast.weights, "lm_head")  # tied: the head is wte
@@ -169,27 +179,43 @@ def test_layer_norms_are_applied_on_the_device(tiny_model):
 
 @pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
 def test_cpu_reads_the_file_straight_into_ggmls_buffer(tiny_model, sources, source, monkeypatch):
-    """On the CPU a tensor stored in the engine's type goes from the file into ggml's buffer
-    in one pread (tinynn's read_file_into): no slice is read into a host array first."""
+    """On the CPU every tensor of a llama.cpp GGUF in its own type goes from the file into
+    ggml's buffer in one read_file_ranges call (vectors included): no tensor is read into
+    a host array first."""
 
     def no_host_copy(*args):
-        raise AssertionError("a slice was read into a host array")
+        raise AssertionError("a tensor was read into a host array")
+
+    calls = []
+    real = upload_mod.read_file_ranges
+
+    def counted(session, fd, ranges, **kw):
+        calls.append(len(ranges))
+        return real(session, fd, ranges, **kw)
 
     monkeypatch.setattr(FileTensors, "read_rows", no_host_copy)
+    monkeypatch.setattr(FileTensors, "read_stored", no_host_copy)
+    monkeypatch.setattr(upload_mod, "read_file_ranges", counted)
     loaded = load_model(sources[tiny_model.name][source])
     dtype = loaded.weights.dtype_for("auto")
     with FastGPT2(loaded.weights, "cpu", dtype, n_threads=1) as fast:
         assert fast.logits(IDS).shape == (len(IDS), tiny_model.config.vocab_size)
+    assert calls == [4 + 12 * tiny_model.config.n_layer]
 
 
 # a value that is not finite, as each type stores it (q8_0: a block's f16 scale)
 _NOT_FINITE = {"F32": np.float32(np.nan).tobytes(), "F16": b"\x00\x7c", "Q8_0": b"\x00\x7e"}
 
 
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("source", ["q8_0", "f16", "f32"])
-def test_a_non_finite_value_read_into_the_buffer_is_refused(tiny_model, sources, source, tmp_path):
-    """A NaN or inf read straight into ggml's buffer is a ValueError naming the tensor and
-    the file, as one read through a host array is (FileTensors)."""
+def test_a_non_finite_value_read_into_the_buffer_is_refused(
+    tiny_model, sources, source, staged, tmp_path, monkeypatch
+):
+    """A NaN or inf read straight into ggml's buffer (or staged on its way to a device) is a
+    ValueError naming the tensor and the file, as one read through a host array is
+    (FileTensors)."""
+    stage_small(monkeypatch, staged)
     path = tmp_path / "bad.gguf"
     data = bytearray(sources[tiny_model.name][source].read_bytes())
     info = load_model(sources[tiny_model.name][source]).weights.tensors.infos["blk.1.ffn_up.weight"]
@@ -204,8 +230,12 @@ def test_a_non_finite_value_read_into_the_buffer_is_refused(tiny_model, sources,
         FastGPT2(loaded.weights, "cpu", loaded.weights.dtype_for("auto"), n_threads=1)
 
 
-def test_a_file_cut_while_loading_is_a_value_error(tiny_model, sources, tmp_path):
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_file_cut_while_loading_is_a_value_error(
+    tiny_model, sources, staged, tmp_path, monkeypatch
+):
     """The file is cut after its header was read, before the engine reads the tensors."""
+    stage_small(monkeypatch, staged)
     path = tmp_path / "cut.gguf"
     path.write_bytes(sources[tiny_model.name]["f16"].read_bytes())
     loaded = load_model(path)
@@ -237,3 +267,26 @@ def test_bounded_slices_in_flight(tiny_model, monkeypatch):
     with FastGPT2(weights, "cpu", "f16", n_threads=1) as fast:
         fast.logits(IDS)
     assert 0 < most[0] <= 2 * upload_mod.WORKERS, most[0]
+
+
+def test_a_transposed_file_holds_a_few_tensors_at_once(tiny_model, monkeypatch):
+    """An HF folder's [in, out] weights are read whole to be transposed, each by the job of
+    its first slice, and let go once uploaded: at most 2 x WORKERS (the steps in flight) and
+    the one being cut into steps are alive at once, never the model."""
+    alive, most = [0], [0]
+    real = FileTensors.read_stored
+
+    def counted(self, stored_name):
+        data = real(self, stored_name)
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        owner = data if data.base is None else data.base  # what the transposed view holds
+        weakref.finalize(owner, lambda: alive.__setitem__(0, alive[0] - 1))
+        return data
+
+    monkeypatch.setattr(FileTensors, "read_stored", counted)
+    weights = load_model(tiny_model.hf_dir).weights
+    with FastGPT2(weights, "cpu", "f32", n_threads=1) as fast:
+        fast.logits(IDS)
+    n_transposed = 4 * tiny_model.config.n_layer
+    assert 0 < most[0] <= 2 * upload_mod.WORKERS + 1 < n_transposed, (most[0], n_transposed)

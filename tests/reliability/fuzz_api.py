@@ -36,6 +36,7 @@ import tinynn
 from tinynn import TinyNNError
 from tinynn._lib import FUNCTIONS
 from tinynn.dtypes import SAMPLING_DTYPE
+from tinynn.file_reads import FILE_RANGE_DTYPE
 
 from .child import fuzz_settings, summary
 
@@ -272,17 +273,32 @@ def call(w: World, name: str, choices: list[int]) -> None:
                 keep[-1]["top_p"] = 1.0 if c_d % 3 else 0.0
                 data = keep[-1].ctypes.data
             args += [data, nbytes]
-    elif name == "tnn_read_file_into":
-        # a real descriptor (this process's trace file, or a drawn int: stdin, a closed
-        # one), offsets and sizes as for uploads; nonfinite_at real memory or NULL
-        sess, t = w.session(next(it)), w.tensor(next(it))
-        c_fd, c_fo, c_n, c_off, c_p = next(it), next(it), next(it), next(it), next(it)
-        fd = w.trace_fd if c_fd % 3 else INT32[c_fd % len(INT32)]
-        exact = tensor_nbytes(sess, t) if c_n % 3 == 0 else None
-        nbytes = exact if exact is not None else wrap64(i64(c_n) * (4 if c_n % 2 else 1))
-        out = ctypes.c_int64()
-        args = [sess, t, fd, 0 if c_fo % 3 else i64(c_fo), nbytes]
-        args += [0 if c_off % 3 else i64(c_off), ctypes.addressof(out) if c_p % 4 else None]
+    elif name == "tnn_read_file_ranges":
+        # up to 2 records of tensors as w.tensor draws them (NULL, foreign, freed, another
+        # session's), offsets and sizes as for uploads; the count and byte size agreeing or
+        # not; the settings from one choice's bits: the trace file's descriptor or a drawn
+        # int, 1-3 threads, staging small, staged or not (on the CPU each path runs), or
+        # drawn ints, out-pointers real or NULL
+        sess, c_n, c_b = w.session(next(it)), next(it), next(it)
+        n = c_n % 3
+        records = np.zeros(max(n, 1), FILE_RANGE_DTYPE)
+        for i in range(n):
+            t, c_fo, c_nb, c_off = w.tensor(next(it)), next(it), next(it), next(it)
+            exact = tensor_nbytes(sess, t) if c_nb % 3 == 0 else None
+            nbytes = exact if exact is not None else wrap64(i64(c_nb) * (4 if c_nb % 2 else 1))
+            offset = 0 if c_off % 3 else i64(c_off)
+            records[i] = (t or 0, 0 if c_fo % 3 else i64(c_fo), nbytes, offset)
+        w.trace(f"  records {records.tolist()!r}")
+        c = next(it)
+        fd, threads, staging, n_staging, flags, ptrs = ((c >> k) & 7 for k in range(0, 18, 3))
+        out = [ctypes.c_int64(), ctypes.c_int64()]
+        args = [sess, w.trace_fd if fd % 4 else INT32[c_b % len(INT32)]]
+        args += [records.ctypes.data if c_b % 7 else None, n]
+        args += [n * FILE_RANGE_DTYPE.itemsize if c_b % 5 else wrap64(i64(c_b))]
+        args += [1 + threads % 3 if threads < 6 else INT32[c_n % len(INT32)]]
+        args += [4096 if staging < 6 else i64(c_b), 1 + n_staging % 3 if n_staging < 6 else 0]
+        args += [flags % 2 if flags < 6 else INT32[c_b % len(INT32)]]
+        args += [ctypes.addressof(o) if ptrs < 7 else None for o in out]
     elif name == "tnn_tensor_info":
         bufs = [(ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)(), ctypes.c_int()]
         c = next(it)
