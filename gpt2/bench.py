@@ -492,6 +492,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="load: fresh processes a file, the fastest reported (default: %(default)s)",
     )
     p.add_argument(
+        "--load-idle-s",
+        type=float,
+        default=0.0,
+        help="load: seconds the machine idles before each fresh process (a load after a "
+        "pause: on a VM whose free memory goes back to the host, fresh huge pages cost "
+        "more then); 0 = back to back (default: %(default)s)",
+    )
+    p.add_argument(
         "--llama-bench",
         type=Path,
         default=None,
@@ -570,7 +578,8 @@ def run(args: argparse.Namespace) -> int:
                     add("ours", f"decode b{batch}", stats)
             if "load" in wl:
                 path = bench_load.model_file(weights, shape, dtype, args.load_dir)
-                add("ours", "load", bench_load.ours(args.device, path, args.load_repeats))
+                stats = bench_load.ours(args.device, path, args.load_repeats, args.load_idle_s)
+                add("ours", "load", stats)
                 if args.llama_bench is not None:
                     stats = bench_load.llama_cpp(
                         args.llama_bench, args.device, path, args.load_repeats

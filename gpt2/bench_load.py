@@ -4,9 +4,10 @@ For each shape and dtype, the bench's random weights are written once as a GGUF 
 GPT-2 layout, with a synthetic byte-level tokenizer of the shape's vocabulary (a real GPT-2
 file's header holds 50,257 tokens and their merges: reading them is part of a load), under
 --load-dir (kept: a later run reuses it). The file is read once (the page cache warm), then
---load-repeats fresh processes each import gpt2, open and close a CUDA session (CUDA's
-start-up, timed apart; none on the CPU), take their resident memory as the baseline (the peak
-reset to it where Linux allows), and time `gpt2.load(path, device=...)` (dtype auto: the
+--load-repeats fresh processes (back to back, or each after --load-idle-s seconds of sleep)
+each import gpt2, open and close a CUDA session (CUDA's start-up, timed apart; none on the
+CPU), take their resident memory as the baseline (the peak reset to it where Linux allows),
+and time `gpt2.load(path, device=...)` (dtype auto: the
 file's type) and, apart, one greedy token. A row: the fastest load (seconds and GB/s, the
 file's bytes over those seconds, GB = 10^9 bytes), every run's seconds, CUDA's start-up and
 the peak resident memory over the baseline. With --llama-bench PATH, llama.cpp's whole
@@ -125,10 +126,14 @@ def _child(device: str, path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(device: str, path: Path, repeats: int) -> dict:
-    """The fastest of `repeats` fresh-process loads of `path`, as a bench row's stats."""
+def ours(device: str, path: Path, repeats: int, idle_s: float = 0.0) -> dict:
+    """The fastest of `repeats` fresh-process loads of `path`, as a bench row's stats; with
+    `idle_s`, each after that many seconds of sleep."""
     warm(path)
-    runs = [_child(device, path) for _ in range(repeats)]
+    runs = []
+    for _ in range(repeats):
+        time.sleep(idle_s)
+        runs.append(_child(device, path))
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[-1]["error"]}
@@ -149,6 +154,7 @@ def ours(device: str, path: Path, repeats: int) -> dict:
         "peak_over_baseline_mib": max(r["peak_rss_mib"] - r["baseline_rss_mib"] for r in ok),
         "peak_reset": best["peak_reset"],
         "failed_runs": [r["error"] for r in runs if "error" in r],
+        "idle_s_before_each": idle_s,
     }
 
 

@@ -33,6 +33,7 @@ def test_load_workload_rows(tmp_path, monkeypatch):
     }
     for r in rows:
         assert r["workload"] == "load" and r["gb_s"] > 0, r
+        assert r.get("idle_s_before_each", 0.0) == 0.0  # back to back by default
         path = tmp_path / "files" / f"tiny_{r['dtype']}.gguf"
         assert r["file_bytes"] == path.stat().st_size
         if r["engine"] == "ours":
@@ -55,11 +56,11 @@ def test_a_failing_llama_bench_is_a_row_not_a_crash(tmp_path, monkeypatch, capsy
     monkeypatch.setitem(bench.SHAPES, "tiny", tiny)
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--shapes", "tiny", "--dtypes", "f32", "--workloads", "load",
-            "--load-dir", str(tmp_path), "--load-repeats", "1",
+            "--load-dir", str(tmp_path), "--load-repeats", "1", "--load-idle-s", "0.01",
             "--llama-bench", str(_fake_llama_bench(tmp_path / "llama-bench", 3)),
             "--json", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     rows = {r["engine"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["ours"]["gb_s"] > 0
+    assert rows["ours"]["gb_s"] > 0 and rows["ours"]["idle_s_before_each"] == 0.01
     assert rows["llama.cpp"]["error"].startswith("llama-bench exit 3")
     assert "llama-bench exit 3" in capsys.readouterr().out
