@@ -13,7 +13,17 @@
  * s into fresh huge pages). Huge pages take 1/512 of the faults, so the
  * weights (and only they: the caches stay lazy at 4 KiB) are advised to use
  * them just before they are read in. Advice only: where the kernel has none
- * to give, pages stay small. */
+ * to give, pages stay small.
+ *
+ * Where they cost more: a VM whose balloon reports free 2 MiB blocks back to
+ * its host (virtio-balloon free page reporting, as on the 2-core machines
+ * here) pays for each huge page again on first touch once it was reported, a
+ * pause of a few seconds after the memory was last freed. A load after such a
+ * pause then takes longer than with small pages, which are taken from memory
+ * freed recently (GPT-2 small f16 after 5 s idle: median 0.33 s against 0.28
+ * s, up to 0.8 s). TINYNN_HUGE_PAGES=0 keeps the pages small. */
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "tinynn_internal.h"
@@ -65,6 +75,8 @@ void advise_huge_pages(tnn_session *root, const void *start, size_t n) {
     uintptr_t map = (uintptr_t)root->host_weights, map_end = map + root->host_weights_size;
     uintptr_t lo = (uintptr_t)start, hi = lo + n;
     if (!root->host_weights || lo < map || hi > map_end) return; /* not our mapping */
+    const char *wanted = getenv("TINYNN_HUGE_PAGES");
+    if (wanted && strcmp(wanted, "0") == 0) return;
     /* Whole huge pages inside the range; the pages at its ends may hold a cache. */
     lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     hi &= ~(HUGE_PAGE - 1);

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +270,40 @@ def test_the_records_are_checked_against_their_count(model_file):
         read(s._ptr(), fd, records.ctypes.data, 1, 32, 1, 4096, 1, 0, *outs)
         assert (out[0].value, out[1].value) == (-1, -1)
         assert _bytes(t) == where["f16"][1]
+
+
+# A child that reads 32 MiB of a file into a CPU tensor and prints its huge pages (kB). No
+# numpy array of its own that large: numpy advises huge pages for those itself.
+_HUGE_CHILD = r"""
+import os, sys
+from tinynn import Session, read_file_ranges
+with Session("cpu") as s:
+    t = s.input_typed_persistent("f32", (8 << 20,))
+    s.finalize_weights()
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    assert read_file_ranges(s, fd, [(t, 0, 32 << 20, 0)], n_threads=2) is None
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            print(int(line.split()[1]))
+"""
+
+
+def test_host_weights_take_huge_pages_unless_turned_off(tmp_path):
+    """The memory a read fills whole is advised to use 2 MiB pages (1/512 of the faults);
+    TINYNN_HUGE_PAGES=0 keeps them small (native/host_weights.c says when that is better)."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.is_file() or "[madvise]" not in mode.read_text():
+        pytest.skip("transparent huge pages are not in madvise mode here")
+    path = tmp_path / "zeros.bin"
+    path.write_bytes(bytes(32 << 20))
+    kb = {}
+    for value in ("1", "0"):
+        env = dict(os.environ, TINYNN_HUGE_PAGES=value)
+        out = subprocess.run(
+            [sys.executable, "-c", _HUGE_CHILD, str(path)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        kb[value] = int(out.stdout.split()[-1])
+    assert kb["0"] == 0, kb
+    if kb["1"] == 0:
+        pytest.skip("the kernel gave no huge pages (fragmented memory?); the opt-out holds")
