@@ -8,7 +8,10 @@ before), then one forward of 3 tokens (HF maps the safetensors file: its weights
 resident only when a forward reads them, so its peak after the load alone is not what a
 user's process holds); peak RSS is the child's VmHWM (its own image's high-water mark;
 `ru_maxrss`, which Linux may carry over from before exec, is reported beside it), and its
-baseline with the imports done.
+baseline with the imports done (transformers' model class too: it imports its modules when
+the class is first asked for, about 2 s that a timed `from_pretrained` would count). The
+children import the gpt2 of the current folder first (`python -c`): run from another
+checkout, with PYTHONPATH naming it, to time that one; each row names what it imported.
 The model is random (transformers' GPT2LMHeadModel, seed 0): load speed does not depend on
 the values.
 """
@@ -34,14 +37,17 @@ def hwm():  # this process image's own peak RSS (ru_maxrss may carry a parent's 
             return int(line.split()[1]) / 1024
 kind, path = sys.argv[1], sys.argv[2]
 import numpy  # noqa: F401
-if kind == "hf":
+if kind == "hf":  # the model class resolved here: transformers imports it lazily (~2 s)
     import torch, transformers
+    hf_class = transformers.GPT2LMHeadModel
+    where = transformers.__file__
 else:
-    import gpt2
+    import gpt2, tinynn
+    where = f"{gpt2.__file__} with {tinynn.library_path()}"
 base = hwm()
 t0 = time.perf_counter()
 if kind == "hf":
-    model = transformers.GPT2LMHeadModel.from_pretrained(path)
+    model = hf_class.from_pretrained(path)
     dtype = str(next(model.parameters()).dtype)
 else:
     model = gpt2.load(path, device="cpu")
@@ -56,7 +62,7 @@ else:
 print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_load, "baseline_rss_mb": base,
                   "peak_rss_mb_after_one_forward": hwm(),
                   "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "dtype": dtype}))
+                  "dtype": dtype, "imported": where}))
 """
 
 
