@@ -8,20 +8,26 @@
  *
  * The weights are written whole right after, and then the kernel's cost is
  * the first touch of each page: a fault and a zeroed page, 4 KiB at a time,
- * about 4x the copy itself on the 2-core machine measured (GPT-2 small f16,
- * 252 MB, two threads: 0.28 s into fresh pages, 0.05 s into touched ones, 0.10
- * s into fresh huge pages). Huge pages take 1/512 of the faults, so the
- * weights (and only they: the caches stay lazy at 4 KiB) are advised to use
- * them just before they are read in. Advice only: where the kernel has none
- * to give, pages stay small.
+ * about 3x the copy itself on the 2-core machine measured (GPT-2 small f16,
+ * 252 MB read by two threads, quiet machine: 0.073 s into fresh pages, 0.020 s
+ * into touched ones, 0.03-0.045 s into fresh huge pages). Huge pages take
+ * 1/512 of the faults, so the weights (and only they: the caches stay lazy at
+ * 4 KiB) are advised to use them just before they are read in. Advice only:
+ * where the kernel has none to give, pages stay small.
  *
  * Where they cost more: a VM whose balloon reports free 2 MiB blocks back to
  * its host (virtio-balloon free page reporting, as on the 2-core machines
- * here) pays for each huge page again on first touch once it was reported, a
- * pause of a few seconds after the memory was last freed. A load after such a
- * pause then takes longer than with small pages, which are taken from memory
- * freed recently (GPT-2 small f16 after 5 s idle: median 0.33 s against 0.28
- * s, up to 0.8 s). TINYNN_HUGE_PAGES=0 keeps the pages small. */
+ * here) pays for each huge page again on its first touch after it was
+ * reported, a pause of a few seconds after the memory was last freed; small
+ * pages come first from memory freed recently. Measured there (GPT-2 small
+ * f16 GGUF, fresh processes, another session busy on the machine): back to
+ * back, huge pages 0.21 s and small ones 0.28 s; after 5 s of idle, huge pages
+ * 0.66 s and small ones 0.30 s (medians). So huge pages are taken unless the
+ * kernel reports free pages to a hypervisor; TINYNN_HUGE_PAGES=1 or 0 decides
+ * instead. */
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -70,13 +76,45 @@ ggml_backend_buffer_t alloc_host_weights(tnn_session *sess) {
 }
 
 #define HUGE_PAGE ((uintptr_t)2 << 20)
+#define BALLOONS "/sys/bus/virtio/drivers/virtio_balloon"
+#define BALLOON_F_REPORTING 5 /* the virtio feature bit of free page reporting */
+
+static bool reports_free_pages;
+
+/* Whether a virtio balloon of this kernel reports free pages to its host: its
+ * devices' features (one '0' or '1' a bit, bit 0 first) have the bit set. */
+static void find_free_page_reporting(void) {
+    DIR *dir = opendir(BALLOONS);
+    if (!dir) return;
+    for (struct dirent *e; (e = readdir(dir)) != NULL && !reports_free_pages;) {
+        if (strncmp(e->d_name, "virtio", 6) != 0) continue;
+        char path[512], bits[64] = "";
+        snprintf(path, sizeof path, "%s/%s/features", BALLOONS, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        if (fgets(bits, sizeof bits, f) && strlen(bits) > BALLOON_F_REPORTING) {
+            reports_free_pages = bits[BALLOON_F_REPORTING] == '1';
+        }
+        fclose(f);
+    }
+    closedir(dir);
+}
+
+static bool want_huge_pages(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    const char *wanted = getenv("TINYNN_HUGE_PAGES");
+    if (wanted && (strcmp(wanted, "0") == 0 || strcmp(wanted, "1") == 0)) {
+        return wanted[0] == '1';
+    }
+    pthread_once(&once, find_free_page_reporting);
+    return !reports_free_pages;
+}
 
 void advise_huge_pages(tnn_session *root, const void *start, size_t n) {
     uintptr_t map = (uintptr_t)root->host_weights, map_end = map + root->host_weights_size;
     uintptr_t lo = (uintptr_t)start, hi = lo + n;
     if (!root->host_weights || lo < map || hi > map_end) return; /* not our mapping */
-    const char *wanted = getenv("TINYNN_HUGE_PAGES");
-    if (wanted && strcmp(wanted, "0") == 0) return;
+    if (!want_huge_pages()) return;
     /* Whole huge pages inside the range; the pages at its ends may hold a cache. */
     lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     hi &= ~(HUGE_PAGE - 1);

@@ -288,9 +288,10 @@ with Session("cpu") as s:
 """
 
 
-def test_host_weights_take_huge_pages_unless_turned_off(tmp_path):
-    """The memory a read fills whole is advised to use 2 MiB pages (1/512 of the faults);
-    TINYNN_HUGE_PAGES=0 keeps them small (native/host_weights.c says when that is better)."""
+def test_host_weights_take_huge_pages_as_asked(tmp_path):
+    """With TINYNN_HUGE_PAGES=1 the memory a read fills whole is advised to use 2 MiB pages
+    (1/512 of the faults); with 0 it keeps small ones (native/host_weights.c says when that
+    is better, and what happens without the variable)."""
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not mode.is_file() or "[madvise]" not in mode.read_text():
         pytest.skip("transparent huge pages are not in madvise mode here")
