@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.devices import DEVICES, use_device
 from tinynn import FILE_RANGE_DTYPE, FileReadError, Session, TinyNNError, read_file_ranges
 
 HEADER = 100  # bytes before the first tensor: no range starts aligned
@@ -308,3 +309,21 @@ def test_host_weights_take_huge_pages_as_asked(tmp_path):
     assert kb["0"] == 0, kb
     if kb["1"] == 0:
         pytest.skip("the kernel gave no huge pages (fragmented memory?); the opt-out holds")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_staging, staging_bytes", [(1, 4096), (2, 5001), (4, 16 << 20)])
+def test_a_devices_tensors_hold_the_files_bytes(model_file, device, n_staging, staging_bytes):
+    """On CUDA every range is staged (the device's memory is not the host's): through one
+    buffer (each round waits for the last), two of a size q8_0 blocks do not divide, and
+    the engine's default; the CPU runs the same reads staged on request."""
+    use_device(device)
+    _, fd, where = model_file
+    with Session(device) as s:
+        ts = _tensors(s)
+        s.finalize_weights()
+        ranges = [(ts[n], off, len(blob), 0) for n, (off, blob) in where.items()]
+        kw = {"n_staging": n_staging, "staging_bytes": staging_bytes, "staged": device == "cpu"}
+        assert read_file_ranges(s, fd, ranges, n_threads=3, **kw) is None
+        for name, (_, blob) in where.items():
+            assert _bytes(ts[name]) == blob, (device, name)
