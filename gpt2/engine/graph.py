@@ -25,15 +25,20 @@ So the engine must give a row the same kind of graph whatever shares its
 step (a one-token row sent to a prefill graph beside longer rows, past
 position 0, gets other bits than in a decode graph).
 - Products. With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu multiplies
-  two or more columns in tinyBLAS (llamafile_sgemm) where a weight's shape
-  suits it, with the same sum for an element whatever the tile shape, and one
-  column in ggml's vec_dot: for f32 and f16 another order, for q8_0 on x86
-  with AVX2 the same. Where one column alone would get other bits than among
-  others (`_alone_as_among` asks ggml once a weight), a decode step lays its
-  activations out [k, 1, N] (`_linear`): tinyBLAS sees one column N times and
-  declines, so every batch size runs vec_dot, as one sequence always did. A
-  prefill's products have two or more columns: tinyBLAS. The unembedding, whose
-  rows vary with the batch in every graph, follows the same rule everywhere.
+  two or more columns in tinyBLAS (llamafile_sgemm) where it takes the weight
+  (f32 and f16: k a multiple of the vector width, rows a multiple of 4; q8_0:
+  any), each element summed in one order whatever the column count and tile
+  shape. One column it declines (n < 2), and ggml runs vec_dot: for f32 and
+  f16 another order, for q8_0 on x86 (AVX2, AVX-512) the same. Where one
+  column alone would get other bits than among others (`_alone_as_among`
+  asks ggml once a weight), a decode step lays its activations out
+  [k, 1, N] (`_linear`): tinyBLAS sees one column N times and declines, so
+  every batch size runs vec_dot, as one sequence always did. (A lone column
+  given a copy of itself would take tinyBLAS too, with the bits it gets in
+  any batch, but its two columns cost a lone step more than vec_dot's one:
+  bench/NOTES.md, eighth session.) A prefill's products have two or more
+  columns: tinyBLAS. The unembedding, whose rows vary with the batch in
+  every graph, follows the same rule everywhere.
 - Attention. ggml-cpu's flash attention runs a query-by-query kernel below
   64 queries a sequence (GGML_FA_TILE_Q), a tiled one from 64, and, for one
   query of one sequence over 512 cache rows or more, splits the cache across
