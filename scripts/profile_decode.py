@@ -84,11 +84,13 @@ def _prefill_phases(engine: FastGPT2, n_tokens: int, steps: int) -> tuple[dict, 
     with engine.sequence() as seq:
         seq.start_greedy(prompt)  # builds the graph
     n_q = engine._prefill_length(1, n_tokens)
-    g = engine._prefill_graph(GraphShape(0, 1, n_q, bucket(n_q, engine.n_rows), last_only=True))
-    # what start_greedy uploads (FastGPT2._prefill): tokens, positions, cache rows, last row
+    n_kv = bucket(n_q, engine.n_rows)
+    g = engine._prefill_graph(GraphShape(None, 1, n_q, n_kv, last_only=True))
+    # what start_greedy uploads (FastGPT2._prefill): tokens, positions, cache rows, last
+    # row, the gathered rows (slot 0's)
     tokens = np.zeros(n_q, np.int32)
     tokens[:n_tokens] = prompt
-    ints = np.concatenate([tokens, np.arange(n_q), np.arange(n_q), [n_tokens - 1]])
+    ints = np.concatenate([tokens, np.arange(n_q), np.arange(n_q), [n_tokens - 1], np.arange(n_kv)])
     ints = ints.astype(np.int32)
     times = []
     for _ in range(steps):

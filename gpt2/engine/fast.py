@@ -284,13 +284,14 @@ class FastGPT2(Engine):
         choose_rows(result, part, index, logits)
 
     def _prefill_groups(self, rows: list[StepRow], order: list[int]) -> list[list[int]]:
-        """The prefill rows (sorted by slot) in runs of adjacent slots whose padded
-        tokens fit the cache; a row that does not fit with others goes alone
-        (and is padded as far as its own room allows, `_prefill`)."""
+        """The prefill rows (sorted by slot) in groups whose padded tokens fit the
+        cache, whatever their slots (a prefill graph gathers its rows); a row that
+        does not fit with others goes alone (and is padded as far as its own room
+        allows, `_prefill`)."""
         groups: list[list[int]] = []
         for i in order:
             g = groups[-1] if groups else None
-            if g is not None and rows[g[-1]].slot + 1 == rows[i].slot:
+            if g is not None:
                 trial = g + [i]
                 t = max(len(rows[j].tokens) for j in trial)
                 n_q = self._prefill_length(len(trial), t)
@@ -301,26 +302,28 @@ class FastGPT2(Engine):
         return groups
 
     def _prefill(self, rows: list[StepRow], index: list[int], result: StepResult) -> None:
-        """rows[index] (adjacent slots) in one graph, each from its own position,
+        """rows[index] (any slots) in one graph, each from its own position,
         padded to the longest's bucket: id 0 past a row's tokens, written to
         those cache rows of its own slot. Real queries never attend past themselves, and
         the row at position p is written again before any query reads it."""
         part = [rows[i] for i in index]
-        first, n_seq = part[0].slot, len(part)
+        n_seq = len(part)
+        slots = np.array([r.slot for r in part])
         lengths = np.array([len(r.tokens) for r in part])
         starts = np.array([r.position for r in part])
         n_q = self._prefill_length(n_seq, int(lengths.max()), self.n_rows - int(starts.max()))
         every = any(r.logits == "all" for r in part)
         n_kv = bucket(int((starts + n_q).max()), self.n_rows)
-        g = self._prefill_graph(GraphShape(first, n_seq, n_q, n_kv, last_only=not every))
+        g = self._prefill_graph(GraphShape(None, n_seq, n_q, n_kv, last_only=not every))
         tokens = np.zeros((n_seq, n_q), dtype=np.int32)
         for k, r in enumerate(part):
             tokens[k, : lengths[k]] = r.tokens
         positions = (starts[:, None] + np.arange(n_q)[None, :]).reshape(-1)
-        ints = [tokens.reshape(-1), positions, self.cache.rows(first, n_seq, positions)]
+        ints = [tokens.reshape(-1), positions, self.cache.rows_of(slots, positions)]
         last = np.arange(n_seq) * n_q + lengths - 1  # each row's last real token
         if not every:
             ints.append(last)
+        ints.append(self.cache.rows_of(slots, np.tile(np.arange(n_kv), n_seq)))  # gathered
         if every:  # every row's logits, for the host
             out = g.sess.compute_io(g.ints, np.concatenate(ints).astype(np.int32), g.logits)
             out = out.reshape(-1, self.vocab_size)

@@ -9,12 +9,16 @@
   (get_rows from the causal table by position), except with
   `exact_attention`: softmax(K^T Q) V as separate f32 nodes (ggml-cuda's
   flash attention reads K and V as f16).
-- Inputs are one int32 vector: tokens | positions | cache rows (| last rows),
-  so a step uploads nothing else. Outputs: the logits and their argmax.
+- Inputs are one int32 vector: tokens | positions | cache rows (| last rows)
+  (| gathered rows), so a step uploads nothing else. Outputs: the logits and
+  their argmax.
 
 Each graph is built once in its own forked session, then recomputed with new
-inputs, which lets ggml-cuda replay it as a CUDA graph. The slots a graph
-attends over are fixed when it is built (`first_slot`); rows are runtime.
+inputs, which lets ggml-cuda replay it as a CUDA graph. A decode graph attends
+over a run of adjacent slots fixed when it is built (`first_slot`). A prefill
+graph (`first_slot` None) gathers the n_kv cache rows of each of its sequences
+by runtime index (get_rows, cast back to the cache's type: the same values), so
+one graph serves any slots: prefill graphs are keyed by their sizes alone.
 
 Batch invariance on the CPU: a sequence's logits do not depend on the other
 rows of its graph (how many, which slots, their positions). ggml-cpu picks
@@ -87,7 +91,9 @@ class Graph:
 
 @dataclass(frozen=True)
 class GraphShape:
-    first_slot: int  # the sequences sit in slots first_slot .. first_slot+n_seq-1
+    # the sequences sit in slots first_slot .. first_slot+n_seq-1; None: in any
+    # slots, their cache rows gathered by runtime index (prefill graphs)
+    first_slot: int | None
     n_seq: int
     n_q: int  # new tokens per sequence
     n_kv: int  # cache rows each query attends over (a bucket)
@@ -117,9 +123,11 @@ def build_graph(
     masked_query = decode and n_seq == 1 and not exact_attention and cache.n_rows > 1
     padded = cpu and n_q > 1 and not exact_attention  # queries repeated to CPU_FA_TILE
     n_fa = max(n_q, CPU_FA_TILE) if padded else n_q + masked_query  # queries in attention
+    gathered = shape.first_slot is None
+    n_last = n_seq if shape.last_only else 0
     s = root.fork()
     try:
-        ints = s.input_typed("i32", (3 * n + (n_seq if shape.last_only else 0),))
+        ints = s.input_typed("i32", (3 * n + n_last + (n_seq * n_kv if gathered else 0),))
         tokens = s.view_1d(ints, n, 0)
         positions = s.view_1d(ints, n, n * I32_BYTES)
         rows = s.view_1d(ints, n, 2 * n * I32_BYTES)
@@ -137,7 +145,13 @@ def build_graph(
         mask = s.cont(mask) if exact_attention else s.cast(mask, "f16")
         scale = 1.0 / math.sqrt(dh)
         kv_size = cache.element_bytes
-        kv_offset = shape.first_slot * cache.slot_bytes
+        if gathered:  # each sequence's n_kv rows, one after another
+            kv_rows = s.view_1d(ints, n_seq * n_kv, (3 * n + n_last) * I32_BYTES)
+            kv_strides = (2 * d * kv_size, dh * kv_size, n_kv * 2 * d * kv_size)
+            kv_offset = 0
+        else:
+            kv_strides = (2 * d * kv_size, dh * kv_size, cache.slot_bytes)
+            kv_offset = shape.first_slot * cache.slot_bytes
         for layer, kv_cache in zip(w.layers, cache.layers, strict=True):
             h = s.layer_norm(x, layer.ln_1_g, layer.ln_1_b, c.layer_norm_epsilon)  # [d, N]
             qkv = _linear(s, layer.w_qkv, layer.b_qkv, h, by_column["w_qkv"])  # [3d, N]
@@ -150,8 +164,11 @@ def build_graph(
             # K | V are adjacent in each qkv row: one cache write for both
             kv_new = s.view_2d(qkv, 2 * d, n, 3 * d * F32_BYTES, d * F32_BYTES)  # [2d, N]
             kv_all = s.set_rows(kv_cache, kv_new, rows)  # the cache, written
+            if gathered:  # get_rows gives f32: cast back to the cache's type
+                kv_all = s.get_rows(kv_all, kv_rows)  # [2d, n_kv B]
+                if cache.dtype != "f32":
+                    kv_all = s.cast(kv_all, cache.dtype)
             kv_shape = (dh, n_kv, nh, n_seq)
-            kv_strides = (2 * d * kv_size, dh * kv_size, cache.slot_bytes)
             k = s.view_4d(kv_all, kv_shape, kv_strides, kv_offset)  # [dh, n_kv, nh, B]
             v = s.view_4d(kv_all, kv_shape, kv_strides, kv_offset + d * kv_size)
             if exact_attention:

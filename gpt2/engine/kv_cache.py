@@ -2,9 +2,10 @@
 
 Layout: per layer ne = [2 n_embd, n_rows * n_slots]; row r of slot s is
 position r of the sequence in that slot, K | V side by side (heads side by
-side within each). Attention reads a run of adjacent slots through views
-ne = [d_head, n_kv, n_head, n_seq]. n_rows is n_ctx, or 17 where n_ctx is
-shorter and a short prompt must be padded to 17 (pad_prefill).
+side within each). A decode graph's attention reads a run of adjacent slots
+through views ne = [d_head, n_kv, n_head, n_seq]; a prefill graph gathers its
+sequences' rows by runtime index (any slots). n_rows is n_ctx, or 17 where
+n_ctx is shorter and a short prompt must be padded to 17 (pad_prefill).
 
 Beside it, the causal mask table: row p is 0 for keys 0..p and -inf after.
 """
@@ -40,8 +41,12 @@ class KVCache:
 
     def rows(self, first_slot: int, n_seq: int, positions: np.ndarray) -> np.ndarray:
         """Cache rows of positions [n_seq, n_q] of slots first_slot.. (flattened)."""
-        slots = first_slot + np.arange(n_seq)
-        return (slots[:, None] * self.n_rows + positions.reshape(n_seq, -1)).reshape(-1)
+        return self.rows_of(first_slot + np.arange(n_seq), positions)
+
+    def rows_of(self, slots: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Cache rows of positions [n_seq, n_q] of the n_seq slots (flattened)."""
+        slots = np.asarray(slots)
+        return (slots[:, None] * self.n_rows + positions.reshape(len(slots), -1)).reshape(-1)
 
 
 def declare_cache(

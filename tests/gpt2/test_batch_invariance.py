@@ -106,3 +106,18 @@ def test_generate_batch_equals_generate_alone(tmp_path, weights, dtype):
         alone = [model.generate(p, **params) for p in prompts]
     for i, (got, want) in enumerate(zip(together, alone, strict=True)):
         assert got == want, f"{dtype}, prompt {i}: batch {got} != alone {want}"
+
+
+def test_one_prefill_graph_serves_every_slot(weights):
+    """A prefill graph gathers its sequences' cache rows by runtime index: the same
+    prompt in another slot reuses the graph (no build) and gets the same bits."""
+    prompt = np.random.default_rng(3).integers(0, CONFIG.vocab_size, 40).tolist()
+    with FastGPT2(weights, "cpu", "f16", n_slots=3, n_threads=1) as e:
+        with e.sequence() as first:
+            want = first.start(prompt)
+            builds = e.prefill_graph_builds
+            with e.sequence() as second:  # the next free slot
+                got = second.start(prompt)
+                assert second.slot != first.slot
+        assert e.prefill_graph_builds == builds
+        assert_same(got[None], want[None], "the same prompt in another slot")
