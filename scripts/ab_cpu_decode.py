@@ -9,7 +9,11 @@ type: "gpt2:f16" is GPT-2-small's shape with random weights, "embedded:f32"
 the embedded default model (gpt2.load() with no path) in f32. Each measurement
 runs in a fresh process whose PYTHONPATH is one checkout (its gpt2 and tinynn);
 both load the same native library (TINYNN_LIB, or the one this checkout's
-tinynn finds), so only the Python differs. Rounds alternate which side goes
+tinynn finds), so only the Python differs; or one checkout (--before and
+--after the same) with two libraries (--before-lib, --after-lib: two builds of
+native/, say ggml's thread pool against OpenMP), so only the library differs.
+--neighbours N keeps N busy-looping processes running throughout (a busy
+machine). Rounds alternate which side goes
 first, so that the machine's other load falls on both; each side reports the
 best and worst round (ms a step, the mean of the steps of a round).
 """
@@ -82,6 +86,18 @@ def summary(rounds: list[dict], batch: int) -> dict:
     return out
 
 
+def run_rounds(args: argparse.Namespace, sides: dict, libs: dict) -> dict:
+    results: dict = {case: {side: [] for side in sides} for case in args.cases}
+    for k in range(args.rounds):
+        order = list(sides) if k % 2 == 0 else list(reversed(sides))
+        for case in args.cases:
+            for side in order:
+                r = run_side(sides[side], args, case, libs[side])
+                results[case][side].append(r)
+                print(f"round {k} {case:14s} {side:6s} {r}", flush=True)
+    return results
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", type=Path, help="checkout A (its gpt2 and tinynn)")
@@ -96,6 +112,9 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64, help="decode steps timed a round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="None: the library's choice")
+    p.add_argument("--before-lib", default=None, help="side A's libtinynn.so (default: TINYNN_LIB)")
+    p.add_argument("--after-lib", default=None, help="side B's libtinynn.so")
+    p.add_argument("--neighbours", type=int, default=0, help="busy-looping processes beside")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -106,14 +125,15 @@ def main() -> int:
 
     lib = os.environ.get("TINYNN_LIB") or library_path()
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
-    results: dict = {case: {side: [] for side in sides} for case in args.cases}
-    for k in range(args.rounds):
-        order = list(sides) if k % 2 == 0 else list(reversed(sides))
-        for case in args.cases:
-            for side in order:
-                r = run_side(sides[side], args, case, lib)
-                results[case][side].append(r)
-                print(f"round {k} {case:14s} {side:6s} {r}", flush=True)
+    libs = {"before": args.before_lib or lib, "after": args.after_lib or lib}
+    spin = [sys.executable, "-c", "while True: pass"]
+    neighbours = [subprocess.Popen(spin) for _ in range(args.neighbours)]
+    try:
+        results = run_rounds(args, sides, libs)
+    finally:
+        for proc in neighbours:
+            proc.kill()
+            proc.wait()
     report = {
         "what": "CPU engine decode ms a step, batch 1 and N, two checkouts interleaved "
         "(scripts/ab_cpu_decode.py)",
@@ -123,8 +143,12 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "load_average_1m_at_start": os.getloadavg()[0],
         },
-        "sides": {side: {"commit": git_commit(root)} for side, root in sides.items()},
+        "sides": {
+            side: {"commit": git_commit(root), "library": libs[side]}
+            for side, root in sides.items()
+        },
         "threads": args.threads,
+        "neighbours": args.neighbours,
         "prompt_tokens": PROMPT_LEN,
         "steps_a_round": args.new_tokens,
         "rounds": args.rounds,
