@@ -190,8 +190,8 @@ tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_
              (void *)layers);
         return NULL;
     }
-    if (max_batch < 1 || max_batch > 8) {
-        fail(TNN_EINVAL, func, "max_batch=%d, expected 1..8", max_batch);
+    if (max_batch < 1 || max_batch > TNN_DECODER_MAX_BATCH) {
+        fail(TNN_EINVAL, func, "max_batch=%d, expected 1..%d", max_batch, TNN_DECODER_MAX_BATCH);
         return NULL;
     }
     if (!(eps > 0 && eps < 1)) {

@@ -432,6 +432,7 @@ TNN_API int tnn_compute_io_sample(tnn_session *sess, tnn_tensor *in, const void 
 /* ---- our fused CUDA decode step (native/cuda/decode.h) ------------------- */
 
 typedef struct tnn_decoder tnn_decoder;
+#define TNN_DECODER_MAX_BATCH 32 /* sequences a step: native/cuda/common.cuh's TNN_DEC_MAX_BATCH */
 
 /* A fused GPT-2 decode step over a CUDA session's persistent tensors, after
  * tnn_finalize_weights (weights may be uploaded later; they are read at each
@@ -443,10 +444,10 @@ typedef struct tnn_decoder tnn_decoder;
  *           w_o [d, d], b_o [d], ln_2_g [d], ln_2_b [d], w_fc [d, d_ff], b_fc [d_ff],
  *           w_proj [d_ff, d], b_proj [d] (weights f16 or q8_0, the rest f32),
  *           kv f16 [2d, n_rows * n_slots].
- * max_batch (1..8): the most sequences one step decodes. NULL with the reason
- * when the session is not CUDA, the library was built without our kernels, or a
- * handle, type or shape is off. The root session owns it: tnn_decoder_free, or
- * freeing the root, frees it. */
+ * max_batch (1..TNN_DECODER_MAX_BATCH): the most sequences one step decodes.
+ * NULL with the reason when the session is not CUDA, the library was built
+ * without our kernels, or a handle, type or shape is off. The root session owns
+ * it: tnn_decoder_free, or freeing the root, frees it. */
 TNN_API tnn_decoder *tnn_decoder_new(tnn_session *sess, int n_head, double eps, int max_batch,
                                      tnn_tensor *wte, tnn_tensor *wpe, tnn_tensor *ln_f_g,
                                      tnn_tensor *ln_f_b, tnn_tensor *const *layers,

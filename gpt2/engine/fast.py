@@ -6,7 +6,7 @@ The weights (gpt2.engine.upload) and the KV cache with its sequence slots
 (gpt2.engine.context), never in a graph.
 
 A step plan (gpt2.engine.step) runs as: its decode rows in our fused CUDA
-step (up to 8 sequences, tinynn.Decoder) or one graph over their run of
+step (up to 32 sequences, tinynn.Decoder) or one graph over their run of
 slots, then its prefill rows, a graph for each run of adjacent slots, each
 row padded to a bucket of lengths (`prefill_bucket`), so that prompts and
 prompt chunks of many lengths share a few graphs. Token
@@ -41,7 +41,7 @@ from tinynn import Decoder, Session, Tensor, TinyNNError
 from tinynn.dtypes import SAMPLING_DTYPE
 
 MAX_PREFILL_GRAPHS = 8  # prefill graphs kept, by shape (least recently used go)
-MAX_FUSED_BATCH = 8  # sequences our fused decode step takes at once (native/cuda/decode.h)
+MAX_FUSED_BATCH = 32  # sequences our fused decode step takes at once (native/tinynn.h)
 DECODE_MODES = ("auto", "fused", "graphs")
 # tokens a prefilled sequence computes: the next of these, then a multiple of the last
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)

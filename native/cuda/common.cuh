@@ -8,7 +8,8 @@
 
 #include "decode.h"
 
-#define TNN_DEC_MAX_BATCH 8 /* sequences a step: the GEMVs are compiled for 1..8 vectors */
+#define TNN_DEC_MAX_BATCH 32 /* sequences a step */
+#define TNN_GEMV_GROUP 8     /* vectors a GEMV block takes: its kernels are compiled for 1..8 */
 #define TNN_DEC_HEAD_DIM 64 /* every GPT-2 size */
 #define TNN_DEC_THREADS 256 /* threads of a GEMV block: 8 warps */
 #define Q8_BLOCK 32         /* q8_0: 32 weights share one f16 scale */

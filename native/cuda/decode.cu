@@ -76,11 +76,13 @@ GemvKernel f16_kernel() {
     return gemv_f16_kernel<NB, gemv_rows_per_warp(TNN_CUDA_W_F16, NB)>;
 }
 
+/* The kernel of a step of nb vectors: 1..8 vectors a block (more run in groups of 8). */
 GemvKernel gemv_kernel(int type, int nb) {
-    static const GemvKernel f16[TNN_DEC_MAX_BATCH] = {f16_kernel<1>(), f16_kernel<2>(), f16_kernel<3>(),
+    nb = std::min(nb, static_cast<int>(TNN_GEMV_GROUP));
+    static const GemvKernel f16[TNN_GEMV_GROUP] = {f16_kernel<1>(), f16_kernel<2>(), f16_kernel<3>(),
                                                       f16_kernel<4>(), f16_kernel<5>(), f16_kernel<6>(),
                                                       f16_kernel<7>(), f16_kernel<8>()};
-    static const GemvKernel q8[TNN_DEC_MAX_BATCH] = {gemv_q8_kernel<1>, gemv_q8_kernel<2>, gemv_q8_kernel<3>,
+    static const GemvKernel q8[TNN_GEMV_GROUP] = {gemv_q8_kernel<1>, gemv_q8_kernel<2>, gemv_q8_kernel<3>,
                                                      gemv_q8_kernel<4>, gemv_q8_kernel<5>, gemv_q8_kernel<6>,
                                                      gemv_q8_kernel<7>, gemv_q8_kernel<8>};
     return type == TNN_CUDA_W_F16 ? f16[nb - 1] : q8[nb - 1];
@@ -123,6 +125,7 @@ cudaError_t launch_gemv(const tnn_cuda_decoder *dec, const tnn_cuda_linear &lin,
     a.n_out = lin.n_out;
     a.tiles = p.tiles;
     a.splits = p.splits;
+    a.nb = nb;
     a.slice = p.slice;
     a.epi = epi;
     a.out = out;
@@ -132,8 +135,8 @@ cudaError_t launch_gemv(const tnn_cuda_decoder *dec, const tnn_cuda_linear &lin,
     a.partial = dec->partial;
     a.counters = dec->counters;
     a.x = in;
-    return launch(gemv_kernel(lin.type, nb), dim3(p.tiles * p.splits), dim3(TNN_DEC_THREADS), p.smem, dec->stream,
-                  pdl, a);
+    return launch(gemv_kernel(lin.type, nb), dim3(p.tiles * p.splits, p.groups), dim3(TNN_DEC_THREADS), p.smem,
+                  dec->stream, pdl, a);
 }
 
 int n_split_of(int bucket) { return (bucket + ATTN_CHUNK - 1) / ATTN_CHUNK; }
@@ -305,7 +308,7 @@ int check_model(const tnn_cuda_model *m, int max_batch, char *err, size_t err_le
 
 struct ScratchNeeds {
     const tnn_cuda_decoder *dec;
-    size_t partial_floats, counters, smem[2][TNN_DEC_MAX_BATCH];
+    size_t partial_floats, counters, smem[2][TNN_GEMV_GROUP]; /* smem by kernel: 1..8 vectors */
 };
 
 void add_needs(const tnn_cuda_linear &l, void *ctx) {
@@ -314,9 +317,10 @@ void add_needs(const tnn_cuda_linear &l, void *ctx) {
         const GemvPlan p = gemv_plan(l.type, nb, l.n_in, l.n_out, n.dec->n_sm);
         if (p.splits > 1) {
             n.partial_floats = std::max(n.partial_floats, static_cast<size_t>(p.splits) * nb * l.n_out);
-            n.counters = std::max(n.counters, static_cast<size_t>(p.tiles));
+            n.counters = std::max(n.counters, static_cast<size_t>(p.groups) * p.tiles);
         }
-        n.smem[l.type][nb - 1] = std::max(n.smem[l.type][nb - 1], p.smem);
+        const int k = std::min(nb, static_cast<int>(TNN_GEMV_GROUP)) - 1;
+        n.smem[l.type][k] = std::max(n.smem[l.type][k], p.smem);
     }
 }
 
@@ -337,7 +341,7 @@ int setup(tnn_cuda_decoder *dec, char *err, size_t err_len) {
     needs.dec = dec;
     for_each_linear(dec, add_needs, &needs);
     for (int t = 0; t < 2; ++t)
-        for (int nb = 1; nb <= dec->max_batch; ++nb) {
+        for (int nb = 1; nb <= std::min(dec->max_batch, static_cast<int>(TNN_GEMV_GROUP)); ++nb) {
             const size_t s = needs.smem[t][nb - 1];
             if (s > static_cast<size_t>(prop.sharedMemPerBlockOptin))
                 return fail(err, err_len, ST_ESHAPE, "tnn_cuda_decoder_new: a GEMV needs %zu bytes of shared memory",

@@ -44,26 +44,29 @@ __device__ __forceinline__ float4 input4(const InputArgs &a, int b, int e) {
  * [NB][G][units] float4: unit u holds elements 4G*u .. 4G*u + 4G - 1 of the
  * slice and group g its floats 4g..4g+3, so the lanes of a warp, reading one
  * unit each, read consecutive float4 (no bank conflicts). G = 2 for f16
- * (8-element chunks), 8 for q8_0 (32-element blocks). Ends with
- * __syncthreads. Whole block; NB <= 8 = warps of the block. */
+ * (8-element chunks), 8 for q8_0 (32-element blocks). The block's vectors
+ * are the step's base .. base + nv - 1 (nv <= NB); the NB - nv past them are
+ * zeros. Ends with __syncthreads. Whole block; NB <= 8 = warps of the block. */
 template <int NB, int G>
-__device__ void stage_input(const InputArgs &a, float4 *xs, int units, int k0, int kn, bool write_x) {
-    __shared__ float stat[TNN_DEC_MAX_BATCH][2]; /* mean, 1/sqrt(var + eps) */
+__device__ void stage_input(const InputArgs &a, float4 *xs, int units, int k0, int kn, bool write_x, int base,
+                            int nv) {
+    static_assert(NB <= TNN_GEMV_GROUP, "one warp a vector for the norm statistics");
+    __shared__ float stat[TNN_GEMV_GROUP][2]; /* mean, 1/sqrt(var + eps) */
     pdl_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (a.pro != PRO_PLAIN && warp < NB) {
+    if (a.pro != PRO_PLAIN && warp < nv) {
         /* two passes (mean, then squared deviations): the residual of GPT-2
          * carries values in the hundreds, where E[x^2] - mean^2 loses digits */
         const int n4 = a.n_in >> 2;
         float s = 0.0f;
         for (int i = lane; i < n4; i += 32) {
-            const float4 v = input4(a, warp, 4 * i);
+            const float4 v = input4(a, base + warp, 4 * i);
             s += (v.x + v.y) + (v.z + v.w);
         }
         const float mean = warp_sum(s) / static_cast<float>(a.n_in);
         float ss = 0.0f;
         for (int i = lane; i < n4; i += 32) {
-            const float4 v = input4(a, warp, 4 * i);
+            const float4 v = input4(a, base + warp, 4 * i);
             const float dx = v.x - mean, dy = v.y - mean, dz = v.z - mean, dw = v.w - mean;
             ss += (dx * dx + dy * dy) + (dz * dz + dw * dw);
         }
@@ -77,8 +80,12 @@ __device__ void stage_input(const InputArgs &a, float4 *xs, int units, int k0, i
     const int n4 = kn >> 2;
     for (int i = threadIdx.x; i < NB * n4; i += blockDim.x) {
         const int b = i / n4, e4 = i - b * n4;
-        float4 v = input4(a, b, k0 + 4 * e4);
-        if (write_x) *reinterpret_cast<float4 *>(a.x_out + static_cast<int64_t>(b) * a.n_in + k0 + 4 * e4) = v;
+        if (b >= nv) {
+            xs[(b * G + e4 % G) * units + e4 / G] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            continue;
+        }
+        float4 v = input4(a, base + b, k0 + 4 * e4);
+        if (write_x) *reinterpret_cast<float4 *>(a.x_out + static_cast<int64_t>(base + b) * a.n_in + k0 + 4 * e4) = v;
         if (a.pro != PRO_PLAIN) { /* (v - mean) / sqrt(var + eps) * gamma + beta */
             const float m = stat[b][0], r = stat[b][1];
             const float4 g = *reinterpret_cast<const float4 *>(a.gamma + k0 + 4 * e4);

@@ -1,15 +1,17 @@
-/* gemv.cuh - y = W x + b for NB = 1..8 vectors at once (decode), W f16 or
- * q8_0 read once for all vectors, with the prologue of embed_norm.cuh and one
- * fused epilogue:
+/* gemv.cuh - y = W x + b for 1..32 vectors at once (decode), W f16 or q8_0,
+ * with the prologue of embed_norm.cuh and one fused epilogue:
  *   EPI_STORE  out[b][row] = y                         (logits)
  *   EPI_QKV    rows < d: q[b][row] = y; rows d..3d: the f16 K | V cache row
  *              slot*n_rows + position of sequence b   (layer's QKV)
  *   EPI_GELU   out[b][row] = gelu(y)                   (c_fc)
  *   EPI_RESID  x[b][row] += y                          (attn.c_proj, mlp.c_proj)
  *
- * Work split. A block of 8 warps owns a tile of RB rows (8 warps x R rows)
- * and one of `splits` slices of the input (split-K). Blocks are numbered
- * split * tiles + tile. gemv_plan splits the input until the grid has one
+ * Work split. A block of 8 warps owns a tile of RB rows (8 warps x R rows),
+ * one of `splits` slices of the input (split-K) and a group of up to NB <= 8
+ * vectors (TNN_GEMV_GROUP): blockIdx.x = split * tiles + tile, blockIdx.y =
+ * group. A step of more than 8 vectors runs the NB = 8 kernel over groups of
+ * 8 (the last one partly empty); the groups' blocks of a tile read the same
+ * weights at about the same time, so L2 serves all but the first. gemv_plan splits the input until the grid has one
  * block per SM (TNN_GEMV_BLOCKS_PER_SM below) or the input vectors fit shared
  * memory. With splits > 1, each block writes its partial sums, and
  * the block that finishes a tile last (a counter per tile) adds the slices in
@@ -30,14 +32,15 @@ struct GemvArgs {
     const void *w;      /* n_out rows of n_in, 16-byte aligned */
     const float *bias;  /* n_out or NULL */
     int n_out;
-    int tiles, splits;  /* grid = tiles * splits blocks */
+    int tiles, splits;  /* grid = (tiles * splits, groups) blocks */
+    int nb;             /* vectors of the step: groups of NB, the last maybe partial */
     int slice;          /* input elements per slice, a multiple of 32 */
     int epi;            /* EPI_* */
     float *out;         /* see above: [NB][n_out]; EPI_QKV: q [NB][d] */
     __half *kv;         /* EPI_QKV: the layer's cache */
     int d, n_rows;      /* EPI_QKV: n_embd, cache rows per slot */
-    float *partial;     /* splits > 1: [splits][NB][n_out] */
-    int *counters;      /* splits > 1: [tiles], zero between launches */
+    float *partial;     /* splits > 1: [splits][nb][n_out] */
+    int *counters;      /* splits > 1: [groups][tiles], zero between launches */
     InputArgs x;        /* the prologue */
 };
 
@@ -60,9 +63,11 @@ __device__ __forceinline__ void gemv_epilogue(const GemvArgs &a, int b, int row,
 
 /* The end of a GEMV block: acc[r][b] of each lane summed over the warp;
  * then either the epilogue, or this slice's partial sums and, in the block
- * that completes the tile, the sum over slices and the epilogue. */
+ * that completes the tile, the sum over slices and the epilogue. Its vectors
+ * are the step's base .. base + nv - 1. */
 template <int NB, int R>
-__device__ __forceinline__ void gemv_finish(const GemvArgs &a, float (&acc)[R][NB], int tile, int split) {
+__device__ __forceinline__ void gemv_finish(const GemvArgs &a, float (&acc)[R][NB], int tile, int split, int base,
+                                            int nv) {
     constexpr int RB = 8 * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float mine = 0.0f;
@@ -74,27 +79,28 @@ __device__ __forceinline__ void gemv_finish(const GemvArgs &a, float (&acc)[R][N
             if (lane == r * NB + b) mine = s;
         }
     const int row = tile * RB + warp * R + lane / NB, b = lane % NB;
-    const bool owner = lane < R * NB && row < a.n_out;
+    const bool owner = lane < R * NB && row < a.n_out && b < nv;
     if (a.splits == 1) {
-        if (owner) gemv_epilogue(a, b, row, mine);
+        if (owner) gemv_epilogue(a, base + b, row, mine);
         return;
     }
-    if (owner) a.partial[(static_cast<int64_t>(split) * NB + b) * a.n_out + row] = mine;
+    if (owner) a.partial[(static_cast<int64_t>(split) * a.nb + base + b) * a.n_out + row] = mine;
     __threadfence();
     __syncthreads();
     __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(&a.counters[tile], 1) == a.splits - 1;
+    int *counter = &a.counters[blockIdx.y * a.tiles + tile];
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == a.splits - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
     for (int i = threadIdx.x; i < RB * NB; i += blockDim.x) {
-        const int rr = tile * RB + i / NB, bb = i % NB;
-        if (rr >= a.n_out) continue;
+        const int rr = tile * RB + i / NB, bb = base + i % NB;
+        if (rr >= a.n_out || i % NB >= nv) continue;
         float s = 0.0f;
-        for (int k = 0; k < a.splits; ++k) s += __ldcg(&a.partial[(static_cast<int64_t>(k) * NB + bb) * a.n_out + rr]);
+        for (int k = 0; k < a.splits; ++k) s += __ldcg(&a.partial[(static_cast<int64_t>(k) * a.nb + bb) * a.n_out + rr]);
         gemv_epilogue(a, bb, rr, s);
     }
-    if (threadIdx.x == 0) a.counters[tile] = 0; /* ready for the next launch */
+    if (threadIdx.x == 0) *counter = 0; /* ready for the next launch */
 }
 
 /* f16 weights.
@@ -113,6 +119,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_f16_kernel(GemvArgs a
     extern __shared__ float4 smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int split = blockIdx.x / a.tiles, tile = blockIdx.x - split * a.tiles;
+    const int base = blockIdx.y * TNN_GEMV_GROUP, nv = min(NB, a.nb - base);
     const int n_in = a.x.n_in, k0 = split * a.slice, kn = min(a.slice, n_in - k0);
     const int units = a.slice / 8, nc = kn / 8, row0 = tile * 8 * R + warp * R;
     const uint4 *w = static_cast<const uint4 *>(a.w) + k0 / 8;
@@ -134,7 +141,8 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_f16_kernel(GemvArgs a
                 wv[u][r] = (c < nc && row0 + r < a.n_out) ? ld_stream16(w + (row0 + r) * row_chunks + c)
                                                           : make_uint4(0, 0, 0, 0);
             }
-        if (j0 == 0) stage_input<NB, 2>(a.x, smem, units, k0, kn, tile == 0 && a.x.pro == PRO_EMBED_NORM);
+        if (j0 == 0)
+            stage_input<NB, 2>(a.x, smem, units, k0, kn, tile == 0 && a.x.pro == PRO_EMBED_NORM, base, nv);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = lane + 32 * (j0 + u);
@@ -169,7 +177,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_f16_kernel(GemvArgs a
             }
         }
     }
-    gemv_finish<NB, R>(a, acc, tile, split);
+    gemv_finish<NB, R>(a, acc, tile, split, base, nv);
 }
 
 /* q8_0 weights. Their 34-byte blocks sit at 2-byte alignment, so a warp
@@ -190,6 +198,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_q8_kernel(GemvArgs a)
     extern __shared__ float4 smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int split = blockIdx.x / a.tiles, tile = blockIdx.x - split * a.tiles;
+    const int base = blockIdx.y * TNN_GEMV_GROUP, nv = min(NB, a.nb - base);
     const int n_in = a.x.n_in, k0 = split * a.slice, kn = min(a.slice, n_in - k0);
     const int units = a.slice / Q8_BLOCK, row0 = tile * 8 * R + warp * R;
     const int64_t nbr = n_in / Q8_BLOCK; /* q8_0 blocks a row */
@@ -225,7 +234,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_q8_kernel(GemvArgs a)
 
     issue(0);
     issue(1);
-    stage_input<NB, 8>(a.x, smem, units, k0, kn, tile == 0 && a.x.pro == PRO_EMBED_NORM);
+    stage_input<NB, 8>(a.x, smem, units, k0, kn, tile == 0 && a.x.pro == PRO_EMBED_NORM, base, nv);
     for (int s = 0; s < n_stages; ++s) {
         cp_async_wait<1>();
         __syncwarp();
@@ -282,7 +291,7 @@ __global__ void __launch_bounds__(TNN_DEC_THREADS, 2) gemv_q8_kernel(GemvArgs a)
         issue(s + 2);
     }
     cp_async_wait<0>();
-    gemv_finish<NB, R>(a, acc, tile, split);
+    gemv_finish<NB, R>(a, acc, tile, split, base, nv);
 }
 
 /* Launch policy knobs; native/cuda/tests/variants.sh compiles other values
@@ -312,7 +321,7 @@ __host__ __device__ constexpr int gemv_rows_per_warp(int type, int nb) {
 }
 
 struct GemvPlan {
-    int tiles, splits, slice;
+    int tiles, splits, slice, groups;
     size_t smem; /* dynamic shared memory bytes */
 };
 
@@ -322,8 +331,9 @@ struct GemvPlan {
  * and a sequence gets the same bits whatever shares its step (batch
  * invariance). They are one vector's: enough blocks for
  * TNN_GEMV_BLOCKS_PER_SM per SM where the input can be split (slices of at
- * least 256 inputs), and small enough that TNN_DEC_MAX_BATCH vectors of a
- * slice fit in 64 KiB of shared memory. Only the tiles follow the batch. */
+ * least 256 inputs), and small enough that TNN_GEMV_GROUP vectors of a
+ * slice fit in 64 KiB of shared memory. Only the tiles and the groups of 8
+ * vectors follow the batch. */
 static inline GemvPlan gemv_plan(int type, int nb, int n_in, int n_out, int n_sm) {
     GemvPlan p;
     const int rb1 = 8 * gemv_rows_per_warp(type, 1), rb = 8 * gemv_rows_per_warp(type, nb);
@@ -332,11 +342,12 @@ static inline GemvPlan gemv_plan(int type, int nb, int n_in, int n_out, int n_sm
     const int target = TNN_GEMV_BLOCKS_PER_SM * n_sm;
     int splits = std::max(1, (target + tiles1 - 1) / tiles1);
     splits = std::min(splits, std::max(1, n_in / 256));
-    const int by_smem = static_cast<int>((static_cast<int64_t>(TNN_DEC_MAX_BATCH) * n_in * 4 + 65535) / 65536);
+    const int by_smem = static_cast<int>((static_cast<int64_t>(TNN_GEMV_GROUP) * n_in * 4 + 65535) / 65536);
     splits = std::max(std::max(splits, by_smem), 1);
     p.slice = ((n_in + splits - 1) / splits + 31) / 32 * 32;
     p.splits = (n_in + p.slice - 1) / p.slice;
-    p.smem = static_cast<size_t>(nb) * p.slice * 4;
+    p.groups = (nb + TNN_GEMV_GROUP - 1) / TNN_GEMV_GROUP;
+    p.smem = static_cast<size_t>(std::min(nb, static_cast<int>(TNN_GEMV_GROUP))) * p.slice * 4;
     if (type == TNN_CUDA_W_Q8_0) p.smem += 8 * 2 * 2 * Q8_STAGE_BYTES;
     return p;
 }

@@ -15,7 +15,7 @@ import pytest
 from gpt2.config import GPT2Config
 from gpt2.convert import convert_hf_to_gguf
 from gpt2.engine import FastGPT2
-from gpt2.engine.fast import decoder_layer
+from gpt2.engine.fast import MAX_FUSED_BATCH, decoder_layer
 from gpt2.generate import generate_ids, greedy_generate
 from gpt2.random_weights import random_weights
 from gpt2.reference import GPT2Reference
@@ -177,23 +177,23 @@ def test_fused_greedy_and_batches_equal_the_graph_path(gpt2_head_models, dtype):
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_fused_decode_is_batch_invariant(dtype):
     """A sequence's logits from our kernels are the same bits whatever shares
-    its step: stepped alone, then among 1..7 others (other slots, other
-    positions), past one attention chunk (64 positions). GPT-2-small's width,
-    whose products the kernels split differently by batch size if the split
-    followed the batch."""
+    its step: stepped alone, then among 1..31 others (other slots, other
+    positions, other groups of 8 in the products), past one attention chunk
+    (64 positions). GPT-2-small's width, whose products the kernels split
+    differently by batch size if the split followed the batch."""
     use_device("cuda")
     config = GPT2Config(n_layer=2, n_embd=768, n_head=12, n_positions=128, vocab_size=1024)
     rng = np.random.default_rng(21)
-    steps, slot = 80, 3
-    ids = rng.integers(0, config.vocab_size, (8, steps)).tolist()
-    with FastGPT2(random_weights(config, seed=4), "cuda", dtype, n_slots=8, decode="fused") as fast:
+    steps, slot, n = 80, 3, MAX_FUSED_BATCH
+    ids = rng.integers(0, config.vocab_size, (n, steps)).tolist()
+    with FastGPT2(random_weights(config, seed=4), "cuda", dtype, n_slots=n, decode="fused") as fast:
         dec = fast.decoder
-        assert dec is not None and dec.max_batch == 8
+        assert dec is not None and dec.max_batch == n
         alone = [dec.step([ids[slot][t]], [t], [slot], logits=True)[1][0] for t in range(steps)]
-        others = [j for j in range(8) if j != slot]
+        others = [j for j in range(n) if j != slot]
         done = dict.fromkeys(others, 0)  # positions the other slots have reached
         for t in range(steps):
-            members = [slot] + others[: t % 8]
+            members = [slot] + others[: (t * 5) % n]  # batches of 1..32, in no order
             tokens = [ids[j][t] if j == slot else ids[j][done[j]] for j in members]
             positions = [t if j == slot else done[j] for j in members]
             order = rng.permutation(len(members))  # the sequence at any index
