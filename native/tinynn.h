@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 9
+#define TNN_ABI_VERSION 10
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -174,6 +174,29 @@ TNN_API tnn_tensor *tnn_mul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
 /* ggml_mul_mat: a [K, M, ...] (F32, F16 or Q8_0, not transposed), b F32
  * [K, N, ...], broadcast over axes 2 and 3: result F32 [M, N, ...]. */
 TNN_API tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
+/* The port engines' product (port_dot.c): a [K, M] and b [K, N] (F32, 2-D,
+ * elements adjacent along ne0) give F32 [M, N], each element one dot product
+ * summed in a fixed order of our own (that of ggml-cpu's AVX-512 build, which
+ * the Ruby engine's dumps were made with), the same bits on every x86-64 CPU.
+ * CPU sessions only. path picks the code that computes it, all giving the
+ * same bits: TNN_PORT_DOT_AUTO (the TINYNN_PORT_DOT environment variable,
+ * "scalar", "avx2" or "avx512", when set; else the fastest this CPU runs) or
+ * one named; a path this CPU cannot run is an error. */
+#define TNN_PORT_DOT_AUTO 0
+#define TNN_PORT_DOT_SCALAR 1
+#define TNN_PORT_DOT_AVX2 2   /* AVX2 and FMA */
+#define TNN_PORT_DOT_AVX512 3 /* AVX-512F */
+TNN_API tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int path);
+/* The path (TNN_PORT_DOT_SCALAR.._AVX512) that tnn_port_matmul takes for
+ * path on this CPU now; negative when unknown or not runnable here. */
+TNN_API int tnn_port_dot_path(int path);
+/* The port engines' row reductions (port_rows.c), in the order of ggml-cpu's
+ * AVX-512 build on every x86-64 CPU, like tnn_port_matmul; CPU sessions only;
+ * x F32 2-D [n, rows] with adjacent elements along ne0. tnn_port_norm: (x -
+ * mean) / sqrt(var + eps) along ne0 (biased variance; eps in [0, 1]); the
+ * normalization of tnn_layer_norm. tnn_port_softmax: softmax along ne0. */
+TNN_API tnn_tensor *tnn_port_norm(tnn_session *sess, tnn_tensor *x, double eps);
+TNN_API tnn_tensor *tnn_port_softmax(tnn_session *sess, tnn_tensor *x);
 /* a * s. */
 TNN_API tnn_tensor *tnn_scale(tnn_session *sess, tnn_tensor *a, double s);
 /* a[i, j] = -inf where i > j + n_past (i along ne0); ggml-cuda writes -FLT_MAX

@@ -23,6 +23,10 @@
  *                     device over the graph's logits (cuda/sample_logits.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
+ *   port_dot.c        tnn_port_matmul: the port engines' products in one
+ *                     fixed summation order on every x86-64 CPU
+ *   port_rows.c       tnn_port_norm, tnn_port_softmax: their row reductions,
+ *                     likewise
  * Every function here is hidden (C_VISIBILITY_PRESET hidden); only tinynn.h's
  * TNN_API functions leave the library.
  */
@@ -242,6 +246,14 @@ void free_session_decoders(tnn_session *root);
 
 /* Frees the session's device sampler, if it has one (any session, fork or root). */
 void free_session_logits_sampler(tnn_session *s);
+
+/* ---- port_dot.c ---------------------------------------------------------------- */
+
+/* 16 float lanes folded as ggml's AVX-512 build folds a vector: lane l +=
+ * lane l + 8, then l += l + 4, then (l0 + l2) + (l1 + l3). */
+float port_fold16(const float s[16]);
+/* fmaf(x, y, z) (rounded once) by the same code on every CPU. */
+float port_fmaf(float x, float y, float z);
 
 /* ---- cuda_specifics.c ------------------------------------------------------ */
 

@@ -20,13 +20,21 @@ from .decoder import Decoder
 from .errors import TinyNNError
 from .file_reads import FILE_RANGE_DTYPE, FileReadError, read_file_ranges
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
-from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
+from .session import (
+    PORT_DOT_PATHS,
+    Session,
+    Tensor,
+    cuda_available,
+    cuda_unavailable_reason,
+    port_dot_path,
+)
 
 __all__ = [
     "ABI_VERSION",
     "Decoder",
     "FILE_RANGE_DTYPE",
     "FileReadError",
+    "PORT_DOT_PATHS",
     "SAMPLING_DTYPE",
     "SampledRows",
     "Session",
@@ -36,6 +44,7 @@ __all__ = [
     "cuda_unavailable_reason",
     "library_path",
     "penalize_rows",
+    "port_dot_path",
     "read_file_ranges",
     "sample_rows",
 ]

@@ -326,6 +326,24 @@ class Session:
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         return self._new(self._lib.tnn_matmul(self._ptr(), a.handle, b.handle), ndim=b.ndim)
 
+    def port_matmul(self, a: Tensor, b: Tensor, path: str = "auto") -> Tensor:
+        """matmul(a, b) of 2-D f32 a [k, M] and b [k, N] -> [M, N], each element
+        summed in the port engines' fixed order (native/port_dot.c): the same
+        bits on every x86-64 CPU. CPU sessions only. `path` names the code that
+        computes it (PORT_DOT_PATHS; all give the same bits)."""
+        handle = self._lib.tnn_port_matmul(self._ptr(), a.handle, b.handle, _port_path_id(path))
+        return self._new(handle, ndim=2)
+
+    def port_norm(self, x: Tensor, eps: float = 1e-5) -> Tensor:
+        """(x - mean) / sqrt(var + eps) along ne0 of a 2-D f32 x, in the port
+        engines' fixed order (native/port_rows.c); CPU sessions only."""
+        return self._new(self._lib.tnn_port_norm(self._ptr(), x.handle, eps), ndim=2)
+
+    def port_softmax(self, x: Tensor) -> Tensor:
+        """Softmax along ne0 of a 2-D f32 x, in the port engines' fixed order
+        (native/port_rows.c); CPU sessions only."""
+        return self._new(self._lib.tnn_port_softmax(self._ptr(), x.handle), ndim=2)
+
     def scale(self, a: Tensor, s: float) -> Tensor:
         return self._new(self._lib.tnn_scale(self._ptr(), a.handle, s), ndim=a.ndim)
 
@@ -613,6 +631,23 @@ def _type_id(dtype: str) -> int:
         raise ValueError(f"dtype must be one of {sorted(GGML_TYPE_IDS)}, got {dtype!r}") from None
 
 
+# tnn_port_matmul's paths, in native/tinynn.h's TNN_PORT_DOT_* order. "auto":
+# TINYNN_PORT_DOT from the environment when set, else the fastest this CPU runs.
+PORT_DOT_PATHS = ("auto", "scalar", "avx2", "avx512")
+
+
+def _port_path_id(path: str) -> int:
+    if path not in PORT_DOT_PATHS:
+        raise ValueError(f"path must be one of {PORT_DOT_PATHS}, got {path!r}")
+    return PORT_DOT_PATHS.index(path)
+
+
+def port_dot_path(path: str = "auto") -> str:
+    """The code that Session.port_matmul runs for `path` on this CPU: "scalar",
+    "avx2" or "avx512". Raises TinyNNError when this CPU cannot run it."""
+    return PORT_DOT_PATHS[load().tnn_port_dot_path(_port_path_id(path))]
+
+
 def cuda_available() -> bool:
     """True when a CUDA device can be used (see cuda_unavailable_reason)."""
     return bool(load().tnn_cuda_available())
@@ -627,4 +662,12 @@ def cuda_unavailable_reason() -> str | None:
     return lib.tnn_last_error().decode() + cuda_build_hint()
 
 
-__all__ = ["Session", "Tensor", "TinyNNError", "cuda_available", "cuda_unavailable_reason"]
+__all__ = [
+    "PORT_DOT_PATHS",
+    "Session",
+    "Tensor",
+    "TinyNNError",
+    "cuda_available",
+    "cuda_unavailable_reason",
+    "port_dot_path",
+]

@@ -8,14 +8,15 @@ Orientation (RUBY_ENGINE.md 3.2): a host weight W (in, out) is declared as
 elem(ne0=i, ne1=o) = W[i][o]. V is computed transposed, so its bias is
 ne = [1, d_head].
 
-Every product of the ports goes through `port_matmul`: on the CPU it gives
-each column of b to ggml's own dot product (vec_dot), the kernel the Ruby
-engine's ggml build ran. With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu
-would multiply two or more columns in tinyBLAS (llamafile_sgemm), which sums
-in another order; tinyBLAS declines a src1 of one column, so b [k, N] is laid
-out [k, 1, N] (ggml broadcasts a over the N planes) and every column runs
-alone, as in gpt2/engine/graph.py's decode products. The ports then reproduce
-the Ruby engine's full-forward dumps bit for bit.
+Every product of the ports goes through `port_matmul`, every LayerNorm through
+`port_layer_norm` and every softmax through `port_softmax`. On the CPU these
+are tinynn's port ops (native/port_dot.c, port_rows.c): each dot product, mean,
+variance and exponential sum in an order the ports own, that of ggml-cpu's
+AVX-512 build, with which the Ruby engine's dumps were made. ggml's own ops
+reduce in another order in each of its CPU builds (8 lanes with AVX2, 4 with
+SSE, tiled products with GGML_LLAMAFILE), so they reproduced the dumps only
+where ggml loaded its AVX-512 variant; ours give the same bits on every x86-64
+CPU (bench/NOTES.md, "The ports' reduction order"). On CUDA, ggml's ops.
 """
 
 from __future__ import annotations
@@ -41,14 +42,26 @@ def upload_row_major(t: Tensor, a: np.ndarray) -> None:
 
 
 def port_matmul(sess: Session, a: Tensor, b: Tensor) -> Tensor:
-    """matmul(a, b): a [k, M], b [k, N] -> [M, N]. On the CPU with N > 1, b is
-    laid out [k, 1, N] so that ggml-cpu runs vec_dot for each column, never
-    tinyBLAS (module doc); b must be contiguous. On CUDA, the plain product."""
-    k, n = b.ne[0], b.ne[1]
-    if sess.device != "cpu" or n == 1:
+    """matmul(a, b): a [k, M], b [k, N] -> [M, N]. On the CPU in the ports'
+    own summation order (module doc); on CUDA, ggml's product."""
+    if sess.device != "cpu":
         return sess.matmul(a, b)
-    y = sess.matmul(a, sess.reshape(b, k, 1, n))  # [M, 1, N]
-    return sess.reshape(y, a.ne[1], n)  # [M, N]
+    return sess.port_matmul(a, b)
+
+
+def port_layer_norm(sess: Session, x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+    """LayerNorm along ne0 of x [d, T], then * gamma + beta; the normalization
+    in the ports' own order on the CPU (module doc)."""
+    if sess.device != "cpu":
+        return sess.layer_norm(x, gamma, beta, eps)
+    return sess.add(sess.mul(sess.port_norm(x, eps), gamma), beta)
+
+
+def port_softmax(sess: Session, x: Tensor) -> Tensor:
+    """Softmax along ne0 of x [n, rows]; in the ports' own order on the CPU."""
+    if sess.device != "cpu":
+        return sess.softmax(x)
+    return sess.port_softmax(x)
 
 
 class GPT2BlockFFI:
@@ -105,7 +118,7 @@ class GPT2BlockFFI:
     def build_ffn(self, sess: Session, x: Tensor, eps: float, gelu: str) -> Tensor:
         """x + FFN(LN2(x)); x is [d, T]. gelu: "exact" (f32) or "ggml" (the
         original's ggml_gelu, an f16 table on the CPU)."""
-        h2 = sess.layer_norm(x, self.t_ln2_gamma, self.t_ln2_beta, eps)  # [d, T]
+        h2 = port_layer_norm(sess, x, self.t_ln2_gamma, self.t_ln2_beta, eps)  # [d, T]
         u = sess.add(port_matmul(sess, self.t_w_ff1, h2), self.t_b_ff1)  # [d_ff, T]
         g = sess.gelu(u) if gelu == "ggml" else sess.gelu_exact(u)  # [d_ff, T]
         f = sess.add(port_matmul(sess, self.t_w_ff2, g), self.t_b_ff2)  # [d, T]

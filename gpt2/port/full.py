@@ -24,7 +24,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, port_matmul, upload_row_major
+from gpt2.port.blocks import (
+    GPT2BlockFFI,
+    PortEngine,
+    port_layer_norm,
+    port_matmul,
+    port_softmax,
+    upload_row_major,
+)
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
@@ -105,7 +112,7 @@ class GPT2FullForwardFFICache(PortEngine):
         self.t_x_embed = sess.set_output(x)  # [d, T]
         for block in self.gpt2_blocks_ffi:
             x = self.build_block(block, x)  # [d, T]
-        x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)
+        x = port_layer_norm(sess, x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)
         self.t_x_final = sess.set_output(x)  # [d, T]
         logits = port_matmul(sess, self.t_token_embed, self.t_x_final)  # [V, T], tied unembedding
         self.t_logits = sess.set_output(logits)
@@ -115,7 +122,7 @@ class GPT2FullForwardFFICache(PortEngine):
     def build_block(self, block: GPT2BlockFFI, x: Tensor) -> Tensor:
         """x + attn(LN1(x)), then + FFN(LN2(.)); x is [d, T]."""
         sess = self.sess
-        h1 = sess.layer_norm(x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, T]
+        h1 = port_layer_norm(sess, x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, T]
         heads = [self.build_attention_head(block, h1, h) for h in range(self.n_heads)]
         x = sess.add(x, block.build_out_proj(sess, heads))  # [d, T]
         return block.build_ffn(sess, x, self.eps, self.gelu)
@@ -129,7 +136,7 @@ class GPT2FullForwardFFICache(PortEngine):
         scores = port_matmul(sess, k, q)  # [T keys, T queries]
         scores = sess.scale(scores, 1.0 / math.sqrt(self.d_head))
         scores = sess.diag_mask_inf(scores, 0)
-        attn = sess.softmax(scores)  # over keys
+        attn = port_softmax(sess, scores)  # over keys
         return port_matmul(sess, v, attn)  # [d_head, T]
 
     # -- weights --------------------------------------------------------------

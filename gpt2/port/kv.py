@@ -19,7 +19,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpt2.port.blocks import GPT2BlockFFI, PortEngine, port_matmul, upload_row_major
+from gpt2.port.blocks import (
+    GPT2BlockFFI,
+    PortEngine,
+    port_layer_norm,
+    port_matmul,
+    port_softmax,
+    upload_row_major,
+)
 from gpt2.token_ids import check_token_ids
 from gpt2.weights import GPT2Weights
 from tinynn import Session, Tensor
@@ -144,13 +151,13 @@ class GPT2KVFFICache(PortEngine):
         pos_row = sess.view_2d(self.t_pos_embed, d, 1, d * F32_BYTES, pos * d * F32_BYTES)  # [d, 1]
         x = sess.add(sess.get_rows(self.t_token_embed, t_token_id), pos_row)  # [d, 1]
         for block in self.kv_blocks_ffi:
-            h1 = sess.layer_norm(x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, 1]
+            h1 = port_layer_norm(sess, x, block.t_ln1_gamma, block.t_ln1_beta, self.eps)  # [d, 1]
             heads = [
                 self.build_attention_head(block, h1, h, pos, slot) for h in range(self.n_heads)
             ]
             x = sess.add(x, block.build_out_proj(sess, heads))  # [d, 1]
             x = block.build_ffn(sess, x, self.eps, self.gelu)  # [d, 1]
-        x = sess.layer_norm(x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)  # [d, 1]
+        x = port_layer_norm(sess, x, self.t_ln_f_gamma, self.t_ln_f_beta, self.eps)  # [d, 1]
         logits = sess.set_output(port_matmul(sess, self.t_token_embed, x))  # [V, 1]
         return t_token_id, logits
 
@@ -171,7 +178,7 @@ class GPT2KVFFICache(PortEngine):
         k_hist = sess.view_2d(cache_k, dh, pos + 1, row, 0)  # [d_head, pos+1]
         v_hist = sess.view_2d(cache_v, dh, pos + 1, row, 0)  # [d_head, pos+1]
         scores = port_matmul(sess, k_hist, q)  # [pos+1, 1]
-        attn = sess.softmax(sess.scale(scores, 1.0 / math.sqrt(dh)))  # over 0..pos
+        attn = port_softmax(sess, sess.scale(scores, 1.0 / math.sqrt(dh)))  # over 0..pos
         v_t = sess.cont(sess.transpose(v_hist))  # [pos+1, d_head]
         return port_matmul(sess, v_t, attn)  # [d_head, 1]
 

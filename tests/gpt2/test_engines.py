@@ -4,8 +4,9 @@ Tolerances (SPEC.md, issue 3): the ported engines (f32, exact GELU) and the
 fast engine in f32 within max-abs 1e-3 of the reference at every position,
 argmax equal everywhere; the ports built as the original graph (ggml's f16
 GELU table) against the Ruby engine's own dumps: the full forward bit for bit
-(same graph, same CPU kernels: gpt2.port.blocks.port_matmul keeps ggml's
-vec_dot where tinyBLAS would take over), the KV port within 5e-5.
+(same graph; the products, LayerNorms and softmaxes in the ports' own order,
+that of the ggml-cpu AVX-512 build the dumps were made with, on any CPU:
+gpt2.port.blocks), the KV port within 5e-5.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import tinynn
 from gpt2.engine import FastGPT2
 from gpt2.generate import greedy_generate, greedy_generate_batch
 from gpt2.parity import compare, read_dump
@@ -105,16 +107,16 @@ def test_ruby_outputs_parity(ruby_outputs, model):
         ours_full = full.forward(ids)[-1]
     with GPT2KVFFICache.from_weights(loaded.weights, max_t=32, gelu="ggml") as kv:
         ours_kv = kv.logits_for(ids)[-1]
-    # The full forward runs the Ruby engine's kernels (port_matmul: vec_dot
-    # for every column, as its ggml build without GGML_LLAMAFILE did): bit for bit.
+    # The full forward reduces in the Ruby engine's order (its ggml-cpu AVX-512
+    # build's, owned by the ports: gpt2.port.blocks), on any CPU: bit for bit.
     want_full = read_dump(ruby_outputs / f"{model}_ffi_full.txt")
     diff = np.abs(ours_full.astype(np.float64) - want_full)
     assert np.array_equal(ours_full.astype(np.float64), want_full), (
         f"{model} ffi_full: max-abs {diff.max():.3g} at {int(diff.argmax())} (want 0)"
     )
     # The KV port, measured on the 2-core CI machine kind: 3.6e-7 (model_a),
-    # 1.7e-5 (model_b), the same before and after GGML_LLAMAFILE (its products
-    # have one column). Not bit for bit: positions 1.. differ from our own full
+    # 1.7e-5 (model_b), the same on ggml's AVX-512, AVX2 and SSE builds and on
+    # every port path. Not bit for bit: positions 1.. differ from our own full
     # forward too, in attention (cause not yet found; tolerance SPEC.md's 5e-5).
     report = compare(ours_kv, read_dump(ruby_outputs / f"{model}_ffi_kv.txt"), max_abs=5e-5)
     assert report.passed, f"{model} ffi_kv: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
@@ -123,6 +125,31 @@ def test_ruby_outputs_parity(ruby_outputs, model):
         exact = full.forward(ids)[-1]
     report = compare(exact, read_dump(ruby_outputs / f"{model}_native.txt"), max_abs=1e-5)
     assert report.passed, f"{model} exact vs native: {report.max_abs:.3g}"
+
+
+@pytest.mark.parametrize("path", ["scalar", "avx2", "avx512"])
+def test_ruby_outputs_parity_on_every_port_path(ruby_outputs, monkeypatch, path):
+    """The ports' reductions forced onto each code this CPU runs (TINYNN_PORT_DOT):
+    the same Ruby bits from each, so a CPU without AVX-512 gets them too."""
+    try:
+        tinynn.port_dot_path(path)
+    except tinynn.TinyNNError:
+        pytest.skip(f"this CPU cannot run the {path} path")
+    monkeypatch.setenv("TINYNN_PORT_DOT", path)
+    for model in ("model_a", "model_b"):
+        loaded = load_model(ruby_outputs / f"{model}.gguf")
+        ids = [int(t) for t in (ruby_outputs / f"{model}_prompt_ids.txt").read_text().split()]
+        with GPT2FullForwardFFICache.from_weights(loaded.weights, t_seq=8, gelu="ggml") as full:
+            ours_full = full.forward(ids)[-1].astype(np.float64)
+        want_full = read_dump(ruby_outputs / f"{model}_ffi_full.txt")
+        diff = np.abs(ours_full - want_full)
+        assert np.array_equal(ours_full, want_full), (
+            f"{model} ffi_full on {path}: max-abs {diff.max():.3g} at {int(diff.argmax())}"
+        )
+        with GPT2KVFFICache.from_weights(loaded.weights, max_t=32, gelu="ggml") as kv:
+            ours_kv = kv.logits_for(ids)[-1]
+        report = compare(ours_kv, read_dump(ruby_outputs / f"{model}_ffi_kv.txt"), max_abs=5e-5)
+        assert report.passed, f"{model} ffi_kv on {path}: max-abs {report.max_abs:.3g}"
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
