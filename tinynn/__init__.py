@@ -20,10 +20,18 @@ from .decoder import Decoder
 from .errors import TinyNNError
 from .file_reads import FILE_RANGE_DTYPE, FileReadError, read_file_ranges
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
-from .session import Session, Tensor, cuda_available, cuda_unavailable_reason
+from .session import (
+    CPU_KERNELS,
+    Session,
+    Tensor,
+    cpu_kernels_supported,
+    cuda_available,
+    cuda_unavailable_reason,
+)
 
 __all__ = [
     "ABI_VERSION",
+    "CPU_KERNELS",
     "Decoder",
     "FILE_RANGE_DTYPE",
     "FileReadError",
@@ -32,6 +40,7 @@ __all__ = [
     "Session",
     "Tensor",
     "TinyNNError",
+    "cpu_kernels_supported",
     "cuda_available",
     "cuda_unavailable_reason",
     "library_path",
