@@ -24,13 +24,26 @@
  * back, huge pages 0.21 s and small ones 0.28 s; after 5 s of idle, huge pages
  * 0.66 s and small ones 0.30 s (medians). So huge pages are taken unless the
  * kernel reports free pages to a hypervisor; TINYNN_HUGE_PAGES=1 or 0 decides
- * instead. */
+ * instead.
+ *
+ * Small pages cost every step afterwards, though: decode streams the weights,
+ * and from 4 KiB pages of fresh memory it reads them at 17 GB/s where huge
+ * pages give 27 (one core, 128 MB, this VM; llama.cpp's weights, mapped from
+ * the page cache, 26): gpt2-small q8_0 decode 7.9-8.5 -> 6.8-7.5 ms a token,
+ * f16 11.0-12.3 -> 9.2-9.6 (bench/NOTES.md, 2026-12-08). So once the weights
+ * are in, tnn_move_to_huge_pages has a thread of the root copy them onto huge
+ * pages (MADV_COLLAPSE, Linux 6.1 and later; 0.33 s for 128 MB) while decoding
+ * goes on: the load keeps the small pages' speed, the steps get the huge
+ * pages' bandwidth a moment later. The copy is the kernel's and invisible to
+ * readers; the thread stops (and is joined) when the memory is unmapped. */
 #include <dirent.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "tinynn_internal.h"
 
@@ -121,7 +134,101 @@ void advise_huge_pages(tnn_session *root, const void *start, size_t n) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
+/* ---- weights moved onto huge pages in the background ----------------------------- */
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* Linux 6.1 */
+#endif
+
+struct huge_page_mover {
+    pthread_t thread;
+    pid_t pid;           /* a forked child has no such thread: it must not join it */
+    atomic_bool stop;    /* set before the memory is unmapped */
+    size_t n_ranges;
+    struct { char *start; size_t size; } ranges[]; /* whole huge pages, ascending */
+};
+
+static void *move_to_huge_pages(void *arg) {
+    struct huge_page_mover *m = arg;
+    for (size_t i = 0; i < m->n_ranges; i++) {
+        for (size_t at = 0; at < m->ranges[i].size && !atomic_load(&m->stop); at += HUGE_PAGE) {
+            /* one huge page a call, so that a stop waits for one page's copy at most;
+             * a failure (no huge page free, an old kernel) leaves that page small */
+            madvise(m->ranges[i].start + at, HUGE_PAGE, MADV_COLLAPSE);
+        }
+    }
+    return NULL;
+}
+
+static int by_address(const void *a, const void *b) {
+    const struct ggml_tensor *x = *(struct ggml_tensor *const *)a, *y = *(struct ggml_tensor *const *)b;
+    return (uintptr_t)x->data < (uintptr_t)y->data ? -1 : (uintptr_t)x->data > (uintptr_t)y->data;
+}
+
+int tnn_move_to_huge_pages(tnn_session *sess, tnn_tensor *const *tensors, int n_tensors) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    tnn_session *root = sess->root;
+    if (n_tensors < 0 || n_tensors > TNN_MAX_PERSISTENT_TENSORS || (n_tensors > 0 && !tensors)) {
+        return fail(TNN_EINVAL, __func__, "n_tensors=%d with tensors %p: expected 0..%d tensors",
+                    n_tensors, (const void *)tensors, TNN_MAX_PERSISTENT_TENSORS);
+    }
+    for (int i = 0; i < n_tensors; i++) {
+        if (!tensors[i] || !is_persistent(sess, tensors[i]) || tensors[i]->view_src) {
+            return fail(TNN_EINVAL, __func__, "tensors[%d] is not a persistent tensor of this session", i);
+        }
+    }
+    if (!root->finalized) return fail(TNN_ESTATE, __func__, "call tnn_finalize_weights first");
+    if (root->huge_pages_asked) return fail(TNN_ESTATE, __func__, "called once a session already");
+    root->huge_pages_asked = true;
+    const char *wanted = getenv("TINYNN_HUGE_PAGES");
+    if (!root->host_weights || n_tensors == 0 || (wanted && strcmp(wanted, "0") == 0)) return TNN_OK;
+
+    struct ggml_tensor **sorted = malloc((size_t)n_tensors * sizeof *sorted);
+    struct huge_page_mover *m =
+        calloc(1, sizeof *m + (size_t)n_tensors * sizeof m->ranges[0]);
+    if (!sorted || !m) {
+        free(sorted);
+        free(m);
+        return fail(TNN_ENOMEM, __func__, "out of host memory");
+    }
+    memcpy(sorted, tensors, (size_t)n_tensors * sizeof *sorted);
+    qsort(sorted, (size_t)n_tensors, sizeof *sorted, by_address);
+    /* Adjacent tensors (padding between them included) merged into runs; the whole
+     * huge pages inside each run, so that no page of anything else (a cache, whose
+     * untouched pages would all be filled) is collapsed. */
+    size_t align = ggml_backend_buft_get_alignment(ggml_backend_get_default_buffer_type(root->backend));
+    for (int i = 0; i < n_tensors;) {
+        uintptr_t lo = (uintptr_t)sorted[i]->data, hi = lo + ggml_nbytes(sorted[i]);
+        for (i++; i < n_tensors && (uintptr_t)sorted[i]->data <= (hi + align - 1) / align * align; i++) {
+            uintptr_t end = (uintptr_t)sorted[i]->data + ggml_nbytes(sorted[i]);
+            if (end > hi) hi = end;
+        }
+        lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+        hi &= ~(HUGE_PAGE - 1);
+        if (hi > lo) {
+            m->ranges[m->n_ranges].start = (char *)lo;
+            m->ranges[m->n_ranges++].size = hi - lo;
+        }
+    }
+    free(sorted);
+    m->pid = getpid();
+    atomic_init(&m->stop, false);
+    if (m->n_ranges == 0 || pthread_create(&m->thread, NULL, move_to_huge_pages, m) != 0) {
+        free(m); /* nothing to move, or no thread to be had: the pages stay as they are */
+        return TNN_OK;
+    }
+    root->huge_page_mover = m;
+    return TNN_OK;
+}
+
 void free_host_weights(tnn_session *sess) {
+    struct huge_page_mover *m = sess->huge_page_mover;
+    if (m) {
+        atomic_store(&m->stop, true);
+        if (m->pid == getpid()) pthread_join(m->thread, NULL);
+        free(m);
+        sess->huge_page_mover = NULL;
+    }
     if (sess->host_weights) munmap(sess->host_weights, sess->host_weights_size);
     sess->host_weights = NULL;
     sess->host_weights_size = 0;

@@ -147,6 +147,7 @@ static void session_destroy(tnn_session *s) {
         if (s->weights_buf) ggml_backend_buffer_free(s->weights_buf);
         free_host_weights(s);
         if (s->ctx_w) ggml_free(s->ctx_w);
+        free(s->packed);
     }
     free(s);
 }

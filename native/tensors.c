@@ -35,6 +35,12 @@ bool is_persistent(const tnn_session *s, const struct ggml_tensor *t) {
     return ctx_owns(s->root->ctx_w, t);
 }
 
+int64_t persistent_index(const tnn_session *s, const struct ggml_tensor *t) {
+    if (!is_persistent(s, t)) return -1;
+    const char *base = ggml_get_mem_buffer(s->root->ctx_w);
+    return (int64_t)(((size_t)((const char *)t - base) - tensor_first_offset) / tensor_stride);
+}
+
 static bool owns(const tnn_session *s, const struct ggml_tensor *t) {
     return ctx_owns(s->ctx, t) || is_persistent(s, t);
 }
@@ -47,6 +53,13 @@ bool check_tensor(const tnn_session *s, const struct ggml_tensor *t, const char 
                     "%s (%p) is not a live tensor of this session (freed, from another session, "
                     "or from before tnn_reset_for_rebuild)",
                     what, (const void *)t),
+               false;
+    }
+    if (is_packed(s, t)) { /* its bytes are in our tile order (cpu_product.c) */
+        return fail(TNN_EINVAL, func,
+                    "%s %s is packed by tnn_pack_rows: only tnn_packed_matmul and "
+                    "tnn_packed_get_rows read it, and a download unpacks it whole",
+                    what, SHAPE(t)),
                false;
     }
     return true;

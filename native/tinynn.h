@@ -143,6 +143,17 @@ TNN_API int tnn_finalize_weights(tnn_session *sess);
 /* Bytes of the persistent buffer (0 before finalize). */
 TNN_API int64_t tnn_weights_nbytes(tnn_session *sess);
 
+/* The memory of these persistent tensors (a CPU session's weights, written:
+ * only read from now on) moved onto huge pages by a thread of the session's
+ * root, in the background (Linux's MADV_COLLAPSE; the whole 2 MiB pages inside
+ * the tensors' adjacent runs, never a page of another tensor). Returns at once;
+ * the thread ends by itself, or is stopped and joined when the root is freed.
+ * Decode streams its weights about 1.6x faster from huge pages than from small
+ * fresh ones (host_weights.c). Nothing happens for a CUDA session, with
+ * TINYNN_HUGE_PAGES=0, or where the kernel cannot (then the pages stay small).
+ * Once a session; after tnn_finalize_weights. */
+TNN_API int tnn_move_to_huge_pages(tnn_session *sess, tnn_tensor *const *tensors, int n_tensors);
+
 /* ---- compute inputs (values uploaded after tnn_realize) ---------------- */
 /* An input keeps the value last uploaded for every later compute: upload only
  * the inputs that change between computes. */
@@ -263,6 +274,33 @@ TNN_API tnn_tensor *tnn_flash_attn_ext(tnn_session *sess, tnn_tensor *q, tnn_ten
 TNN_API tnn_tensor *tnn_argmax(tnn_session *sess, tnn_tensor *a);
 /* Indices of the k largest values of each row (in no order): I32 [k, rows]. */
 TNN_API tnn_tensor *tnn_top_k(tnn_session *sess, tnn_tensor *a, int64_t k);
+
+/* ---- our product on the CPU over weights packed in tiles (cpu_product.c) -- */
+/* Each element of a packed product is summed in one order whatever the number
+ * of columns, the thread count or the instruction set (AVX-512, AVX2 + FMA +
+ * F16C, or scalar code, picked at run time; the environment variable
+ * TINYNN_CPU_KERNELS=scalar|avx2|avx512 forces one): 16 lanes of fused
+ * multiply-adds along k, then a fixed tree (cpu_product.c). */
+
+/* Bit per kernel set this CPU runs: 1 scalar, 2 AVX2 (+FMA, F16C), 4 AVX-512. */
+TNN_API int tnn_cpu_kernels_supported(void);
+
+/* Lays w (a persistent F32 or F16 [k, n] tensor of a CPU session, k a multiple
+ * of 16, after tnn_finalize_weights, its values uploaded) out in tiles of 8 rows
+ * for tnn_packed_matmul, in place (the same bytes, memory not doubled). Once a
+ * tensor; before the session has forks or a realized graph (which could read
+ * the old layout). Afterwards only tnn_packed_matmul and tnn_packed_get_rows
+ * read w; a download unpacks it (whole tensors only); any other op, view,
+ * upload or read into it is refused. */
+TNN_API int tnn_pack_rows(tnn_session *sess, tnn_tensor *w);
+
+/* x W for a packed w [k, n] and x F32 [k, N] (rows dense): F32 [n, N], what
+ * tnn_matmul(w, x) computes, in the order above. */
+TNN_API tnn_tensor *tnn_packed_matmul(tnn_session *sess, tnn_tensor *w, tnn_tensor *x);
+
+/* Rows of a packed w [k, n] picked by idx (I32 [m], values in [0, n), checked
+ * when uploaded): F32 [k, m], as tnn_get_rows on the unpacked w. */
+TNN_API tnn_tensor *tnn_packed_get_rows(tnn_session *sess, tnn_tensor *w, tnn_tensor *idx);
 
 /* ---- graph ------------------------------------------------------------- */
 

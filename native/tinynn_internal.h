@@ -23,6 +23,8 @@
  *                     device over the graph's logits (cuda/sample_logits.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
+ *   cpu_product.c     our own CPU product over weights packed in tiles, one
+ *                     summation order whatever the batch (tnn_pack_rows)
  *   port_dot.c        tnn_port_matmul: the port engines' products in one
  *                     fixed summation order on every x86-64 CPU
  *   port_rows.c       tnn_port_norm, tnn_port_softmax: their row reductions,
@@ -76,8 +78,13 @@ struct tnn_session {
     int threads_applied; /* what the CPU backend was last given */
 
     struct ggml_context *ctx_w; /* persistent tensors (root only) */
+    /* root only: a flag per persistent tensor (persistent_index), set when
+     * tnn_pack_rows has laid it out in tiles; NULL until the first one */
+    uint8_t *packed;
     ggml_backend_buffer_t weights_buf;
     void *host_weights; /* the mapping under weights_buf on CPU (host_weights.c) */
+    struct huge_page_mover *huge_page_mover; /* tnn_move_to_huge_pages' thread, or NULL */
+    bool huge_pages_asked;                   /* tnn_move_to_huge_pages was called */
     size_t host_weights_size;
     bool finalized;
 
@@ -155,7 +162,7 @@ void adapt_threads(tnn_session *s);
  * zeroed by the kernel, resident only where touched. NULL where the backend
  * cannot wrap host memory (the caller allocates as ggml does, and clears). */
 ggml_backend_buffer_t alloc_host_weights(tnn_session *sess);
-/* Unmaps it; after the buffer over it is freed. */
+/* Stops tnn_move_to_huge_pages' thread, then unmaps; after the buffer over it is freed. */
 void free_host_weights(tnn_session *sess);
 /* n bytes from start, about to be written whole (weights read from a file):
  * asks for huge pages where they lie in root's mapping (see host_weights.c). */
@@ -167,6 +174,8 @@ void advise_huge_pages(tnn_session *root, const void *start, size_t n);
  * session), so ctx_owns can tell a tensor of ours from any other pointer. */
 void measure_tensor_layout(void);
 bool is_persistent(const tnn_session *s, const struct ggml_tensor *t);
+/* t's place among the root's persistent tensors (0, 1, ...), or -1 if it is not one. */
+int64_t persistent_index(const tnn_session *s, const struct ggml_tensor *t);
 
 /* The tensor that owns t's memory: t itself, or what t is a view of. */
 static inline struct ggml_tensor *storage_of(const struct ggml_tensor *t) {
@@ -236,6 +245,15 @@ int compute_io_check(tnn_session *sess, tnn_tensor *in, const void *in_data, int
                      tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func);
 int compute_io_run(tnn_session *sess, tnn_tensor *in, const void *in_data, int64_t in_nbytes,
                    tnn_tensor *out, void *out_data, int64_t out_nbytes, const char *func);
+
+/* ---- cpu_product.c ---------------------------------------------------------- */
+
+/* Whether t (or what it views) is a persistent tensor packed by tnn_pack_rows. */
+bool is_packed(const tnn_session *s, const struct ggml_tensor *t);
+/* A download of a packed tensor (t live and packed), unpacked into data: the
+ * whole tensor only, of type want (< 0: any). */
+int download_packed(const struct ggml_tensor *t, void *data, int64_t nbytes, int64_t offset,
+                    int want, const char *func);
 
 /* ---- decoder.c -------------------------------------------------------------- */
 

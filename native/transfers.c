@@ -54,6 +54,10 @@ static int upload(tnn_session *sess, tnn_tensor *t, const void *data, int64_t nb
 
 static int download(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes, int64_t offset,
                     int want, const char *func) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    if (t && is_persistent(sess, t) && is_packed(sess, t)) {
+        return download_packed(t, data, nbytes, offset, want, func);
+    }
     int rc = check_transfer(sess, t, data, nbytes, offset, want, func);
     if (rc != TNN_OK) return rc;
     if (nbytes > 0) ggml_backend_tensor_get(t, data, (size_t)offset, (size_t)nbytes);

@@ -21,9 +21,11 @@ from .errors import TinyNNError
 from .file_reads import FILE_RANGE_DTYPE, FileReadError, read_file_ranges
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
 from .session import (
+    CPU_KERNELS,
     PORT_DOT_PATHS,
     Session,
     Tensor,
+    cpu_kernels_supported,
     cuda_available,
     cuda_unavailable_reason,
     port_dot_path,
@@ -31,6 +33,7 @@ from .session import (
 
 __all__ = [
     "ABI_VERSION",
+    "CPU_KERNELS",
     "Decoder",
     "FILE_RANGE_DTYPE",
     "FileReadError",
@@ -40,6 +43,7 @@ __all__ = [
     "Session",
     "Tensor",
     "TinyNNError",
+    "cpu_kernels_supported",
     "cuda_available",
     "cuda_unavailable_reason",
     "library_path",

@@ -115,6 +115,16 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_set_name": ([c_void_p, c_void_p, c_char_p], c_int, STATUS),
     # tnn_tensor *tnn_get_rows(sess, table, idx);
     "tnn_get_rows": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
+    # int tnn_move_to_huge_pages(tnn_session *sess, tnn_tensor *const *tensors, int n_tensors);
+    "tnn_move_to_huge_pages": ([c_void_p, c_void_p, c_int], c_int, STATUS),
+    # int tnn_cpu_kernels_supported(void);
+    "tnn_cpu_kernels_supported": ([], c_int, PLAIN),
+    # int tnn_pack_rows(tnn_session *sess, tnn_tensor *w);
+    "tnn_pack_rows": ([c_void_p, c_void_p], c_int, STATUS),
+    # tnn_tensor *tnn_packed_matmul(sess, w, x);
+    "tnn_packed_matmul": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
+    # tnn_tensor *tnn_packed_get_rows(sess, w, idx);
+    "tnn_packed_get_rows": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_add(sess, a, b);
     "tnn_add": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_mul(sess, a, b);

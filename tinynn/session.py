@@ -32,7 +32,8 @@ class Tensor:
     ggml's ne has a larger axis past them."""
 
     __slots__ = (
-        "_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype", "_nbytes", "ndim"
+        "_session", "_handle", "_generation", "persistent", "ne", "nb", "dtype", "_nbytes", "ndim",
+        "packed",
     )  # fmt: skip
 
     def __init__(self, session: Session, handle: int, persistent: bool, ndim: int = 1):
@@ -53,6 +54,7 @@ class Tensor:
         while used > 1 and self.ne[used - 1] == 1:
             used -= 1
         self.ndim = max(used, min(ndim, 4))
+        self.packed = False  # laid out in tiles by Session.pack_rows
 
     # -- identity ---------------------------------------------------------
     @property
@@ -294,6 +296,12 @@ class Session:
     def finalize_weights(self) -> None:
         self._lib.tnn_finalize_weights(self._ptr())
 
+    def move_to_huge_pages(self, tensors: Sequence[Tensor]) -> None:
+        """Has a background thread move these persistent tensors' memory (weights,
+        written) onto huge pages (tnn_move_to_huge_pages); returns at once."""
+        handles = (ctypes.c_void_p * max(len(tensors), 1))(*(t.handle for t in tensors))
+        self._lib.tnn_move_to_huge_pages(self._ptr(), handles, _i32(len(tensors), "n_tensors"))
+
     def input_1d_i32(self, n: int) -> Tensor:
         return self._new(self._lib.tnn_input_1d_i32(self._ptr(), _i64(n, "n")), ndim=1)
 
@@ -312,6 +320,24 @@ class Session:
         return self._new(
             self._lib.tnn_get_rows(self._ptr(), table.handle, idx.handle), ndim=idx.ndim + 1
         )
+
+    def pack_rows(self, w: Tensor) -> Tensor:
+        """Lays the persistent f32/f16 weight ``w`` [k, n] out in tiles for
+        ``packed_matmul`` (CPU sessions, in place, before any fork or graph;
+        see tnn_pack_rows). Returns w, now readable only by the packed ops
+        (``download`` unpacks it)."""
+        self._lib.tnn_pack_rows(self._ptr(), w.handle)
+        w.packed = True
+        return w
+
+    def packed_matmul(self, w: Tensor, x: Tensor) -> Tensor:
+        """x W for a packed w [k, n], x f32 [k, N]: f32 [n, N], each element
+        summed in one order whatever N (tnn_packed_matmul)."""
+        return self._new(self._lib.tnn_packed_matmul(self._ptr(), w.handle, x.handle), ndim=2)
+
+    def packed_get_rows(self, w: Tensor, idx: Tensor) -> Tensor:
+        """Rows of a packed w [k, n] picked by idx (i32 [m]): f32 [k, m]."""
+        return self._new(self._lib.tnn_packed_get_rows(self._ptr(), w.handle, idx.handle), ndim=2)
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:
         return self._new(
@@ -629,6 +655,15 @@ def _type_id(dtype: str) -> int:
         return GGML_TYPE_IDS[dtype]
     except KeyError:
         raise ValueError(f"dtype must be one of {sorted(GGML_TYPE_IDS)}, got {dtype!r}") from None
+
+
+CPU_KERNELS = ("scalar", "avx2", "avx512")  # TINYNN_CPU_KERNELS' values (besides "auto")
+
+
+def cpu_kernels_supported() -> tuple[str, ...]:
+    """The kernel sets of the packed CPU product this CPU runs (of CPU_KERNELS)."""
+    mask = load().tnn_cpu_kernels_supported()
+    return tuple(name for bit, name in enumerate(CPU_KERNELS) if mask & (1 << bit))
 
 
 # tnn_port_matmul's paths, in native/tinynn.h's TNN_PORT_DOT_* order. "auto":

@@ -34,7 +34,14 @@ from gpt2.engine.graph import Graph, GraphShape, bucket, build_graph
 from gpt2.engine.kv_cache import declare_cache, upload_mask_table
 from gpt2.engine.memory import check_fits, default_n_ctx
 from gpt2.engine.step import StepResult, StepRow
-from gpt2.engine.upload import WEIGHT_DTYPES, LayerWeights, declare_weights, upload_weights
+from gpt2.engine.upload import (
+    WEIGHT_DTYPES,
+    LayerWeights,
+    declare_weights,
+    pack_for_cpu,
+    upload_weights,
+    weight_tensors,
+)
 from gpt2.tf32 import STRICT_F32_COLUMNS, TF32_COLUMNS
 from gpt2.weights import GPT2Weights
 from tinynn import Decoder, Session, Tensor, TinyNNError
@@ -109,6 +116,11 @@ class FastGPT2(Engine):
             check_fits(self.root, self.weights, self.cache, n_ctx=self.n_ctx, n_slots=self.n_slots)
             self.root.finalize_weights()  # zeroed: empty caches
             upload_weights(self.weights, weights, self.n_rows, device)
+            if device == "cpu":  # our own product's layout (gpt2.engine.upload)
+                pack_for_cpu(self.root, self.weights)
+                # the weights' pages made huge in the background: decode reads them
+                # faster (native/host_weights.c)
+                self.root.move_to_huge_pages(weight_tensors(self.weights))
             upload_mask_table(self.cache)
             if decode not in DECODE_MODES:
                 raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")

@@ -28,7 +28,12 @@ sequence is a decode step; one of two or more tokens a sequence, a prefill.
 So the engine must give a row the same kind of graph whatever shares its
 step (a one-token row sent to a prefill graph beside longer rows, past
 position 0, gets other bits than in a decode graph).
-- Products. With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu multiplies
+- Products. Weights packed for our own CPU product (f32 and f16 with n_in a
+  multiple of 16: gpt2.engine.upload.pack_for_cpu, native/cpu_product.c) sum
+  each element in one order whatever the column count: every graph, decode
+  or prefill, uses it (`_linear`; the embedding reads packed wte rows with
+  packed_get_rows). The rest (q8_0 weights, other shapes) go through ggml.
+  With GGML_LLAMAFILE (native/CMakeLists.txt), ggml-cpu multiplies
   two or more columns in tinyBLAS (llamafile_sgemm) where it takes the weight
   (f32 and f16: k a multiple of the vector width, rows a multiple of 4; q8_0:
   any), each element summed in one order whatever the column count and tile
@@ -115,8 +120,8 @@ def build_graph(
     cpu = root.device == "cpu"
     decode = cpu and n_q == 1
     lw = w.layers[0]  # every layer's weights have layer 0's types and shapes
-    by_column = {  # a decode step's products that run a column at a time
-        role: decode and not _alone_as_among(root, getattr(lw, role))
+    by_column = {  # a decode step's ggml products that run a column at a time
+        role: decode and _by_column(root, getattr(lw, role))
         for role in ("w_qkv", "w_o", "w_fc", "w_proj")
     }
     # a second, masked query (a cache of one row has no masked key: nothing to split there)
@@ -131,7 +136,8 @@ def build_graph(
         tokens = s.view_1d(ints, n, 0)
         positions = s.view_1d(ints, n, n * I32_BYTES)
         rows = s.view_1d(ints, n, 2 * n * I32_BYTES)
-        x = s.add(s.get_rows(w.wte, tokens), s.get_rows(w.wpe, positions))  # [d, N]
+        embed = s.packed_get_rows if w.wte.packed else s.get_rows
+        x = s.add(embed(w.wte, tokens), s.get_rows(w.wpe, positions))  # [d, N]
         mask = s.get_rows(cache.mask_table, positions)  # [n_rows, N]
         row = cache.n_rows * F32_BYTES
         # [n_kv, n_q, 1, B]: broadcast over heads
@@ -197,7 +203,7 @@ def build_graph(
         if shape.last_only:  # only the last real token of each sequence needs logits
             x = s.get_rows(x, s.view_1d(ints, n_seq, 3 * n * I32_BYTES))  # [d, n_seq]
         x = s.layer_norm(x, w.ln_f_g, w.ln_f_b, c.layer_norm_epsilon)  # [d, rows]
-        lm_by_column = cpu and not _alone_as_among(root, w.wte)
+        lm_by_column = cpu and _by_column(root, w.wte)
         logits = _linear(s, w.wte, None, x, lm_by_column)  # [V, rows]: the tied head
         s.set_output(logits)
         out_ids = s.set_output(s.argmax(logits))  # [rows]
@@ -209,15 +215,23 @@ def build_graph(
 
 
 def _linear(s: Session, w: Tensor, b: Tensor | None, x: Tensor, by_column: bool) -> Tensor:
-    """x W + b (b None: x W), [n_out, cols] from x [n_in, cols]. by_column: x is laid out
-    [n_in, 1, cols], so ggml-cpu runs each column alone (vec_dot), never
-    several together (tinyBLAS): the same sum for a column whatever cols."""
-    if not by_column:
+    """x W + b (b None: x W), [n_out, cols] from x [n_in, cols]. A packed w: our product
+    (one order whatever cols). by_column: x is laid out [n_in, 1, cols], so ggml-cpu runs
+    each column alone (vec_dot), never several together (tinyBLAS): the same sum for a
+    column whatever cols."""
+    if w.packed:
+        y = s.packed_matmul(w, x)  # [n_out, cols]
+    elif not by_column:
         y = s.matmul(w, x)  # [n_out, cols]
     else:
         n_in, cols = x.ne[0], x.ne[1]
         y = s.reshape(s.matmul(w, s.reshape(x, n_in, 1, cols)), w.ne[1], cols)  # [n_out, cols]
     return y if b is None else s.add(y, b)
+
+
+def _by_column(root: Session, w: Tensor) -> bool:
+    """Whether a decode step must lay x out a column at a time for w (module doc)."""
+    return not w.packed and not _alone_as_among(root, w)
 
 
 def _alone_as_among(root: Session, w: Tensor) -> bool:

@@ -32,6 +32,11 @@ release the GIL) while the main thread uploads them in order; slices in flight a
 2 x WORKERS slices. The file's tensors are read first: on the CPU the memory they are read
 into is advised to use huge pages before it is first touched (native/host_weights.c), and so
 is the rest of the weights, which lie between them.
+
+On the CPU the f32 and f16 matrices are then packed in tiles for our own product
+(`pack_for_cpu`, native/cpu_product.c: one summation order whatever the batch, and a
+tile's rows read as one stream), in place: the one departure from the file's layout,
+made on the host after the file's bytes are in (a download unpacks them again).
 """
 
 from __future__ import annotations
@@ -122,6 +127,30 @@ STAGING_BYTES = 16 << 20
 N_STAGING = 4
 STAGE_HOST_MEMORY = False  # tests: the CPU's tensors through the device's staged path too
 _STORED_AS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
+
+
+PACK_GROUP = 16  # our CPU product packs rows whose length is a multiple of this
+
+
+def weight_tensors(fw: FastWeights) -> list[Tensor]:
+    """Every tensor of the weights."""
+    out = [fw.wte, fw.wpe, fw.ln_f_g, fw.ln_f_b]
+    for layer in fw.layers:
+        out += list(vars(layer).values())
+    return out
+
+
+def pack_for_cpu(s: Session, fw: FastWeights) -> None:
+    """Packs the matrices that our CPU product takes (f32 and f16, n_in a multiple of
+    PACK_GROUP; wte too, whose embedding rows are then read by packed_get_rows) in place.
+    q8_0 stays as stored: ggml's q8_0 kernels already sum a column in one order alone and
+    among others (gpt2.engine.graph)."""
+    matrices = [fw.wte]
+    for layer in fw.layers:
+        matrices += [layer.w_qkv, layer.w_o, layer.w_fc, layer.w_proj]
+    for t in matrices:
+        if t.dtype in ("f32", "f16") and t.ne[0] % PACK_GROUP == 0:
+            s.pack_rows(t)
 
 
 def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> None:
