@@ -343,6 +343,9 @@ def main() -> int:
             continue
         for dtype in a.dtypes:
             path = a.ggufs / f"{shape}_{dtype}.gguf"
+            if not path.is_file():  # a GPU call whose writing step ran out of time, say
+                print(f"{path}: not written, left out", file=sys.stderr, flush=True)
+                continue
             rows["load"][f"{shape}_{dtype}"] = load_row(a.device, path, a.repeats)
     for path in a.paths:
         rows["load"][path.name] = load_row(a.device, path, a.repeats)
