@@ -23,6 +23,8 @@
  *                     device over the graph's logits (cuda/sample_logits.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
+ *   cpu_level.c       which instruction level (scalar, AVX2, AVX-512) our own
+ *                     CPU kernels run: TINYNN_CPU_KERNELS (cpu_level.h)
  *   cpu_product.c     our own CPU product over weights packed in tiles, one
  *                     summation order whatever the batch (tnn_pack_rows)
  *   port_dot.c        tnn_port_matmul: the port engines' products in one
