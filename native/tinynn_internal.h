@@ -148,6 +148,17 @@ bool registry_has(const tnn_session *s);
 
 /* Before a compute: the CPU threads it may use (see session.c, "a busy machine"). */
 void adapt_threads(tnn_session *s);
+/* A thread of ours that runs at idle priority (SCHED_IDLE or nice 19), from
+ * its start to its end: the busy-machine probe does not count it as a
+ * neighbour (session.c). */
+void idle_thread_started(void);
+void idle_thread_stopped(void);
+/* Around every graph compute of this process (graph.c, transfers.c), so that
+ * background work can keep out of its way (host_weights.c). */
+void compute_started(void);
+void compute_finished(void);
+/* Whether a compute of this process is running now. */
+bool computing_now(void);
 
 #define CHECK_SESS(sess, ret)                                                                  \
     do {                                                                                       \
