@@ -128,7 +128,8 @@ def main() -> int:
             for side in order:
                 r = run_side(*sides[side], case, args.steps)
                 raw[case][side].append(r)
-                print(f"round {k} {case:10s} {side:6s} {r} load {os.getloadavg()[0]:.2f}", flush=True)
+                load = os.getloadavg()[0]
+                print(f"round {k} {case:10s} {side:6s} {r} load {load:.2f}", flush=True)
     report = {
         "what": "the first prefill and decode steps after a CPU load, two sides interleaved "
         "(scripts/first_second_cpu.py)",
