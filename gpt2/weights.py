@@ -142,13 +142,17 @@ class TensorInfo:
 class FileRange:
     """Where rows lie in a file, as they are stored there (the host's byte order): for an
     engine that reads them straight into its own memory (tinynn.read_file_ranges), which
-    then checks them finite and raises `nonfinite()` where they are not."""
+    then checks them finite and raises `nonfinite()` where they are not. With `file_rows`
+    > 0 the file holds the whole tensor transposed, as `file_rows` rows of the Rows' row
+    count (HF's Conv1D [in, out] for rows of `in` values), read whole and transposed on
+    the way in."""
 
     file: ModelFile
-    offset: int  # absolute byte offset of row 0
-    row_bytes: int
+    offset: int  # absolute byte offset of row 0 (transposed: of the file's row 0)
+    row_bytes: int  # bytes of one of the Rows' rows in the file's type
     name: str  # the tensor's canonical name, for errors
     nonfinite: Callable[[], ValueError]
+    file_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,8 @@ class Rows:
     """A 2-D tensor as an engine takes it, read a slice of rows at a time: `read(r0, r1)`
     gives rows r0..r1 in `kind` (floats in their numpy type, BF16 as uint16, quantized types
     as uint8 blocks), checked finite, and may be called from several threads at once.
-    `in_file`: where they lie in the file as stored, or None (held in memory, transposed,
-    swapped, in pieces)."""
+    `in_file`: where they lie in the file as stored (or transposed, whole), or None (held
+    in memory, swapped, in pieces)."""
 
     kind: str  # F32, F16, BF16, F64, Q8_0, ...
     shape: tuple[int, int]  # [rows, values per row]
@@ -270,18 +274,20 @@ class FileTensors(Mapping):
             return None
         s = stored[0]
         info = self.infos[s.name]
+        in_file = info.file is not None and self._arrays is None and info.byte_order == _HOST_ORDER
+        nonfinite = lambda: self.nonfinite(s.name)  # noqa: E731
         if (s.how == TRANSPOSE) == transposed:
             shape = (info.shape[0], math.prod(info.shape[1:]))
-            in_file = None
-            if info.file is not None and self._arrays is None and info.byte_order == _HOST_ORDER:
-                nonfinite = lambda: self.nonfinite(s.name)  # noqa: E731
-                in_file = FileRange(info.file, info.offset, info.row_bytes, name, nonfinite)
-            return Rows(info.kind, shape, lambda r0, r1: self.read_rows(s.name, r0, r1), in_file)
+            where = FileRange(info.file, info.offset, info.row_bytes, name, nonfinite)
+            read = lambda r0, r1: self.read_rows(s.name, r0, r1)  # noqa: E731
+            return Rows(info.kind, shape, read, where if in_file else None)
         if info.kind not in FLOAT_KINDS:
             return None
         whole = _ReadOnce(lambda: self.read_stored(s.name).T)  # by the first slice's reader
         shape = (math.prod(info.shape[1:]), info.shape[0])
-        return Rows(info.kind, shape, lambda r0, r1: whole()[r0:r1])
+        row_bytes = info.n_bytes // max(shape[0], 1)
+        where = FileRange(info.file, info.offset, row_bytes, name, nonfinite, info.shape[0])
+        return Rows(info.kind, shape, lambda r0, r1: whole()[r0:r1], where if in_file else None)
 
 
 class _ReadOnce:

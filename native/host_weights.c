@@ -77,6 +77,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
 #include "tinynn_internal.h"
 
 static size_t pad_to(size_t n, size_t align) {
@@ -164,6 +168,17 @@ void advise_huge_pages(tnn_session *root, const void *start, size_t n) {
     lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     hi &= ~(HUGE_PAGE - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+}
+
+void prefault_host_weights(tnn_session *root, const void *start, size_t n) {
+    uintptr_t map = (uintptr_t)root->host_weights, map_end = map + root->host_weights_size;
+    uintptr_t lo = (uintptr_t)start, hi = lo + n;
+    if (!root->host_weights || lo < map || hi > map_end || n == 0) return; /* not our mapping */
+    const uintptr_t page = 4096; /* the smallest; madvise wants its start aligned */
+    lo &= ~(page - 1);
+    /* Fills no page that is there already, changes no byte; EINVAL before Linux 5.14:
+     * then the writes fault the pages in themselves. */
+    madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
 }
 
 /* ---- weights moved onto huge pages in the background ----------------------------- */

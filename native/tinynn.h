@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 11
+#define TNN_ABI_VERSION 12
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -343,44 +343,71 @@ TNN_API int tnn_download_f16(tnn_session *sess, tnn_tensor *t, uint16_t *data, i
 TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64_t nbytes,
                              int64_t offset);
 
-/* One range of a file for tnn_read_file_ranges: nbytes at file_offset go to
- * tensor t from byte offset (32 bytes). */
+/* One range of a file for tnn_read_file_ranges (48 bytes): nbytes of tensor t
+ * from byte offset, read from the file at file_offset. With file_type
+ * TNN_FILE_TYPE_OF_T (or t's own type) and file_rows 0 the file holds those
+ * bytes as they are. Otherwise the file holds the range's values another way:
+ * - file_type (TNN_TYPE_F32, TNN_TYPE_F16, TNN_TYPE_BF16) other than t's:
+ *   converted as they are read, f32 -> f16 (rounded to nearest even), f16 ->
+ *   f32 or bf16 -> f32 (exact); the range then spans nbytes / (t's value
+ *   size) x (the file's value size) bytes of the file;
+ * - file_rows R > 0 (f32, f16 or bf16 values): the file holds them as R rows
+ *   of C = (the range's values) / R, and t takes them transposed, C rows of R:
+ *   the file's value (r, c) is the range's value c * R + r (HF's Conv1D
+ *   weights, [in, out] in the file, into ggml's rows of `in`).
+ * reserved must be 0. */
 typedef struct tnn_file_range {
     tnn_tensor *t;
     int64_t file_offset;
     int64_t nbytes;
     int64_t offset;
+    int64_t file_rows;
+    int32_t file_type;
+    int32_t reserved;
 } tnn_file_range;
+
+/* tnn_file_range.file_type: the file stores t's own type. */
+#define TNN_FILE_TYPE_OF_T (-1)
+#define TNN_TYPE_BF16 30 /* a file's values only: no tensor has this type */
 
 /* tnn_read_file_ranges' flags: stage host memory too (the path device memory
  * takes, for tests on machines without a device). */
 #define TNN_READ_STAGED 1
 
-/* Reads n_ranges ranges of the open file fd into tensors, the bytes as the file
- * stores them in each tensor's type (the caller knows the file's type and byte
- * order are the tensor's). Each range is checked before anything is read: t a
- * live tensor with memory, contiguous, not i32; offset and nbytes inside it and
- * whole values or q8_0 blocks of its type; file_offset >= 0. pread is used (no
- * file position), by n_threads threads (1..64, the calling one included)
- * reading pieces at once, each checking its piece as it lands:
- * - a tensor in host memory: straight into it (pread, one copy);
+/* Reads n_ranges ranges of the open file fd into tensors (the caller knows the
+ * file's types, and that its byte order is the host's). Each range is checked
+ * before anything is read: t a live tensor with memory, contiguous, not i32;
+ * offset and nbytes inside it and whole values or q8_0 blocks of its type;
+ * file_offset >= 0; file_type and file_rows as tnn_file_range says. pread is
+ * used (no file position), by n_threads threads (1..64, the calling one
+ * included) reading pieces at once, each checking its piece as it lands:
+ * - a tensor in host memory: straight into it (pread, one copy); a converted
+ *   or transposed range a tile at a time (at most 1 MiB of the file) into a
+ *   buffer of the reading thread, then converted and written transposed into
+ *   the tensor by the same thread;
  * - a tensor in device memory (or any, with TNN_READ_STAGED): into n_staging
  *   (1..16) staging buffers of staging_bytes (4096..2^30) each, the device's
- *   page-locked host memory where it has some, else plain memory; a round of
- *   pieces fills one buffer, then goes to the device asynchronously on the
- *   session's stream while the next rounds are read; a buffer is read into again
- *   only when its own copies are done (an event, or a synchronize where the
- *   device has none). One synchronize at the end: when this returns, every
- *   byte is in place and the staging buffers are freed.
+ *   page-locked host memory where it has some, else plain memory (a converted
+ *   or transposed range is converted and transposed into them, as above); a
+ *   round of pieces fills one buffer, then goes to the device asynchronously
+ *   on the session's stream while the next rounds are read, each range's
+ *   bytes in the round in one copy; a buffer is read into again only when its
+ *   own copies are done (an event, or a synchronize where the device has
+ *   none). One synchronize at the end: when this returns, every byte is in
+ *   place and the staging buffers are freed.
  * ranges_nbytes must be n_ranges * sizeof(tnn_file_range). Returns TNN_OK
  * when every byte was read and none is a value that is not finite (f32, f16,
- * bf16; q8_0: a block's scale); else *bad_range (-1 when none) is the range
- * that failed to read (an error naming it and the offsets; TNN_ESHAPE where the
- * file ended early) or that holds the first value that is not finite (TNN_OK,
- * *nonfinite_at its byte offset in the range; -1 otherwise; host-memory ranges
- * are read, and so checked, before staged ones). After either,
- * reading stops: the tensors hold part of the file. Memory of its own: the
- * staging buffers (only for staged ranges). */
+ * bf16; q8_0: a block's scale; a value converted to f16 that became inf, one
+ * past 65504, counts too); else *bad_range (-1 when none) is the range that
+ * failed to read (an error naming it and the offsets; TNN_ESHAPE where the
+ * file ended early) or that holds a value that is not finite (TNN_OK,
+ * *nonfinite_at the byte offset of that value in the range's bytes of the
+ * file; -1 otherwise; the first such value in the ranges' order, within a
+ * transposed range one of them; host-memory ranges are read, and so checked,
+ * before staged ones). After either, reading stops: the tensors hold part of
+ * the file. Memory of its own: the staging buffers (only for staged ranges),
+ * and a buffer per thread of at most 3 MiB (only for converted or transposed
+ * ranges). */
 TNN_API int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges,
                                  int64_t n_ranges, int64_t ranges_nbytes, int n_threads,
                                  int64_t staging_bytes, int n_staging, int flags,

@@ -180,6 +180,21 @@ void free_host_weights(tnn_session *sess);
 /* n bytes from start, about to be written whole (weights read from a file):
  * asks for huge pages where they lie in root's mapping (see host_weights.c). */
 void advise_huge_pages(tnn_session *root, const void *start, size_t n);
+/* Faults in the pages of n bytes from start where they lie in root's mapping,
+ * their contents unchanged (see file_reads.c: transposed reads). */
+void prefault_host_weights(tnn_session *root, const void *start, size_t n);
+
+/* ---- value_layouts.c ------------------------------------------------------- */
+
+/* Writes the h x w values at src (row-major, w a row, size 2 or 4 bytes each)
+ * transposed: value (r, c) goes to dst + (c * pitch + r) * size. */
+void transpose_values(const void *src, int64_t h, int64_t w, void *dst, int64_t pitch,
+                      size_t size);
+/* Whether convert_values converts from -> to: f32 -> f16, f16 -> f32, bf16 -> f32. */
+bool can_convert_values(enum ggml_type from, enum ggml_type to);
+/* n values of type from at src, as type to at dst (a pair can_convert_values takes). */
+void convert_values(const void *src, enum ggml_type from, void *dst, enum ggml_type to,
+                    int64_t n);
 
 /* ---- tensors.c: ownership and the checks every op makes -------------------- */
 

@@ -17,7 +17,10 @@ DEFS="-DGGML_BACKEND_DL -DGGML_SHARED -DTNN_HAVE_CUDA_KERNELS -DNDEBUG"
 pids=()
 for src in native/*.c; do
     extra=()
-    [ "$(basename "$src")" = sampler.c ] && extra=(-fno-trapping-math)
+    case "$(basename "$src")" in # native/CMakeLists.txt's per-file options
+    sampler.c) extra=(-fno-trapping-math) ;;
+    port_dot.c | port_rows.c) extra=(-ffp-contract=off) ;;
+    esac
     gcc -O3 -std=gnu11 -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
         -Wno-format-truncation $DEFS "${extra[@]}" -Inative -I"$INC" \
         -c "$src" -o "$OBJ/$(basename "$src").o" &
@@ -29,7 +32,7 @@ for src in native/cuda/*.cu; do
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-nvcc -shared -o "$LIB/libtinynn.so" "$OBJ"/*.o -L"$LIB" -lggml -lggml-base -ldl -lpthread \
+nvcc -shared -o "$LIB/libtinynn.so" "$OBJ"/*.o -L"$LIB" -lggml -lggml-base -ldl -lpthread -lm \
     -cudart static -Xlinker -rpath,'$ORIGIN'
 rm -rf "$OBJ"
 echo "build_shim_cuda: $LIB/libtinynn.so"

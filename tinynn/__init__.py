@@ -18,7 +18,7 @@ with tinynn.Session("cpu") as s:
 from ._lib import ABI_VERSION, library_path
 from .decoder import Decoder
 from .errors import TinyNNError
-from .file_reads import FILE_RANGE_DTYPE, FileReadError, read_file_ranges
+from .file_reads import FILE_RANGE_DTYPE, FileReadError, ReadRange, read_file_ranges
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
 from .session import (
     CPU_KERNELS,
@@ -35,6 +35,7 @@ __all__ = [
     "Decoder",
     "FILE_RANGE_DTYPE",
     "FileReadError",
+    "ReadRange",
     "SAMPLING_DTYPE",
     "SampledRows",
     "Session",

@@ -11,27 +11,29 @@ read after ln_f. Q, K and V are one matrix per layer (c_attn).
 Layout. ggml's products and our kernels read a linear layer as n_out rows of n_in values
 ([n_out, n_in] in numpy terms, ne = [n_in, n_out]), with a q8_0 block running along n_in.
 llama.cpp's GGUF layout stores its weights so, and so do wte (vocabulary rows) and wpe in every
-layout: those are uploaded a slice of rows at a time as they lie in the file. The Ruby
-converter's GGUF and HF's safetensors store the linear weights the other way round (Conv1D,
-[n_in, n_out]): those are transposed on the host, a permutation of the file's values in their
-own type (`FileTensors.rows`). A product over the other axis would need ggml_mul_mat to read
-a transposed matrix, which it refuses for every type, and a q8_0 block along n_out cannot be
-read along n_in at all: such a tensor (no writer of ours makes one) is dequantized,
-transposed and quantized again.
+layout: those are read as they lie in the file. The Ruby converter's GGUF and HF's safetensors
+store the linear weights the other way round (Conv1D, [n_in, n_out]): those are transposed as
+they are read, a permutation of the file's values in their own type. A product over the other
+axis would need ggml_mul_mat to read a transposed matrix, which it refuses for every type, and
+a q8_0 block along n_out cannot be read along n_in at all: such a tensor (no writer of ours
+makes one) is dequantized, transposed and quantized again.
 
-Reading. Every tensor the file stores as the engine takes it (its type, its orientation,
-the host's byte order) is read in one call, `tinynn.read_file_ranges`, through the file's own
-descriptor: a few threads pread pieces at once, each checked finite as it lands; on the CPU
-straight into ggml's buffer (one copy), on a device through a few page-locked staging
-buffers whose rounds are copied asynchronously while the next are read, one wait at the end
-(memory over the model's own: the staging buffers, N_STAGING x STAGING_BYTES). The others
-(a type converted, a transposed file, weights held in memory) stream a slice of rows at a
-time (`Rows`, gpt2.weights): a few threads read and convert slices (pread and numpy's casts
-release the GIL) while the main thread uploads them in order; slices in flight are bounded
-(`WORKERS`, `SLICE_VALUES`), so the host memory they take over the model's own is at most
-2 x WORKERS slices. The file's tensors are read first: on the CPU the memory they are read
-into is advised to use huge pages before it is first touched (native/host_weights.c), and so
-is the rest of the weights, which lie between them.
+Reading. Every tensor the file holds whole in the host's byte order, in a float type the
+engine takes as it is or converts as it reads (`_READ_CONVERTS`: f32 -> f16, f16 -> f32,
+bf16 -> f32), in either orientation, is read in one call, `tinynn.read_file_ranges`, through
+the file's own descriptor: a few threads pread pieces at once, each checked finite as it
+lands; on the CPU straight into ggml's buffer (one copy; a converted or transposed tensor a
+tile at a time through a small buffer per thread, converted and written transposed by the
+thread that read it), on a device through a few page-locked staging buffers whose rounds are
+copied asynchronously while the next are read, one wait at the end (memory over the model's
+own: the staging buffers, N_STAGING x STAGING_BYTES, and the tiles' buffers). The others (a
+type quantized or dequantized, a file in the other byte order, weights held in memory, split
+q, k, v) stream a slice of rows at a time (`Rows`, gpt2.weights): a few threads read and
+convert slices (pread and numpy's casts release the GIL) while the main thread uploads them
+in order; slices in flight are bounded (`WORKERS`, `SLICE_VALUES`), so the host memory they
+take over the model's own is at most 2 x WORKERS slices. The file's tensors are read first:
+on the CPU the memory they are read into is advised to use huge pages before it is first
+touched (native/host_weights.c), and so is the rest of the weights, which lie between them.
 
 On the CPU the f32 and f16 matrices are then packed in tiles for our own product
 (`pack_for_cpu`, native/cpu_product.c: one summation order whatever the batch, and a
@@ -51,8 +53,8 @@ import numpy as np
 
 from gpt2.config import GPT2Config
 from gpt2.progress import progress
-from gpt2.weights import FileRange, FileTensors, GPT2Weights, Rows, to_f32
-from tinynn import FileReadError, Session, Tensor, read_file_ranges
+from gpt2.weights import FLOAT_KINDS, FileTensors, GPT2Weights, Rows, to_f32
+from tinynn import FileReadError, ReadRange, Session, Tensor, read_file_ranges
 
 WEIGHT_DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 quantizes 32 values along the input axis together
@@ -127,6 +129,10 @@ STAGING_BYTES = 16 << 20
 N_STAGING = 4
 STAGE_HOST_MEMORY = False  # tests: the CPU's tensors through the device's staged path too
 _STORED_AS = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
+# file kind -> the engine dtypes read_file_ranges reads it into (as it is, or converted)
+_READ_CONVERTS = {"F32": ("f32", "f16"), "F16": ("f16", "f32"), "BF16": ("f32",)}
+_FILE_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # tinynn.read_file_ranges' names
+_VALUE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "f32": 4, "f16": 2}
 
 
 PACK_GROUP = 16  # our CPU product packs rows whose length is a multiple of this
@@ -155,16 +161,16 @@ def pack_for_cpu(s: Session, fw: FastWeights) -> None:
 
 def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: str) -> None:
     """Uploads the weights into the declared tensors (see the module's docstring): those the
-    file stores as the engine takes them in one read of the file, then the others, streamed
-    slice by slice."""
-    as_stored: list[tuple[Tensor, FileRange, int]] = []
+    file holds whole in a type read_file_ranges takes in one read of the file, then the
+    others, streamed slice by slice."""
+    from_file: list[tuple[Tensor, Rows]] = []
     others: deque[tuple[Tensor, Rows | None, str]] = deque()
     for t, rows, name in _tensors(fw, weights, n_rows):
-        if rows is not None and rows.in_file is not None and rows.kind == _STORED_AS[t.dtype]:
-            as_stored.append((t, rows.in_file, rows.shape[0]))
+        if _read_from_file(t, rows):
+            from_file.append((t, rows))
         else:
             others.append((t, rows, name))
-    _read_as_stored(as_stored)
+    _read_files(from_file)
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="upload") as pool:
         try:
             steps = _steps(others, weights, device)
@@ -214,18 +220,32 @@ def _vector(weights: GPT2Weights, name: str) -> Rows | None:
     return rows if rows is not None and rows.in_file is not None else None
 
 
-def _read_as_stored(reads: list[tuple[Tensor, FileRange, int]]) -> None:
-    """The first `rows` rows of each FileRange into its tensor from byte 0, in one
+def _read_from_file(t: Tensor, rows: Rows | None) -> bool:
+    """Whether t is read from the file by read_file_ranges: its rows lie there whole (or
+    transposed whole), as t's type or one read_file_ranges converts into it."""
+    if rows is None or rows.in_file is None:
+        return False
+    return rows.kind == _STORED_AS[t.dtype] or t.dtype in _READ_CONVERTS.get(rows.kind, ())
+
+
+def _read_files(reads: list[tuple[Tensor, Rows]]) -> None:
+    """Each tensor whole from its Rows' place in the file (as many rows as t has), in one
     read_file_ranges call per file (every range checked against the file's size first)."""
-    by_file: dict[int, list[tuple[Tensor, FileRange, int]]] = defaultdict(list)
+    by_file: dict[int, list[tuple[Tensor, Rows]]] = defaultdict(list)
     for read in reads:
-        by_file[id(read[1].file)].append(read)
+        by_file[id(read[1].in_file.file)].append(read)
     for group in by_file.values():
-        file = group[0][1].file
+        file = group[0][1].in_file.file
         ranges = []
-        for t, src, rows in group:
-            file.check_range(src.offset, rows * src.row_bytes, f"tensor {src.name}")
-            ranges.append((t, src.offset, rows * src.row_bytes, 0))
+        for t, rows in group:
+            src = rows.in_file
+            file_type = None  # as stored
+            n_file = t.nbytes  # the bytes of the file the range reads
+            if rows.kind != _STORED_AS[t.dtype]:
+                file_type = _FILE_TYPES[rows.kind]
+                n_file = t.nbytes // _VALUE_BYTES[t.dtype] * _VALUE_BYTES[rows.kind]
+            file.check_range(src.offset, n_file, f"tensor {src.name}")
+            ranges.append(ReadRange(t, src.offset, t.nbytes, 0, src.file_rows, file_type))
         try:
             bad = read_file_ranges(
                 group[0][0].session,
@@ -237,10 +257,28 @@ def _read_as_stored(reads: list[tuple[Tensor, FileRange, int]]) -> None:
                 staged=STAGE_HOST_MEMORY,
             )
         except FileReadError as e:  # a read error, or the file cut while it is read
-            what = f"tensor {group[e.range_index][1].name}" if e.range_index >= 0 else "tensors"
+            i = e.range_index
+            what = f"tensor {group[i][1].in_file.name}" if i >= 0 else "tensors"
             raise ValueError(f"{file.path}: cannot read {what}: {e}") from None
         if bad is not None:
-            raise group[bad[0]][1].nonfinite()
+            t, rows = group[bad[0]]
+            raise _not_finite(t, rows, ranges[bad[0]], bad[1])
+
+
+def _not_finite(t: Tensor, rows: Rows, read: ReadRange, at: int) -> ValueError:
+    """The error for a value read_file_ranges refused at byte `at` of a range's bytes of the
+    file: not finite there, or (converted to f16) past f16's range."""
+    src = rows.in_file
+    if read.file_type is None or t.dtype != "f16":
+        return src.nonfinite()
+    value = src.file.pread(src.offset + at, _VALUE_BYTES[rows.kind], f"tensor {src.name}")
+    v = float(np.frombuffer(bytes(value), FLOAT_KINDS[rows.kind])[0])
+    if not np.isfinite(v):
+        return src.nonfinite()
+    return ValueError(
+        f"{src.name}: values such as {v:.6g} do not fit f16 (f16's largest is 65504): "
+        "load it with dtype='f32'"
+    )
 
 
 # A step: a job for a worker thread (read and convert one slice), and what the main thread

@@ -203,6 +203,123 @@ def test_cpu_reads_the_file_straight_into_ggmls_buffer(tiny_model, sources, sour
     assert calls == [4 + 12 * tiny_model.config.n_layer]
 
 
+def _one_read_no_host_copy(monkeypatch) -> list[int]:
+    """From here on a tensor read into a host array fails the test; returns the list that
+    gets the number of ranges of each read_file_ranges call."""
+
+    def no_host_copy(*args):
+        raise AssertionError("a tensor was read into a host array")
+
+    calls = []
+    real = upload_mod.read_file_ranges
+
+    def counted(session, fd, ranges, **kw):
+        calls.append(len(ranges))
+        return real(session, fd, ranges, **kw)
+
+    monkeypatch.setattr(FileTensors, "read_rows", no_host_copy)
+    monkeypatch.setattr(FileTensors, "read_stored", no_host_copy)
+    monkeypatch.setattr(upload_mod, "read_file_ranges", counted)
+    return calls
+
+
+def _bf16_folder(hf_dir, folder):
+    """A copy of an HF folder with its tensors as bf16 (rounded by torch)."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    shutil.copytree(hf_dir, folder)
+    state = load_file(hf_dir / "model.safetensors")
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}
+    save_file(bf16, folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("staged", [False, True])
+@pytest.mark.parametrize("kind, dtype", [("F32", "f32"), ("F32", "f16"), ("BF16", "f32")])
+def test_an_hf_folder_is_read_transposed_from_the_file(
+    tiny_models, kind, dtype, staged, device, tmp_path, monkeypatch
+):
+    """An HF folder's Conv1D weights ([in, out] in the file) go from the file to the device
+    transposed (and converted where dtype asks: f32 -> f16, bf16 -> f32) in one
+    read_file_ranges call with every other tensor, a tile at a time: no tensor is read
+    into a host array. On CUDA they travel through the page-locked staging buffers (the
+    CPU takes that path when staged, through 4 KiB buffers: rows of t cut across rounds).
+    The device holds numpy's transpose and cast of the file's values, bit for bit."""
+    use_device(device)
+    if device == "cpu":
+        stage_small(monkeypatch, staged)
+    elif staged:
+        pytest.skip("on CUDA every read is staged: the unstaged case is the same test")
+    for model in tiny_models:
+        folder = model.hf_dir
+        if kind == "BF16":
+            folder = _bf16_folder(model.hf_dir, tmp_path / f"{model.name}_bf16")
+        loaded = load_model(folder)
+        canonical = loaded.weights.to_memory()  # read before the host copies are refused
+        with monkeypatch.context() as mp:
+            calls = _one_read_no_host_copy(mp)
+            fast = FastGPT2(loaded.weights, device, dtype, n_threads=1)
+        with fast:
+            for name, t in device_tensors(fast).items():
+                want = canonical[name]
+                if name == "wpe":
+                    want = want[: fast.n_rows]
+                elif want.ndim == 2 and name != "wte":
+                    want = np.ascontiguousarray(want.T)  # the device's rows: outputs
+                want = want.astype(np.float16 if t.dtype == "f16" else np.float32)
+                got = _bytes_of(t)
+                if not np.array_equal(got, want.reshape(-1).view(np.uint8)):
+                    why = _first_difference(got, want.reshape(-1).view(np.uint8))
+                    pytest.fail(f"{model.name} {kind} as {dtype} on {device}: {name}: {why}")
+            assert fast.logits(IDS).shape == (len(IDS), model.config.vocab_size)
+        assert calls == [4 + 12 * model.config.n_layer], calls
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_hf_logits_equal_the_streamed_paths(tiny_models, dtype, monkeypatch):
+    """gpt2.load of an HF folder (read transposed from the file) gives the logits the
+    slice-by-slice path gives (numpy's transposes and casts, what main did), bit for bit."""
+    import gpt2
+
+    for model in tiny_models:
+        with gpt2.load(model.hf_dir, device="cpu", dtype=dtype, n_threads=1) as m:
+            ours = m.engine.logits(IDS)
+        with monkeypatch.context() as mp:
+            mp.setattr(upload_mod, "_read_from_file", lambda t, rows: False)
+            with gpt2.load(model.hf_dir, device="cpu", dtype=dtype, n_threads=1) as m:
+                streamed = m.engine.logits(IDS)
+        if not np.array_equal(ours, streamed):
+            d = np.abs(ours.astype(np.float64) - streamed)
+            at = np.unravel_index(int(d.argmax()), d.shape)
+            pytest.fail(f"{model.name} {dtype}: logits differ, max-abs {d.max():.3e} at {at}")
+
+
+def test_an_hf_value_past_f16_names_the_tensor(tiny_model, tmp_path):
+    """A finite f32 value that f16 cannot hold, found as it is converted on the way in:
+    a ValueError naming the tensor and the value (not 'non-finite', which the file is
+    not), the same staged."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "big"
+    shutil.copytree(tiny_model.hf_dir, folder)
+    state = load_file(folder / "model.safetensors")
+    state["transformer.h.1.mlp.c_fc.weight"][3, 5] = 7e4
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight: values such as 70000 do not"):
+        FastGPT2(load_model(folder).weights, "cpu", "f16", n_threads=1)
+    state["transformer.h.1.mlp.c_fc.weight"][3, 5] = np.nan
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"non-finite values in tensor h\.1\.mlp\.c_fc\.weight"):
+        FastGPT2(load_model(folder).weights, "cpu", "f16", n_threads=1)
+
+
 # a value that is not finite, as each type stores it (q8_0: a block's f16 scale)
 _NOT_FINITE = {"F32": np.float32(np.nan).tobytes(), "F16": b"\x00\x7c", "Q8_0": b"\x00\x7e"}
 
@@ -264,15 +381,16 @@ def test_bounded_slices_in_flight(tiny_model, monkeypatch):
             yield bound
 
     monkeypatch.setattr(upload_mod, "_in_order", counting)
-    with FastGPT2(weights, "cpu", "f16", n_threads=1) as fast:
+    with FastGPT2(weights, "cpu", "q8_0", n_threads=1) as fast:  # quantized: streamed
         fast.logits(IDS)
     assert 0 < most[0] <= 2 * upload_mod.WORKERS, most[0]
 
 
 def test_a_transposed_file_holds_a_few_tensors_at_once(tiny_model, monkeypatch):
-    """An HF folder's [in, out] weights are read whole to be transposed, each by the job of
-    its first slice, and let go once uploaded: at most 2 x WORKERS (the steps in flight) and
-    the one being cut into steps are alive at once, never the model."""
+    """An HF folder's [in, out] weights quantized as they load (streamed, not read by
+    read_file_ranges) are read whole to be transposed, each by the job of its first slice,
+    and let go once uploaded: at most 2 x WORKERS (the steps in flight) and the one being
+    cut into steps are alive at once, never the model."""
     alive, most = [0], [0]
     real = FileTensors.read_stored
 
@@ -286,7 +404,7 @@ def test_a_transposed_file_holds_a_few_tensors_at_once(tiny_model, monkeypatch):
 
     monkeypatch.setattr(FileTensors, "read_stored", counted)
     weights = load_model(tiny_model.hf_dir).weights
-    with FastGPT2(weights, "cpu", "f32", n_threads=1) as fast:
+    with FastGPT2(weights, "cpu", "q8_0", n_threads=1) as fast:
         fast.logits(IDS)
     n_transposed = 4 * tiny_model.config.n_layer
     assert 0 < most[0] <= 2 * upload_mod.WORKERS + 1 < n_transposed, (most[0], n_transposed)

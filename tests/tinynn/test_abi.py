@@ -166,3 +166,23 @@ def test_type_ids_match_header():
         match = re.search(rf"#define\s+TNN_TYPE_{name.upper()}\s+(\d+)", text)
         assert match, f"TNN_TYPE_{name.upper()} not in the header"
         assert int(match.group(1)) == type_id, name
+
+
+def test_file_range_records_match_the_header():
+    """tinynn.FILE_RANGE_DTYPE is tnn_file_range field for field (names, offsets, size), and
+    the file types it names are the header's."""
+    from tinynn.file_reads import FILE_RANGE_DTYPE, FILE_TYPE_IDS, FILE_TYPE_OF_T
+
+    ffi = cffi.FFI()
+    ffi.cdef(header_cdef())
+    assert ffi.sizeof("tnn_file_range") == FILE_RANGE_DTYPE.itemsize
+    fields = dict(ffi.typeof("tnn_file_range").fields)
+    assert list(fields) == list(FILE_RANGE_DTYPE.names)
+    for name, (dtype, offset) in FILE_RANGE_DTYPE.fields.items():
+        assert fields[name].offset == offset, name
+        assert ffi.sizeof(fields[name].type) == dtype.itemsize, name
+    text = HEADER.read_text()
+    assert re.search(rf"#define\s+TNN_FILE_TYPE_OF_T\s+\({FILE_TYPE_OF_T}\)", text)
+    for name, type_id in FILE_TYPE_IDS.items():
+        match = re.search(rf"#define\s+TNN_TYPE_{name.upper()}\s+(\d+)", text)
+        assert match and int(match.group(1)) == type_id, name

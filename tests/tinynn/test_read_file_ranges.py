@@ -249,26 +249,30 @@ def test_no_ranges_read_nothing(model_file):
 
 
 def test_the_records_are_checked_against_their_count(model_file):
-    """The raw call: ranges_nbytes must be n_ranges records of 32 bytes."""
+    """The raw call: ranges_nbytes must be n_ranges records of 48 bytes."""
     _, fd, where = model_file
     with Session("cpu") as s:
         t = _tensors(s)["f16"]
         s.finalize_weights()
         records = np.zeros(1, FILE_RANGE_DTYPE)
-        records[0] = (t.handle, where["f16"][0], len(where["f16"][1]), 0)
+        records[0] = (t.handle, where["f16"][0], len(where["f16"][1]), 0, 0, -1, 0)
         out = [ctypes.c_int64(), ctypes.c_int64()]
         outs = [ctypes.addressof(o) for o in out]
         read = s._lib.tnn_read_file_ranges
-        for n, nbytes in ((1, 31), (2, 32), (-1, -32)):
+        for n, nbytes in ((1, 47), (2, 48), (-1, -48)):
             with pytest.raises(TinyNNError, match="records need"):
                 read(s._ptr(), fd, records.ctypes.data, n, nbytes, 1, 4096, 1, 0, *outs)
         with pytest.raises(TinyNNError, match="records need .* and NULL"):
-            read(s._ptr(), fd, None, 1, 32, 1, 4096, 1, 0, *outs)
+            read(s._ptr(), fd, None, 1, 48, 1, 4096, 1, 0, *outs)
         with pytest.raises(TinyNNError, match="flags=2"):
-            read(s._ptr(), fd, records.ctypes.data, 1, 32, 1, 4096, 1, 2, *outs)
+            read(s._ptr(), fd, records.ctypes.data, 1, 48, 1, 4096, 1, 2, *outs)
         with pytest.raises(TinyNNError, match="bad_range or nonfinite_at is NULL"):
-            read(s._ptr(), fd, records.ctypes.data, 1, 32, 1, 4096, 1, 0, None, None)
-        read(s._ptr(), fd, records.ctypes.data, 1, 32, 1, 4096, 1, 0, *outs)
+            read(s._ptr(), fd, records.ctypes.data, 1, 48, 1, 4096, 1, 0, None, None)
+        bad = records.copy()
+        bad["reserved"] = 7
+        with pytest.raises(TinyNNError, match="range 0: reserved=7: expected 0"):
+            read(s._ptr(), fd, bad.ctypes.data, 1, 48, 1, 4096, 1, 0, *outs)
+        read(s._ptr(), fd, records.ctypes.data, 1, 48, 1, 4096, 1, 0, *outs)
         assert (out[0].value, out[1].value) == (-1, -1)
         assert _bytes(t) == where["f16"][1]
 
