@@ -36,53 +36,11 @@
 #define TNN_X86 1
 #endif
 
+#include "cpu_level.h"
 #include "tinynn_internal.h"
 
 #define TILE_ROWS 8
 #define GROUP 16
-
-/* ---- the instruction set ----------------------------------------------------------- */
-
-enum kernel_level { KERNELS_SCALAR = 0, KERNELS_AVX2 = 1, KERNELS_AVX512 = 2 };
-static const char *const level_names[] = {"scalar", "avx2", "avx512"};
-
-/* The levels this CPU runs (bit per level). Checked at run time: libtinynn is
- * built once for every x86-64 CPU, each kernel compiled for its own level. */
-int tnn_cpu_kernels_supported(void) {
-    int mask = 1 << KERNELS_SCALAR;
-#ifdef TNN_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
-        mask |= 1 << KERNELS_AVX2;
-    }
-    if (__builtin_cpu_supports("avx512f")) mask |= 1 << KERNELS_AVX512;
-#endif
-    return mask;
-}
-
-/* The level an op built now runs: the best this CPU has, or the one
- * TINYNN_CPU_KERNELS names (scalar, avx2, avx512: for tests, and to compare);
- * -1 with the error set when that one is unknown or this CPU lacks it. */
-static int chosen_level(const char *func) {
-    int have = tnn_cpu_kernels_supported();
-    const char *wanted = getenv("TINYNN_CPU_KERNELS");
-    if (!wanted || !wanted[0] || strcmp(wanted, "auto") == 0) {
-        return have & (1 << KERNELS_AVX512) ? KERNELS_AVX512
-               : have & (1 << KERNELS_AVX2) ? KERNELS_AVX2
-                                            : KERNELS_SCALAR;
-    }
-    for (int level = 0; level < 3; level++) {
-        if (strcmp(wanted, level_names[level]) != 0) continue;
-        if (!(have & (1 << level))) {
-            return fail(TNN_EBACKEND, func, "TINYNN_CPU_KERNELS=%s: this CPU cannot run it",
-                        wanted);
-        }
-        return level;
-    }
-    return fail(TNN_EINVAL, func, "TINYNN_CPU_KERNELS=%s: expected auto, scalar, avx2 or avx512",
-                wanted);
-}
 
 /* ---- the fixed order, in scalar code ------------------------------------------------ */
 
@@ -369,11 +327,11 @@ static void packed_matmul_run(struct ggml_tensor *dst, int ith, int nth, void *u
         const float *xs = (const float *)x->data;
         float *y = (float *)dst->data + t * TILE_ROWS;
 #ifdef TNN_X86
-        if (level == KERNELS_AVX512) {
+        if (level == CPU_LEVEL_AVX512) {
             tile_avx512(tile, f16, h, k, xs, x_stride, n_cols, y, y_stride);
             continue;
         }
-        if (level == KERNELS_AVX2) {
+        if (level == CPU_LEVEL_AVX2) {
             tile_avx2(tile, f16, h, k, xs, x_stride, n_cols, y, y_stride);
             continue;
         }
@@ -421,7 +379,7 @@ tnn_tensor *tnn_packed_matmul(tnn_session *sess, tnn_tensor *w, tnn_tensor *x) {
     if (x->ne[0] != w->ne[0] || x->ne[2] != 1 || x->ne[3] != 1) {
         return FAIL_NULL("w %s and x %s do not fit: expected x [w.ne0, N]", SHAPE(w), SHAPE(x));
     }
-    int level = chosen_level(__func__);
+    int level = cpu_level_for_op(__func__);
     if (level < 0) return NULL;
     int64_t out[4] = {w->ne[1], x->ne[1], 1, 1};
     if (!check_new_shape(GGML_TYPE_F32, out, __func__)) return NULL;

@@ -197,7 +197,9 @@ int tnn_compute(tnn_session *sess) {
     if (rc == TNN_OK) rc = check_persistent_indices(sess, __func__);
     if (rc != TNN_OK) return rc;
     adapt_threads(sess);
+    compute_started();
     enum ggml_status status = ggml_backend_sched_graph_compute(sess->sched, sess->graph);
+    compute_finished();
     if (status != GGML_STATUS_SUCCESS) return compute_failed(status, __func__);
     return TNN_OK;
 }

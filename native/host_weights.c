@@ -35,14 +35,46 @@
  * pages (MADV_COLLAPSE, Linux 6.1 and later; 0.33 s for 128 MB) while decoding
  * goes on: the load keeps the small pages' speed, the steps get the huge
  * pages' bandwidth a moment later. The copy is the kernel's and invisible to
- * readers; the thread stops (and is joined) when the memory is unmapped. */
+ * readers; the thread stops (and is joined) when the memory is unmapped.
+ *
+ * The copy must not cost the steps it is for. At normal priority it was a
+ * neighbour like any other: it took a core, and the busy-machine probe
+ * (session.c) halved our compute threads for it, so the first prefill after a
+ * load took twice as long (gpt2-small f16, 2 cores: 153-164 ms against 77-89).
+ * So the thread runs at idle priority (SCHED_IDLE; nice 19 where that is
+ * refused): the kernel gives it only cores that no other task wants, and hands
+ * the core back the moment a compute thread wakes; and the probe does not count
+ * it. It still uses every idle moment: between steps, while Python runs, and
+ * all of an idle server's time. But idle priority alone did not keep it out of
+ * the steps (measured: the first 25 decode steps 16 ms against 10): a compute's
+ * threads leave a core idle for moments (between ops), the mover takes it and
+ * enters a collapse, and a kernel that preempts only at its own points
+ * (PREEMPT_NONE, the default of the machines here) finishes that page (about 1
+ * ms) before our thread gets the core back, while its partners wait at ggml's
+ * barrier. So the mover also starts a page only while no compute of this
+ * process runs (computing_now), and sleeps 0.2 ms between looks otherwise.
+ *
+ * A collapse preempted halfway: MADV_COLLAPSE copies a page with the process's
+ * memory map locked for writing and that 2 MiB range unmapped, so a compute
+ * thread that reads the range, or faults on any page (a cache's first touch),
+ * waits until the copy is done. If the thread were preempted there, our compute
+ * threads would wait for a thread that runs only on idle cores; but once they
+ * wait, their cores are idle, and it runs, unless another process takes them:
+ * then we wait for that process's time slice. The kernel's own collapse daemon
+ * (khugepaged, nice 19) has the same exposure. Where the kernel preempts only at
+ * its own points (PREEMPT_NONE, the default of the machines here) one page's
+ * copy is not interrupted at all. */
+#define _GNU_SOURCE /* SCHED_IDLE, gettid */
 #include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MADV_POPULATE_WRITE
@@ -163,15 +195,30 @@ struct huge_page_mover {
     struct { char *start; size_t size; } ranges[]; /* whole huge pages, ascending */
 };
 
+/* The calling thread to idle priority (see the top of this file); false
+ * where neither SCHED_IDLE nor nice 19 is allowed. */
+static bool lower_own_priority(void) {
+    struct sched_param none = {0};
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &none) == 0) return true;
+    return setpriority(PRIO_PROCESS, (id_t)gettid(), 19) == 0; /* Linux: one thread's nice */
+}
+
 static void *move_to_huge_pages(void *arg) {
     struct huge_page_mover *m = arg;
+    const bool idle = lower_own_priority();
+    if (idle) idle_thread_started();
     for (size_t i = 0; i < m->n_ranges; i++) {
         for (size_t at = 0; at < m->ranges[i].size && !atomic_load(&m->stop); at += HUGE_PAGE) {
+            while (computing_now() && !atomic_load(&m->stop)) {
+                nanosleep(&(struct timespec){0, 200000}, NULL);
+            }
+            if (atomic_load(&m->stop)) break;
             /* one huge page a call, so that a stop waits for one page's copy at most;
              * a failure (no huge page free, an old kernel) leaves that page small */
             madvise(m->ranges[i].start + at, HUGE_PAGE, MADV_COLLAPSE);
         }
     }
+    if (idle) idle_thread_stopped();
     return NULL;
 }
 

@@ -24,7 +24,8 @@
  * Every value is a float; every operation rounds to nearest. Three codes
  * compute it: AVX-512 (the order's own registers), AVX2 with FMA (each
  * 16-lane accumulator as two 8-lane halves) and scalar C (port_fmaf per lane).
- * They give the same bits; tests/tinynn/test_port_ops.py checks that.
+ * They give the same bits; tests/tinynn/test_port_ops.py checks that. Which
+ * one runs is cpu_level.c's choice, as for the packed product.
  *
  * This file is compiled with -ffp-contract=off (native/CMakeLists.txt): a
  * compiler that fused a multiply and an add of its own accord would change
@@ -32,14 +33,14 @@
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define HAVE_X86_PATHS 1 /* elsewhere only the scalar code is built */
+#define HAVE_X86_LEVELS 1 /* elsewhere only the scalar code is built */
 #else
-#define HAVE_X86_PATHS 0
+#define HAVE_X86_LEVELS 0
 #endif
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "cpu_level.h"
 #include "tinynn_internal.h"
 
 #define LANES 16  /* lanes of one accumulator */
@@ -122,7 +123,7 @@ static void dot_rows_scalar(int64_t k, const char *a, size_t a_stride, int64_t n
     }
 }
 
-#if HAVE_X86_PATHS
+#if HAVE_X86_LEVELS
 /* ---- AVX2 + FMA: accumulator j is lo[j] (lanes 0-7) and hi[j] (lanes 8-15) -- */
 
 /* Plain AVX additions and shuffles, so the AVX-512 code can call it too. */
@@ -196,70 +197,25 @@ __attribute__((target("avx512f"))) static void dot_rows_avx512(int64_t k, const 
     }
 }
 
-#endif /* HAVE_X86_PATHS */
+#endif /* HAVE_X86_LEVELS */
 
 /* ---- which code runs -------------------------------------------------------- */
 
-/* The op's userdata: a pointer to one of these (ggml passes a void *). */
-struct port_path {
+/* The op's userdata: a pointer to one of these (ggml passes a void *), by
+ * cpu_level.c's level, chosen when the op is built. */
+struct port_code {
     dot_rows_fn *dot_rows;
 };
-static const struct port_path PATH_CODE[] = {
-    [TNN_PORT_DOT_SCALAR] = {dot_rows_scalar},
-#if HAVE_X86_PATHS
-    [TNN_PORT_DOT_AVX2] = {dot_rows_avx2},
-    [TNN_PORT_DOT_AVX512] = {dot_rows_avx512},
+static const struct port_code LEVEL_CODE[CPU_LEVEL_COUNT] = {
+    [CPU_LEVEL_SCALAR] = {dot_rows_scalar},
+#if HAVE_X86_LEVELS
+    [CPU_LEVEL_AVX2] = {dot_rows_avx2},
+    [CPU_LEVEL_AVX512] = {dot_rows_avx512},
+#else
+    [CPU_LEVEL_AVX2] = {dot_rows_scalar}, /* never chosen: no such CPU here */
+    [CPU_LEVEL_AVX512] = {dot_rows_scalar},
 #endif
 };
-static const char *const PATH_NAME[] = {
-    [TNN_PORT_DOT_AUTO] = "auto",
-    [TNN_PORT_DOT_SCALAR] = "scalar",
-    [TNN_PORT_DOT_AVX2] = "avx2",
-    [TNN_PORT_DOT_AVX512] = "avx512",
-};
-
-static bool cpu_runs(int path) {
-    if (path == TNN_PORT_DOT_SCALAR) return true;
-#if HAVE_X86_PATHS
-    __builtin_cpu_init();
-    if (path == TNN_PORT_DOT_AVX2) {
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (path == TNN_PORT_DOT_AVX512) return __builtin_cpu_supports("avx512f");
-#endif
-    return false;
-}
-
-/* path as given, TINYNN_PORT_DOT's (for TNN_PORT_DOT_AUTO, when set), or
- * the fastest this CPU runs; negative (error set under func) when path is
- * unknown or this CPU lacks its instructions. */
-static int resolve_path(int path, const char *func) {
-    if (path == TNN_PORT_DOT_AUTO) {
-        const char *env = getenv("TINYNN_PORT_DOT");
-        if (env && *env && strcmp(env, "auto") != 0) {
-            for (path = TNN_PORT_DOT_SCALAR; path <= TNN_PORT_DOT_AVX512; path++) {
-                if (strcmp(env, PATH_NAME[path]) == 0) break;
-            }
-            if (path > TNN_PORT_DOT_AVX512) {
-                return fail(TNN_EINVAL, func,
-                            "TINYNN_PORT_DOT=%.40s: expected auto, scalar, avx2 or avx512", env);
-            }
-        } else {
-            if (cpu_runs(TNN_PORT_DOT_AVX512)) return TNN_PORT_DOT_AVX512;
-            return cpu_runs(TNN_PORT_DOT_AVX2) ? TNN_PORT_DOT_AVX2 : TNN_PORT_DOT_SCALAR;
-        }
-    }
-    if (path < TNN_PORT_DOT_SCALAR || path > TNN_PORT_DOT_AVX512) {
-        return fail(TNN_EINVAL, func, "path %d: expected TNN_PORT_DOT_AUTO (0), _SCALAR (1), "
-                    "_AVX2 (2) or _AVX512 (3)", path);
-    }
-    if (!cpu_runs(path)) {
-        return fail(TNN_EINVAL, func, "this CPU cannot run the %s path", PATH_NAME[path]);
-    }
-    return path;
-}
-
-int tnn_port_dot_path(int path) { return resolve_path(path, __func__); }
 
 /* ---- the op -------------------------------------------------------------------- */
 
@@ -267,7 +223,7 @@ int tnn_port_dot_path(int path) { return resolve_path(path, __func__); }
  * takes every nth tile of BLOCK rows by BLOCK columns. Each element is one
  * whole dot product, so the thread count never changes a bit. */
 static void port_matmul_task(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    dot_rows_fn *dot_rows = ((const struct port_path *)userdata)->dot_rows;
+    dot_rows_fn *dot_rows = ((const struct port_code *)userdata)->dot_rows;
     const struct ggml_tensor *a = dst->src[0], *b = dst->src[1];
     const int64_t k = a->ne[0], m = a->ne[1], n = b->ne[1];
     const int64_t row_tiles = (m + BLOCK - 1) / BLOCK, col_tiles = (n + BLOCK - 1) / BLOCK;
@@ -283,7 +239,7 @@ static void port_matmul_task(struct ggml_tensor *dst, int ith, int nth, void *us
     }
 }
 
-tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int path) {
+tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b) {
     OP_PREAMBLE(1);
     CHECK_T(a, NULL);
     CHECK_T(b, NULL);
@@ -301,9 +257,9 @@ tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int
     }
     int64_t out[4] = {a->ne[1], b->ne[1], 1, 1};
     if (!check_new_shape(GGML_TYPE_F32, out, __func__)) return NULL;
-    path = resolve_path(path, __func__);
-    if (path < 0) return NULL;
+    const int level = cpu_level_for_op(__func__);
+    if (level < 0) return NULL;
     struct ggml_tensor *args[2] = {a, b};
     return ggml_custom_4d(sess->ctx, GGML_TYPE_F32, out[0], out[1], 1, 1, args, 2,
-                          port_matmul_task, GGML_N_TASKS_MAX, (void *)&PATH_CODE[path]);
+                          port_matmul_task, GGML_N_TASKS_MAX, (void *)&LEVEL_CODE[level]);
 }

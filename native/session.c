@@ -83,7 +83,11 @@ static void apply_threads(tnn_session *s, int n) {
  * So, unless the caller fixed the count (tnn_set_n_threads), a compute uses at most
  * the cores that no other runnable task wants: online cores minus the runnable
  * tasks besides this thread (Linux's /proc/loadavg, fourth field "runnable/total",
- * read at most every BUSY_READ_NS). Elsewhere, or unreadable: n_threads. */
+ * read at most every BUSY_READ_NS). Elsewhere, or unreadable: n_threads.
+ * Our own threads at idle priority (the huge-page mover, host_weights.c) are not
+ * counted: the kernel runs them only on cores that nothing else wants, so they
+ * never take a core from a compute thread; counted, the mover halved our threads
+ * for the first second after every load. */
 #define BUSY_READ_NS 20000000LL /* 20 ms */
 
 static int64_t now_ns(void) {
@@ -92,7 +96,47 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Runnable tasks on the machine besides the caller; -1 when unknown. */
+static _Atomic int idle_threads_of_ours = 0;
+static _Atomic int computes_in_flight = 0;
+
+/* A fork's child has none of its parent's threads, nor their computes. */
+static void forget_threads_in_child(void) {
+    atomic_store(&idle_threads_of_ours, 0);
+    atomic_store(&computes_in_flight, 0);
+}
+
+static void reset_counts_at_fork(void) {
+    pthread_atfork(NULL, NULL, forget_threads_in_child);
+}
+
+static pthread_once_t fork_reset_once = PTHREAD_ONCE_INIT;
+
+void idle_thread_started(void) {
+    pthread_once(&fork_reset_once, reset_counts_at_fork);
+    atomic_fetch_add(&idle_threads_of_ours, 1);
+}
+
+void idle_thread_stopped(void) {
+    atomic_fetch_sub(&idle_threads_of_ours, 1);
+}
+
+void compute_started(void) {
+    pthread_once(&fork_reset_once, reset_counts_at_fork);
+    atomic_fetch_add(&computes_in_flight, 1);
+}
+
+void compute_finished(void) {
+    atomic_fetch_sub(&computes_in_flight, 1);
+}
+
+bool computing_now(void) {
+    return atomic_load(&computes_in_flight) > 0;
+}
+
+/* Runnable tasks on the machine besides the caller and our idle-priority
+ * threads; -1 when unknown. (An idle thread of ours that is asleep, not
+ * runnable, is subtracted all the same: for that moment a neighbour may be
+ * missed, at most one per such thread, while it lasts.) */
 static int other_runnable_tasks(void) {
     int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -104,7 +148,8 @@ static int other_runnable_tasks(void) {
     double l1, l5, l15;
     int running = 0, total = 0;
     if (sscanf(buf, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) != 5) return -1;
-    return running > 0 ? running - 1 : 0;
+    int others = running - 1 - atomic_load(&idle_threads_of_ours);
+    return others > 0 ? others : 0;
 }
 
 static _Atomic int64_t busy_read_at = 0;

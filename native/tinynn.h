@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 11
+#define TNN_ABI_VERSION 12
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -189,18 +189,10 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
  * elements adjacent along ne0) give F32 [M, N], each element one dot product
  * summed in a fixed order of our own (that of ggml-cpu's AVX-512 build, which
  * the Ruby engine's dumps were made with), the same bits on every x86-64 CPU.
- * CPU sessions only. path picks the code that computes it, all giving the
- * same bits: TNN_PORT_DOT_AUTO (the TINYNN_PORT_DOT environment variable,
- * "scalar", "avx2" or "avx512", when set; else the fastest this CPU runs) or
- * one named; a path this CPU cannot run is an error. */
-#define TNN_PORT_DOT_AUTO 0
-#define TNN_PORT_DOT_SCALAR 1
-#define TNN_PORT_DOT_AVX2 2   /* AVX2 and FMA */
-#define TNN_PORT_DOT_AVX512 3 /* AVX-512F */
-TNN_API tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b, int path);
-/* The path (TNN_PORT_DOT_SCALAR.._AVX512) that tnn_port_matmul takes for
- * path on this CPU now; negative when unknown or not runnable here. */
-TNN_API int tnn_port_dot_path(int path);
+ * CPU sessions only. The code that computes it (scalar, AVX2, AVX-512: all
+ * the same bits) is the CPU level of our kernels at the op's build (see
+ * tnn_cpu_kernels_supported; TINYNN_CPU_KERNELS forces one). */
+TNN_API tnn_tensor *tnn_port_matmul(tnn_session *sess, tnn_tensor *a, tnn_tensor *b);
 /* The port engines' row reductions (port_rows.c), in the order of ggml-cpu's
  * AVX-512 build on every x86-64 CPU, like tnn_port_matmul; CPU sessions only;
  * x F32 2-D [n, rows] with adjacent elements along ne0. tnn_port_norm: (x -
@@ -277,12 +269,15 @@ TNN_API tnn_tensor *tnn_top_k(tnn_session *sess, tnn_tensor *a, int64_t k);
 
 /* ---- our product on the CPU over weights packed in tiles (cpu_product.c) -- */
 /* Each element of a packed product is summed in one order whatever the number
- * of columns, the thread count or the instruction set (AVX-512, AVX2 + FMA +
- * F16C, or scalar code, picked at run time; the environment variable
- * TINYNN_CPU_KERNELS=scalar|avx2|avx512 forces one): 16 lanes of fused
+ * of columns, the thread count or the instruction set: 16 lanes of fused
  * multiply-adds along k, then a fixed tree (cpu_product.c). */
 
-/* Bit per kernel set this CPU runs: 1 scalar, 2 AVX2 (+FMA, F16C), 4 AVX-512. */
+/* The CPU levels of our own kernels (the packed product here and
+ * tnn_port_matmul) this CPU runs, a bit per level: 1 scalar, 2 AVX2 (with FMA
+ * and F16C), 4 AVX-512F. An op runs the best of them, or the one that the
+ * environment variable TINYNN_CPU_KERNELS=scalar|avx2|avx512 names when the op
+ * is built ("auto" or unset: the best); every level gives the same bits. An
+ * unknown name, or a level this CPU lacks, fails the op's build. */
 TNN_API int tnn_cpu_kernels_supported(void);
 
 /* Lays w (a persistent F32 or F16 [k, n] tensor of a CPU session, k a multiple

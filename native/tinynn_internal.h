@@ -23,6 +23,8 @@
  *                     device over the graph's logits (cuda/sample_logits.h)
  *   free_blocks.c     a bound on ggml's allocator fragmentation
  *   host_weights.c    a CPU session's persistent memory, zeroed and lazy
+ *   cpu_level.c       which instruction level (scalar, AVX2, AVX-512) our own
+ *                     CPU kernels run: TINYNN_CPU_KERNELS (cpu_level.h)
  *   cpu_product.c     our own CPU product over weights packed in tiles, one
  *                     summation order whatever the batch (tnn_pack_rows)
  *   port_dot.c        tnn_port_matmul: the port engines' products in one
@@ -146,6 +148,17 @@ bool registry_has(const tnn_session *s);
 
 /* Before a compute: the CPU threads it may use (see session.c, "a busy machine"). */
 void adapt_threads(tnn_session *s);
+/* A thread of ours that runs at idle priority (SCHED_IDLE or nice 19), from
+ * its start to its end: the busy-machine probe does not count it as a
+ * neighbour (session.c). */
+void idle_thread_started(void);
+void idle_thread_stopped(void);
+/* Around every graph compute of this process (graph.c, transfers.c), so that
+ * background work can keep out of its way (host_weights.c). */
+void compute_started(void);
+void compute_finished(void);
+/* Whether a compute of this process is running now. */
+bool computing_now(void);
 
 #define CHECK_SESS(sess, ret)                                                                  \
     do {                                                                                       \

@@ -166,11 +166,13 @@ int compute_io_run(tnn_session *sess, tnn_tensor *in, const void *in_data, int64
         ggml_backend_tensor_set(in, in_data, 0, n_in);
     }
     adapt_threads(sess);
+    compute_started();
     enum ggml_status status = ggml_backend_sched_graph_compute_async(sess->sched, sess->graph);
     if (status == GGML_STATUS_SUCCESS && async_out) {
         ggml_backend_tensor_get_async(sess->backend, out, stage ? stage + out_at : out_data, 0, n_out);
     }
     ggml_backend_sched_synchronize(sess->sched);
+    compute_finished();
     if (status != GGML_STATUS_SUCCESS) return compute_failed(status, func);
     if (async_out && stage) {
         memcpy(out_data, stage + out_at, n_out);

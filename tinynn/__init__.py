@@ -22,13 +22,11 @@ from .file_reads import FILE_RANGE_DTYPE, FileReadError, ReadRange, read_file_ra
 from .sampler import SAMPLING_DTYPE, SampledRows, penalize_rows, sample_rows
 from .session import (
     CPU_KERNELS,
-    PORT_DOT_PATHS,
     Session,
     Tensor,
     cpu_kernels_supported,
     cuda_available,
     cuda_unavailable_reason,
-    port_dot_path,
 )
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "Decoder",
     "FILE_RANGE_DTYPE",
     "FileReadError",
-    "PORT_DOT_PATHS",
     "ReadRange",
     "SAMPLING_DTYPE",
     "SampledRows",
@@ -49,7 +46,6 @@ __all__ = [
     "cuda_unavailable_reason",
     "library_path",
     "penalize_rows",
-    "port_dot_path",
     "read_file_ranges",
     "sample_rows",
 ]

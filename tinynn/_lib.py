@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 11
+ABI_VERSION = 12
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -131,10 +131,8 @@ FUNCTIONS: dict[str, tuple[list, object, str]] = {
     "tnn_mul": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_matmul(sess, a, b);
     "tnn_matmul": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
-    # tnn_tensor *tnn_port_matmul(sess, a, b, int path);
-    "tnn_port_matmul": ([c_void_p, c_void_p, c_void_p, c_int], c_void_p, HANDLE),
-    # int tnn_port_dot_path(int path);
-    "tnn_port_dot_path": ([c_int], c_int, STATUS),
+    # tnn_tensor *tnn_port_matmul(sess, a, b);
+    "tnn_port_matmul": ([c_void_p, c_void_p, c_void_p], c_void_p, HANDLE),
     # tnn_tensor *tnn_port_norm(sess, x, double eps);
     "tnn_port_norm": ([c_void_p, c_void_p, c_double], c_void_p, HANDLE),
     # tnn_tensor *tnn_port_softmax(sess, x);

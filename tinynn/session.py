@@ -352,13 +352,12 @@ class Session:
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         return self._new(self._lib.tnn_matmul(self._ptr(), a.handle, b.handle), ndim=b.ndim)
 
-    def port_matmul(self, a: Tensor, b: Tensor, path: str = "auto") -> Tensor:
+    def port_matmul(self, a: Tensor, b: Tensor) -> Tensor:
         """matmul(a, b) of 2-D f32 a [k, M] and b [k, N] -> [M, N], each element
         summed in the port engines' fixed order (native/port_dot.c): the same
-        bits on every x86-64 CPU. CPU sessions only. `path` names the code that
-        computes it (PORT_DOT_PATHS; all give the same bits)."""
-        handle = self._lib.tnn_port_matmul(self._ptr(), a.handle, b.handle, _port_path_id(path))
-        return self._new(handle, ndim=2)
+        bits on every x86-64 CPU, whichever CPU level computes it (CPU_KERNELS).
+        CPU sessions only."""
+        return self._new(self._lib.tnn_port_matmul(self._ptr(), a.handle, b.handle), ndim=2)
 
     def port_norm(self, x: Tensor, eps: float = 1e-5) -> Tensor:
         """(x - mean) / sqrt(var + eps) along ne0 of a 2-D f32 x, in the port
@@ -657,30 +656,16 @@ def _type_id(dtype: str) -> int:
         raise ValueError(f"dtype must be one of {sorted(GGML_TYPE_IDS)}, got {dtype!r}") from None
 
 
-CPU_KERNELS = ("scalar", "avx2", "avx512")  # TINYNN_CPU_KERNELS' values (besides "auto")
+# The CPU levels of our own kernels (the packed product, the ports' products),
+# slowest first; TINYNN_CPU_KERNELS names one of them (or "auto", the best this
+# CPU runs) and every op built while it is set runs that level. All give the same bits.
+CPU_KERNELS = ("scalar", "avx2", "avx512")
 
 
 def cpu_kernels_supported() -> tuple[str, ...]:
-    """The kernel sets of the packed CPU product this CPU runs (of CPU_KERNELS)."""
+    """The levels of CPU_KERNELS this CPU runs ("avx2" means AVX2, FMA and F16C)."""
     mask = load().tnn_cpu_kernels_supported()
     return tuple(name for bit, name in enumerate(CPU_KERNELS) if mask & (1 << bit))
-
-
-# tnn_port_matmul's paths, in native/tinynn.h's TNN_PORT_DOT_* order. "auto":
-# TINYNN_PORT_DOT from the environment when set, else the fastest this CPU runs.
-PORT_DOT_PATHS = ("auto", "scalar", "avx2", "avx512")
-
-
-def _port_path_id(path: str) -> int:
-    if path not in PORT_DOT_PATHS:
-        raise ValueError(f"path must be one of {PORT_DOT_PATHS}, got {path!r}")
-    return PORT_DOT_PATHS.index(path)
-
-
-def port_dot_path(path: str = "auto") -> str:
-    """The code that Session.port_matmul runs for `path` on this CPU: "scalar",
-    "avx2" or "avx512". Raises TinyNNError when this CPU cannot run it."""
-    return PORT_DOT_PATHS[load().tnn_port_dot_path(_port_path_id(path))]
 
 
 def cuda_available() -> bool:
@@ -698,11 +683,11 @@ def cuda_unavailable_reason() -> str | None:
 
 
 __all__ = [
-    "PORT_DOT_PATHS",
+    "CPU_KERNELS",
     "Session",
     "Tensor",
     "TinyNNError",
+    "cpu_kernels_supported",
     "cuda_available",
     "cuda_unavailable_reason",
-    "port_dot_path",
 ]

@@ -116,7 +116,7 @@ def test_ruby_outputs_parity(ruby_outputs, model):
     )
     # The KV port, measured on the 2-core CI machine kind: 3.6e-7 (model_a),
     # 1.7e-5 (model_b), the same on ggml's AVX-512, AVX2 and SSE builds and on
-    # every port path. Not bit for bit: positions 1.. differ from our own full
+    # every CPU level. Not bit for bit: positions 1.. differ from our own full
     # forward too, in attention (cause not yet found; tolerance SPEC.md's 5e-5).
     report = compare(ours_kv, read_dump(ruby_outputs / f"{model}_ffi_kv.txt"), max_abs=5e-5)
     assert report.passed, f"{model} ffi_kv: max-abs {report.max_abs:.3g} at {report.max_abs_index}"
@@ -127,15 +127,14 @@ def test_ruby_outputs_parity(ruby_outputs, model):
     assert report.passed, f"{model} exact vs native: {report.max_abs:.3g}"
 
 
-@pytest.mark.parametrize("path", ["scalar", "avx2", "avx512"])
-def test_ruby_outputs_parity_on_every_port_path(ruby_outputs, monkeypatch, path):
-    """The ports' reductions forced onto each code this CPU runs (TINYNN_PORT_DOT):
-    the same Ruby bits from each, so a CPU without AVX-512 gets them too."""
-    try:
-        tinynn.port_dot_path(path)
-    except tinynn.TinyNNError:
-        pytest.skip(f"this CPU cannot run the {path} path")
-    monkeypatch.setenv("TINYNN_PORT_DOT", path)
+@pytest.mark.parametrize("level", tinynn.CPU_KERNELS)
+def test_ruby_outputs_parity_on_every_cpu_level(ruby_outputs, monkeypatch, level):
+    """The ports' products forced onto each CPU level this CPU runs
+    (TINYNN_CPU_KERNELS): the same Ruby bits from each, so a CPU without
+    AVX-512 gets them too."""
+    if level not in tinynn.cpu_kernels_supported():
+        pytest.skip(f"this CPU cannot run the {level} level")
+    monkeypatch.setenv("TINYNN_CPU_KERNELS", level)
     for model in ("model_a", "model_b"):
         loaded = load_model(ruby_outputs / f"{model}.gguf")
         ids = [int(t) for t in (ruby_outputs / f"{model}_prompt_ids.txt").read_text().split()]
@@ -144,12 +143,12 @@ def test_ruby_outputs_parity_on_every_port_path(ruby_outputs, monkeypatch, path)
         want_full = read_dump(ruby_outputs / f"{model}_ffi_full.txt")
         diff = np.abs(ours_full - want_full)
         assert np.array_equal(ours_full, want_full), (
-            f"{model} ffi_full on {path}: max-abs {diff.max():.3g} at {int(diff.argmax())}"
+            f"{model} ffi_full on {level}: max-abs {diff.max():.3g} at {int(diff.argmax())}"
         )
         with GPT2KVFFICache.from_weights(loaded.weights, max_t=32, gelu="ggml") as kv:
             ours_kv = kv.logits_for(ids)[-1]
         report = compare(ours_kv, read_dump(ruby_outputs / f"{model}_ffi_kv.txt"), max_abs=5e-5)
-        assert report.passed, f"{model} ffi_kv on {path}: max-abs {report.max_abs:.3g}"
+        assert report.passed, f"{model} ffi_kv on {level}: max-abs {report.max_abs:.3g}"
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])

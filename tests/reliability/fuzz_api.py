@@ -313,6 +313,15 @@ def call(w: World, name: str, choices: list[int]) -> None:
         args += [4096 if staging < 6 else i64(c_b), 1 + n_staging % 3 if n_staging < 6 else 0]
         args += [flags % 2 if flags < 6 else INT32[c_b % len(INT32)]]
         args += [ctypes.addressof(o) if ptrs < 7 else None for o in out]
+    elif name == "tnn_move_to_huge_pages":
+        # tensors: a real array (or NULL) whose handles may be anything, as a data
+        # buffer is real memory whose bytes may be anything; n_tensors its length or odd
+        sess, c_n = w.session(next(it)), next(it)
+        handles = (ctypes.c_void_p * 4)(*(w.tensor(next(it)) for _ in range(4)))
+        n = c_n % 5 if c_n % 7 else INT32[c_n % len(INT32)]
+        if 4 < n <= 16384:  # TNN_MAX_PERSISTENT_TENSORS: larger counts are refused unread
+            n = 4  # the array's length: a longer count would read past it, as for any buffer
+        args = [sess, ctypes.addressof(handles) if c_n % 6 else None, n]
     elif name == "tnn_tensor_info":
         bufs = [(ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)(), ctypes.c_int()]
         c = next(it)

@@ -2,10 +2,11 @@
 port_norm, port_softmax.
 
 What they promise: the same bits on every x86-64 CPU, whichever code computes
-them (AVX-512, AVX2 or scalar: each path this CPU runs is forced and compared
-bit for bit), in the order of ggml-cpu's AVX-512 build (compared with that
-build's own kernels where this machine has them), and the right values
-(against numpy in float64, within what f32 rounding allows).
+them (the CPU level of our kernels, AVX-512, AVX2 or scalar: each level this
+CPU runs is forced through TINYNN_CPU_KERNELS and compared bit for bit), in
+the order of ggml-cpu's AVX-512 build (compared with that build's own kernels
+where this machine has them), and the right values (against numpy in float64,
+within what f32 rounding allows).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import tinynn
 from tinynn import Session, TinyNNError
 
-PATHS = ("scalar", "avx2", "avx512")
+LEVELS = tinynn.CPU_KERNELS
 # Lengths around the order's boundaries: 64-element rounds, groups of 16 and 8
 # in the tail, the fused last k % 8; and model widths.
 LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 71, 72, 127, 128, 129, 200, 768, 1031]
@@ -29,24 +30,22 @@ F32_EPS = 2.0**-24  # unit roundoff of float32
 AVX512_VARIANTS = ("skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4")
 
 
-def runnable(path: str) -> bool:
-    try:
-        tinynn.port_dot_path(path)
-    except TinyNNError:
-        return False
-    return True
+def runnable(level: str) -> bool:
+    return level in tinynn.cpu_kernels_supported()
 
 
-def require(path: str) -> None:
-    if not runnable(path):
-        pytest.skip(f"this CPU cannot run the {path} path")
+def require(level: str) -> None:
+    if not runnable(level):
+        pytest.skip(f"this CPU cannot run the {level} level")
 
 
-def port_product(a: np.ndarray, b: np.ndarray, path: str = "auto", n_threads=None) -> np.ndarray:
-    """a (M, k) and b (N, k) row-major -> (N, M): b @ a.T, by port_matmul."""
-    with Session("cpu", n_threads=n_threads) as s:
+def port_product(a: np.ndarray, b: np.ndarray, level: str = "auto", n_threads=None) -> np.ndarray:
+    """a (M, k) and b (N, k) row-major -> (N, M): b @ a.T, by port_matmul
+    built under TINYNN_CPU_KERNELS=level (the variable is read at the build)."""
+    with Session("cpu", n_threads=n_threads) as s, pytest.MonkeyPatch.context() as env:
+        env.setenv("TINYNN_CPU_KERNELS", level)
         ta, tb = s.input_2d_f32(*a.shape), s.input_2d_f32(*b.shape)
-        y = s.set_output(s.port_matmul(ta, tb, path))
+        y = s.set_output(s.port_matmul(ta, tb))
         s.realize(y)
         ta.upload(a)
         tb.upload(b)
@@ -94,12 +93,12 @@ def test_port_matmul_against_float64():
         assert np.abs(got).max() > 0
 
 
-@pytest.mark.parametrize("path", ["avx2", "avx512"])
-def test_port_matmul_paths_give_the_scalar_bits(path):
-    """Every path this CPU runs against the scalar code, bit for bit: lengths
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+def test_port_matmul_levels_give_the_scalar_bits(level):
+    """Every level this CPU runs against the scalar code, bit for bit: lengths
     around every boundary, operands of mixed scale, zeros, negative zeros and
     subnormal products."""
-    require(path)
+    require(level)
     rng = np.random.default_rng(1)
     for k in LENGTHS:
         a = (rng.standard_normal((21, k)) * rng.choice([1e-20, 1e-3, 1.0, 1e3], (21, k))).astype(
@@ -109,10 +108,10 @@ def test_port_matmul_paths_give_the_scalar_bits(path):
         a[0] = 0.0
         a[1] = -0.0
         b[2, ::3] = 1e-30  # subnormal products with the 1e-20 entries
-        assert_same_bits(port_product(a, b, path), port_product(a, b, "scalar"), f"k={k} {path}")
+        assert_same_bits(port_product(a, b, level), port_product(a, b, "scalar"), f"k={k} {level}")
 
 
-def test_port_matmul_fuses_with_one_rounding_on_every_path():
+def test_port_matmul_fuses_with_one_rounding_on_every_level():
     """A sum whose exact value lies just past a float midpoint: a fused
     multiply-add rounds it up; a multiply-add rounded twice (or in double,
     then to float) rounds it to even, down. k = 2 lies in the fused tail:
@@ -120,21 +119,28 @@ def test_port_matmul_fuses_with_one_rounding_on_every_path():
     a = np.array([[2.0**-30, 1 + 2.0**-12]], np.float32)
     b = np.array([[2.0**-30, 1 + 2.0**-12]], np.float32)
     want = np.float32(1 + 2.0**-11 + 2.0**-23)
-    for path in (p for p in PATHS if runnable(p)):
-        assert port_product(a, b, path)[0, 0] == want, path
+    for level in (v for v in LEVELS if runnable(v)):
+        assert port_product(a, b, level)[0, 0] == want, level
 
 
-def test_port_matmul_auto_is_a_runnable_path_and_env_forces_one(monkeypatch):
-    best = tinynn.port_dot_path()
-    assert best in PATHS and runnable(best)
-    assert tinynn.port_dot_path("scalar") == "scalar"
-    monkeypatch.setenv("TINYNN_PORT_DOT", "scalar")
-    assert tinynn.port_dot_path() == "scalar"
-    monkeypatch.setenv("TINYNN_PORT_DOT", "sse9")
-    with pytest.raises(TinyNNError, match="TINYNN_PORT_DOT=sse9"):
-        tinynn.port_dot_path()
-    with Session("cpu") as s, pytest.raises(TinyNNError, match="TINYNN_PORT_DOT"):
-        s.port_matmul(s.input_2d_f32(2, 4), s.input_2d_f32(3, 4))
+def test_cpu_kernels_variable_is_checked_at_the_op(monkeypatch):
+    """One variable for every kernel of ours: a name that is no level, or a level
+    this CPU lacks, fails the op's build (packed product: test_cpu_product.py);
+    "auto" and unset build it; scalar is always there."""
+    assert tinynn.cpu_kernels_supported()[0] == "scalar"
+    assert set(tinynn.cpu_kernels_supported()) <= set(LEVELS)
+    with Session("cpu") as s:
+        a, b = s.input_2d_f32(2, 4), s.input_2d_f32(3, 4)
+        for fine in ("auto", "", *tinynn.cpu_kernels_supported()):
+            monkeypatch.setenv("TINYNN_CPU_KERNELS", fine)
+            s.port_matmul(a, b)
+        monkeypatch.setenv("TINYNN_CPU_KERNELS", "sse9")
+        with pytest.raises(TinyNNError, match="TINYNN_CPU_KERNELS=sse9: expected auto, scalar"):
+            s.port_matmul(a, b)
+        for missing in set(LEVELS) - set(tinynn.cpu_kernels_supported()):
+            monkeypatch.setenv("TINYNN_CPU_KERNELS", missing)
+            with pytest.raises(TinyNNError, match="this CPU cannot run it"):
+                s.port_matmul(a, b)
 
 
 def test_port_matmul_thread_count_changes_no_bit():
@@ -196,8 +202,8 @@ def test_port_matmul_is_ggml_avx512_dot_product():
             for i in range(7):
                 vec_dot(k, ctypes.byref(out), 0, a[i].ctypes.data, 0, b[j].ctypes.data, 0, 1)
                 want[j, i] = out.value
-        for path in (p for p in PATHS if runnable(p)):
-            assert_same_bits(port_product(a, b, path), want, f"k={k} {path} vs ggml AVX-512")
+        for level in (v for v in LEVELS if runnable(v)):
+            assert_same_bits(port_product(a, b, level), want, f"k={k} {level} vs ggml AVX-512")
 
 
 def _rows(rng, n: int) -> np.ndarray:
@@ -274,10 +280,6 @@ def test_port_ops_refuse_what_they_cannot_take():
             s.port_matmul(s.input_typed("f32", [4, 3, 2]), s.input_2d_f32(2, 4))
         with pytest.raises(TinyNNError, match="expected f32|is f16|f16"):
             s.port_matmul(s.input_typed("f16", [4, 3]), s.input_2d_f32(2, 4))
-        with pytest.raises(ValueError, match="path must be one of"):
-            s.port_matmul(a, a, "neon")
-        with pytest.raises(TinyNNError, match="path 7"):
-            tinynn._lib.load().tnn_port_matmul(s._ptr(), a.handle, a.handle, 7)
         with pytest.raises(TinyNNError, match="eps"):
             s.port_norm(a, -1.0)
         with pytest.raises(TinyNNError, match="2-D"):
