@@ -27,6 +27,7 @@
  * tensor can only be read by the two ops here (and downloaded, which unpacks);
  * every other op and transfer refuses it (check_tensor). */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,21 +232,69 @@ static void repack_tile(char *dst, const char *src, int h, int64_t k, size_t esi
     }
 }
 
-/* Every tile of w's data (n rows of k), in place or into out. */
-static bool repack_all(const struct ggml_tensor *w, const char *src, char *out, bool pack) {
-    size_t esize = ggml_type_size(w->type);
-    int64_t k = w->ne[0], n = w->ne[1];
+/* Tiles first .. end of w's data (n rows of k), in place or into out, through one
+ * tile of scratch. */
+struct repack_part {
+    const struct ggml_tensor *w;
+    const char *src;
+    char *out;
+    bool pack, ok;
+    int64_t first, end;
+    pthread_t thread;
+};
+
+static void *repack_tiles(void *arg) {
+    struct repack_part *p = arg;
+    size_t esize = ggml_type_size(p->w->type);
+    int64_t k = p->w->ne[0], n = p->w->ne[1];
     size_t tile_bytes = (size_t)TILE_ROWS * k * esize;
     char *scratch = malloc(tile_bytes);
-    if (!scratch) return false;
-    for (int64_t t = 0; t * TILE_ROWS < n; t++) {
+    p->ok = scratch != NULL;
+    for (int64_t t = p->first; p->ok && t < p->end; t++) {
         int h = tile_height(n, t);
         size_t at = (size_t)t * tile_bytes, bytes = (size_t)h * k * esize;
-        memcpy(scratch, src + at, bytes);
-        repack_tile(out + at, scratch, h, k, esize, pack);
+        memcpy(scratch, p->src + at, bytes);
+        repack_tile(p->out + at, scratch, h, k, esize, p->pack);
     }
     free(scratch);
-    return true;
+    return NULL;
+}
+
+#define REPACK_MAX_THREADS 8
+#define REPACK_MIN_BYTES_A_THREAD (4 << 20) /* below this a thread costs more than it saves */
+
+/* Every tile of w's data, by up to n_threads threads (the calling one included), each
+ * a run of whole tiles: a load packs a model's matrices at memory speed, not one core's. */
+static bool repack_all(const struct ggml_tensor *w, const char *src, char *out, bool pack,
+                       int n_threads) {
+    int64_t n_tiles = (w->ne[1] + TILE_ROWS - 1) / TILE_ROWS;
+    int64_t by_size = (int64_t)(ggml_nbytes(w) / REPACK_MIN_BYTES_A_THREAD);
+    int64_t n = n_threads < REPACK_MAX_THREADS ? n_threads : REPACK_MAX_THREADS;
+    if (n > by_size) n = by_size;
+    if (n > n_tiles) n = n_tiles;
+    if (n < 1) n = 1;
+    struct repack_part parts[REPACK_MAX_THREADS];
+    int started = 0;
+    for (int64_t i = 0; i < n; i++) {
+        parts[i] = (struct repack_part){
+            .w = w, .src = src, .out = out, .pack = pack, .first = n_tiles * i / n,
+            .end = n_tiles * (i + 1) / n};
+        if (i == 0) continue;
+        if (pthread_create(&parts[i].thread, NULL, repack_tiles, &parts[i]) != 0) break;
+        started++;
+    }
+    /* the calling thread takes part 0, and the parts of any thread that did not start */
+    repack_tiles(&parts[0]);
+    bool ok = parts[0].ok;
+    for (int64_t i = 1; i < n; i++) {
+        if (i <= started) {
+            pthread_join(parts[i].thread, NULL);
+        } else {
+            repack_tiles(&parts[i]);
+        }
+        ok = ok && parts[i].ok;
+    }
+    return ok;
 }
 
 /* ---- which tensors are packed (a flag per persistent tensor of the root) -------------- */
@@ -284,7 +333,7 @@ int tnn_pack_rows(tnn_session *sess, tnn_tensor *w) {
         if (!root->packed) return fail(TNN_ENOMEM, __func__, "out of host memory");
     }
     int64_t i = persistent_index(sess, w); /* not packed yet: check_tensor refuses those */
-    if (!repack_all(w, w->data, w->data, true)) {
+    if (!repack_all(w, w->data, w->data, true, root->n_threads)) {
         return fail(TNN_ENOMEM, __func__, "out of host memory");
     }
     root->packed[i] = 1;
@@ -305,7 +354,7 @@ int download_packed(const struct ggml_tensor *t, void *data, int64_t nbytes, int
     }
     if (!data) return fail(TNN_EINVAL, func, "data is NULL");
     memcpy(data, t->data, (size_t)nbytes);
-    if (!repack_all(t, data, data, false)) return fail(TNN_ENOMEM, func, "out of host memory");
+    if (!repack_all(t, data, data, false, 1)) return fail(TNN_ENOMEM, func, "out of host memory");
     return TNN_OK;
 }
 

@@ -123,6 +123,25 @@ def test_packed_rows_and_download(kernels: str, dtype: str) -> None:
                 idx.upload(np.array([0, 26, 0, 0, 0], np.int32))
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_large_tensor_packed_by_threads(threads: int) -> None:
+    """A matrix of many tiles (16 MB: packed by up to `threads` threads, each a run of
+    whole tiles, the last tile partial) reads back every row from the packed layout."""
+    k, n = 512, 8 * 1024 + 3
+    w = random_weights("f32", n, k, seed=8)
+    with tinynn.Session("cpu", n_threads=threads) as s:
+        wt = s.input_typed_persistent("f32", (k, n))
+        s.finalize_weights()
+        wt.upload(w)
+        s.pack_rows(wt)
+        with s.fork() as f:
+            idx = f.input_1d_i32(n)
+            got = f.set_output(f.packed_get_rows(wt, idx))
+            f.realize(got)
+            assert np.array_equal(f.compute_io(idx, np.arange(n, dtype=np.int32), got), w)
+        assert np.array_equal(wt.download(), w)
+
+
 def test_what_a_packed_tensor_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     with tinynn.Session("cpu") as s:
         w = s.input_typed_persistent("f16", (32, 8))
