@@ -182,20 +182,7 @@ def test_cpu_reads_the_file_straight_into_ggmls_buffer(tiny_model, sources, sour
     """On the CPU every tensor of a llama.cpp GGUF in its own type goes from the file into
     ggml's buffer in one read_file_ranges call (vectors included): no tensor is read into
     a host array first."""
-
-    def no_host_copy(*args):
-        raise AssertionError("a tensor was read into a host array")
-
-    calls = []
-    real = upload_mod.read_file_ranges
-
-    def counted(session, fd, ranges, **kw):
-        calls.append(len(ranges))
-        return real(session, fd, ranges, **kw)
-
-    monkeypatch.setattr(FileTensors, "read_rows", no_host_copy)
-    monkeypatch.setattr(FileTensors, "read_stored", no_host_copy)
-    monkeypatch.setattr(upload_mod, "read_file_ranges", counted)
+    calls = _one_read_no_host_copy(monkeypatch)
     loaded = load_model(sources[tiny_model.name][source])
     dtype = loaded.weights.dtype_for("auto")
     with FastGPT2(loaded.weights, "cpu", dtype, n_threads=1) as fast:
