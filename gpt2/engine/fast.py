@@ -116,7 +116,7 @@ class FastGPT2(Engine):
             check_fits(self.root, self.weights, self.cache, n_ctx=self.n_ctx, n_slots=self.n_slots)
             self.root.finalize_weights()  # zeroed: empty caches
             upload_weights(self.weights, weights, self.n_rows, device)
-            if device == "cpu":  # our own product's layout (gpt2.engine.upload)
+            if device == "cpu":  # our product's layout, where the read did not make it
                 pack_for_cpu(self.root, self.weights)
                 # the weights' pages made huge in the background: decode reads them
                 # faster (native/host_weights.c)
