@@ -21,6 +21,8 @@
  * fewer in the last tile) in the same bytes as before, ordered by group of 16
  * values, then row:
  *   element (row 8t + r, k) at  8t K + ((k / 16) h + r) 16 + k % 16
+ * (packed_offset, packed_layout.h: the one definition, which a read that packs
+ * as it goes, file_reads.c, writes by too)
  * so a tile is one sequential stream whatever the kernel reads of it. A tile
  * occupies the same bytes in both layouts: packing is a permutation inside each
  * tile, done with one tile of scratch, and memory is not doubled. A packed
@@ -38,10 +40,11 @@
 #endif
 
 #include "cpu_level.h"
+#include "packed_layout.h"
 #include "tinynn_internal.h"
 
-#define TILE_ROWS 8
-#define GROUP 16
+#define TILE_ROWS TNN_PACK_TILE_ROWS
+#define GROUP TNN_PACK_GROUP
 
 /* ---- the fixed order, in scalar code ------------------------------------------------ */
 
@@ -214,10 +217,7 @@ static void tile_scalar(const char *tile, bool f16, int h, int64_t k, const floa
 
 /* ---- the layout ----------------------------------------------------------------------- */
 
-static int tile_height(int64_t n_rows, int64_t tile) {
-    int64_t left = n_rows - tile * TILE_ROWS;
-    return left < TILE_ROWS ? (int)left : TILE_ROWS;
-}
+static int tile_height(int64_t n_rows, int64_t tile) { return packed_tile_height(n_rows, tile); }
 
 /* One tile between the layouts: row-major (h rows of k) <-> packed. */
 static void repack_tile(char *dst, const char *src, int h, int64_t k, size_t esize, bool pack) {
@@ -225,7 +225,7 @@ static void repack_tile(char *dst, const char *src, int h, int64_t k, size_t esi
     for (int64_t g = 0; g < k / GROUP; g++) {
         for (int r = 0; r < h; r++) {
             size_t row_major = ((size_t)r * k + (size_t)g * GROUP) * esize;
-            size_t packed = ((size_t)g * h + r) * group_bytes;
+            size_t packed = (size_t)packed_offset(r, g * GROUP, k, h) * esize;
             if (pack) memcpy(dst + packed, src + row_major, group_bytes);
             else memcpy(dst + row_major, src + packed, group_bytes);
         }
@@ -307,36 +307,45 @@ bool is_packed(const tnn_session *s, const struct ggml_tensor *t) {
 
 /* ---- tnn_pack_rows ---------------------------------------------------------------------- */
 
-int tnn_pack_rows(tnn_session *sess, tnn_tensor *w) {
-    CHECK_SESS(sess, TNN_EINVAL);
-    if (!check_tensor(sess, w, __func__, "w")) return TNN_EINVAL;
+int check_packable(tnn_session *sess, const struct ggml_tensor *w, const char *func) {
+    if (!check_tensor(sess, w, func, "w")) return TNN_EINVAL;
     tnn_session *root = sess->root;
-    if (sess->is_cuda) return fail(TNN_EINVAL, __func__, "packed weights are for CPU sessions");
+    if (sess->is_cuda) return fail(TNN_EINVAL, func, "packed weights are for CPU sessions");
     if (!is_persistent(sess, w) || w->view_src) {
-        return fail(TNN_EINVAL, __func__, "w %s must be a persistent tensor, not a view", SHAPE(w));
+        return fail(TNN_EINVAL, func, "w %s must be a persistent tensor, not a view", SHAPE(w));
     }
-    if (!root->finalized) return fail(TNN_ESTATE, __func__, "call tnn_finalize_weights first");
+    if (!root->finalized) return fail(TNN_ESTATE, func, "call tnn_finalize_weights first");
     if (root->n_forks > 0 || root->realized) {
-        return fail(TNN_ESTATE, __func__,
+        return fail(TNN_ESTATE, func,
                     "the session has forks or a realized graph, which may read w as it is "
                     "laid out now: pack before building graphs");
     }
     if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16) {
-        return fail(TNN_ESHAPE, __func__, "w is %s, expected f32 or f16", SHAPE(w));
+        return fail(TNN_ESHAPE, func, "w is %s, expected f32 or f16", SHAPE(w));
     }
     if (w->ne[2] != 1 || w->ne[3] != 1 || w->ne[0] % GROUP != 0) {
-        return fail(TNN_ESHAPE, __func__, "w %s must be 2-D with ne0 a multiple of %d", SHAPE(w),
+        return fail(TNN_ESHAPE, func, "w %s must be 2-D with ne0 a multiple of %d", SHAPE(w),
                     GROUP);
     }
-    if (!root->packed) {
+    if (!root->packed) { /* made here, so that mark_packed cannot fail */
         root->packed = calloc(TNN_MAX_PERSISTENT_TENSORS, 1);
-        if (!root->packed) return fail(TNN_ENOMEM, __func__, "out of host memory");
+        if (!root->packed) return fail(TNN_ENOMEM, func, "out of host memory");
     }
-    int64_t i = persistent_index(sess, w); /* not packed yet: check_tensor refuses those */
-    if (!repack_all(w, w->data, w->data, true, root->n_threads)) {
+    return TNN_OK;
+}
+
+void mark_packed(tnn_session *sess, const struct ggml_tensor *w) {
+    sess->root->packed[persistent_index(sess, w)] = 1;
+}
+
+int tnn_pack_rows(tnn_session *sess, tnn_tensor *w) {
+    CHECK_SESS(sess, TNN_EINVAL);
+    int rc = check_packable(sess, w, __func__); /* not packed yet: check_tensor refuses those */
+    if (rc != TNN_OK) return rc;
+    if (!repack_all(w, w->data, w->data, true, sess->root->n_threads)) {
         return fail(TNN_ENOMEM, __func__, "out of host memory");
     }
-    root->packed[i] = 1;
+    mark_packed(sess, w);
     return TNN_OK;
 }
 

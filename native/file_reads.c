@@ -15,6 +15,15 @@
  * of the reading thread, checked there, converted, and written out (to the
  * tensor, or to the staging buffer) by the same thread (value_layouts.c).
  *
+ * A range may ask for the packed layout of our CPU product (packed_layout.h)
+ * instead of t's rows: it is read the same way a tile at a time (through the
+ * thread's buffer, even where the file holds t's own values), converted and
+ * transposed as it says, and each group of 16 values written where the
+ * product reads it: the model is laid out once, by the reading threads, with
+ * no pass over it afterwards. Such a range is the whole of a tensor that
+ * tnn_pack_rows would take, read straight into host memory; the tensor is
+ * marked packed when every range was read.
+ *
  * Memory: the staging buffers (n_staging x staging_bytes), only for device
  * memory, and a tile's buffer per thread, only for converted or transposed
  * ranges; never a copy of a tensor. */
@@ -24,6 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "packed_layout.h"
 #include "tinynn_internal.h"
 
 #define TNN_READ_MAX_THREADS 64
@@ -125,18 +135,52 @@ struct layout {
     int64_t fsz, dsz;        /* bytes of a value (or block) in the file, in t */
     int64_t rows, cols;      /* transposed: the file's R x C; rows 0: in t's order */
     int64_t file_nbytes;     /* bytes of the file the range reads */
+    bool packed;             /* written in the packed layout of t, [K, n_rows] */
+    int64_t K, n_rows;
 };
 
 static bool is_float(enum ggml_type type) {
     return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
 }
 
+static bool in_host_memory(const struct ggml_tensor *t) {
+    return ggml_backend_buffer_is_host(storage_of(t)->buffer);
+}
+
+/* A range that asks for the packed layout: all of a tensor tnn_pack_rows would
+ * take (check_packable: its message, after "range i: "), read straight into
+ * its host memory. */
+static int check_packed_range(tnn_session *sess, const tnn_file_range *r, const char *where,
+                              bool staged, struct layout *L, const char *func) {
+    struct ggml_tensor *t = r->t;
+    int rc = check_packable(sess, t, func);
+    if (rc != TNN_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", tnn_last_error() + strlen(func) + 2);
+        return fail(rc, func, "%spacked rows: %s", where, why);
+    }
+    if (r->offset != 0 || r->nbytes != (int64_t)ggml_nbytes(t)) {
+        return fail(TNN_ESHAPE, func, "%spacked rows: %lld bytes at offset %lld of t %s: expected "
+                    "the whole tensor (%zu bytes at 0)", where, (long long)r->nbytes,
+                    (long long)r->offset, SHAPE(t), ggml_nbytes(t));
+    }
+    if (staged || !in_host_memory(t)) {
+        return fail(TNN_EINVAL, func, "%spacked rows are read straight into host memory, not "
+                    "staged (TNN_READ_STAGED)", where);
+    }
+    L->packed = true;
+    L->K = t->ne[0];
+    L->n_rows = t->ne[1];
+    return TNN_OK;
+}
+
 /* What range `which` needs before anything is read: a live tensor with memory,
  * not i32 (indices are uploaded with their checks), contiguous, the byte range
  * inside it in whole values or blocks, a file type t takes as it is or one
  * convert_values turns into t's, file rows that divide the range's values
- * (float types only), a file offset >= 0 whose end does not overflow. */
-static int check_range(tnn_session *sess, const tnn_file_range *r, int64_t which,
+ * (float types only), a file offset >= 0 whose end does not overflow, a known
+ * layout (packed: check_packed_range). */
+static int check_range(tnn_session *sess, const tnn_file_range *r, int64_t which, bool staged,
                        struct layout *L, const char *func) {
     char where[48];
     snprintf(where, sizeof where, "range %lld: ", (long long)which);
@@ -170,8 +214,9 @@ static int check_range(tnn_session *sess, const tnn_file_range *r, int64_t which
                     "(%zu bytes)", where, (long long)r->nbytes, (long long)r->offset, SHAPE(t),
                     ggml_type_name(t->type), unit);
     }
-    if (r->reserved != 0) {
-        return fail(TNN_EINVAL, func, "%sreserved=%d: expected 0", where, (int)r->reserved);
+    if (r->layout != TNN_LAYOUT_ROW_MAJOR && r->layout != TNN_LAYOUT_PACKED_ROWS) {
+        return fail(TNN_EINVAL, func, "%slayout=%d: expected %d (t's rows) or %d (packed rows)",
+                    where, (int)r->layout, TNN_LAYOUT_ROW_MAJOR, TNN_LAYOUT_PACKED_ROWS);
     }
     *L = (struct layout){.from = t->type, .to = t->type, .dsz = (int64_t)unit};
     if (r->file_type != TNN_FILE_TYPE_OF_T && r->file_type != (int32_t)t->type) {
@@ -201,11 +246,8 @@ static int check_range(tnn_session *sess, const tnn_file_range *r, int64_t which
         return fail(TNN_EINVAL, func, "%sfile_offset=%lld: expected an offset >= 0 with room for "
                     "%lld bytes", where, (long long)r->file_offset, (long long)L->file_nbytes);
     }
+    if (r->layout == TNN_LAYOUT_PACKED_ROWS) return check_packed_range(sess, r, where, staged, L, func);
     return TNN_OK;
-}
-
-static bool in_host_memory(const struct ggml_tensor *t) {
-    return ggml_backend_buffer_is_host(storage_of(t)->buffer);
 }
 
 /* The error for a failed piece: errno's text, or the file's end (at file byte
@@ -271,11 +313,19 @@ static bool add_piece(struct plan *p, struct piece pc) {
     return true;
 }
 
-/* The buffer a thread needs for a piece: a tile's (or a converted piece's) bytes
- * of the file, and a tile's values converted to t's type. */
-static void note_scratch(struct plan *p, const struct layout *L, int64_t values, bool tile) {
-    if (L->from == L->to && !tile) return;
-    int64_t need = values * L->fsz + (tile && L->from != L->to ? values * L->dsz : 0);
+/* Whether a range's pieces go through the reading thread's buffer (converted,
+ * transposed or packed), not read straight into place. */
+static bool through_buffer(const struct layout *L) {
+    return L->from != L->to || L->rows != 0 || L->packed;
+}
+
+/* The buffer a thread needs for a piece of `values` values: the file's bytes,
+ * and where they are converted and then moved again (transposed or packed)
+ * the converted values too. */
+static void note_scratch(struct plan *p, const struct layout *L, int64_t values) {
+    if (!through_buffer(L)) return;
+    bool moved = L->rows != 0 || L->packed;
+    int64_t need = values * L->fsz + (moved && L->from != L->to ? values * L->dsz : 0);
     if (need > p->scratch_bytes) p->scratch_bytes = need;
 }
 
@@ -287,6 +337,14 @@ static bool cut_tiles(struct plan *p, const struct layout *L, struct piece base,
                       int64_t r1, int64_t c0, int64_t c1, int64_t most) {
     int64_t w = c1 - c0, cap = most / L->fsz > 0 ? most / L->fsz : 1; /* values */
     int64_t tw = w <= cap ? w : cap, th = w <= cap ? cap / w : 1;
+    if (L->packed && cap >= TNN_PACK_GROUP) { /* tiles of whole groups of k: whole blocks */
+        if (th >= TNN_PACK_GROUP) {
+            th = round_down(th, TNN_PACK_GROUP);
+        } else {
+            th = TNN_PACK_GROUP;
+            tw = min64(w, cap / TNN_PACK_GROUP);
+        }
+    }
     for (int64_t r = r0; r < r1; r += th) {
         for (int64_t c = c0; c < c1; c += tw) {
             struct piece pc = base;
@@ -297,7 +355,7 @@ static bool cut_tiles(struct plan *p, const struct layout *L, struct piece base,
             pc.at = (c * L->rows + r) * L->dsz;
             pc.nbytes = ((pc.c1 - 1 - c) * L->rows + (pc.r1 - r)) * L->dsz;
             if (base.round >= 0) pc.stage_at = base.stage_at + (pc.at - base.at);
-            note_scratch(p, L, (pc.r1 - r) * (pc.c1 - c), true);
+            note_scratch(p, L, (pc.r1 - r) * (pc.c1 - c));
             if (!add_piece(p, pc)) return false;
         }
     }
@@ -314,12 +372,16 @@ static bool cut_band(struct plan *p, const struct layout *L, struct piece base, 
     if (L->rows == 0) {
         int64_t step = L->from == L->to ? round_down(most, L->dsz) : most / L->fsz * L->dsz;
         if (step < L->dsz) step = L->dsz;
+        if (L->packed) { /* whole groups of a row: pack_values' unit */
+            step = round_down(step, TNN_PACK_GROUP * L->dsz);
+            if (step == 0) step = TNN_PACK_GROUP * L->dsz;
+        }
         for (int64_t done = 0; done < len; done += step) {
             struct piece pc = base;
             pc.at = at + done;
             pc.nbytes = min64(step, len - done);
             if (base.round >= 0) pc.stage_at = base.stage_at + done;
-            note_scratch(p, L, pc.nbytes / L->dsz, false);
+            note_scratch(p, L, pc.nbytes / L->dsz);
             if (!add_piece(p, pc)) return false;
         }
         return true;
@@ -372,7 +434,7 @@ static bool make_plan(const tnn_file_range *ranges, const struct layout *layouts
         for (int64_t i = 0; i < n; i++) {
             if (staged[i] != (stage == 1)) continue;
             const struct layout *L = &layouts[i];
-            bool plain = L->from == L->to && L->rows == 0;
+            bool plain = !through_buffer(L);
             int64_t most = stage ? staging_bytes / n_threads : TNN_DIRECT_PIECE;
             if (!plain) most = min64(most, TNN_TILE_BYTES);
             struct piece base = {.range = i, .round = -1, .stage_at = -1};
@@ -432,9 +494,10 @@ static int64_t file_byte(const struct layout *L, const struct piece *pc, int64_t
     return ((pc->r0 + i / w) * L->cols + pc->c0 + i % w) * L->fsz;
 }
 
-/* A converted piece or a tile: read into buf, checked, converted (to f16:
- * checked again, a value past f16's range became inf), written to dst (a
- * tile: transposed, t's rows R values apart). */
+/* A converted piece, a tile or a piece of a packed range: read into buf,
+ * checked, converted (to f16: checked again, a value past f16's range became
+ * inf), written to dst (a tile: transposed, t's rows R values apart; packed:
+ * dst is t's first byte, and each value goes where packed_offset says). */
 static void read_through(int fd, const tnn_file_range *range, const struct layout *L,
                          struct piece *pc, unsigned char *dst, unsigned char *buf) {
     int64_t values;
@@ -455,7 +518,7 @@ static void read_through(int fd, const tnn_file_range *range, const struct layou
     }
     unsigned char *out = buf;
     if (L->from != L->to) {
-        out = pc->r1 == 0 ? dst : buf + values * L->fsz;
+        out = pc->r1 == 0 && !L->packed ? dst : buf + values * L->fsz;
         convert_values(buf, L->from, out, L->to, values);
         bad = L->to == GGML_TYPE_F16 ? first_nonfinite(out, (size_t)(values * 2), L->to) : -1;
         if (bad >= 0) {
@@ -463,7 +526,12 @@ static void read_through(int fd, const tnn_file_range *range, const struct layou
             return;
         }
     }
-    if (pc->r1 != 0) {
+    if (L->packed && pc->r1 != 0) { /* the file's (r, c): t's row c, value r */
+        transpose_values_packed(out, pc->r1 - pc->r0, pc->c1 - pc->c0, pc->r0, pc->c0, L->K,
+                                L->n_rows, dst, (size_t)L->dsz);
+    } else if (L->packed) {
+        pack_values(out, pc->at / L->dsz, values, L->K, L->n_rows, dst, (size_t)L->dsz);
+    } else if (pc->r1 != 0) {
         transpose_values(out, pc->r1 - pc->r0, pc->c1 - pc->c0, dst, L->rows, (size_t)L->dsz);
     }
 }
@@ -507,8 +575,8 @@ static void read_piece(struct readers *r, struct piece *pc, unsigned char *stage
         prefault_host_weights(r->root, dst, (size_t)pc->nbytes);
         return;
     }
-    if (L->from != L->to || L->rows != 0) {
-        read_through(r->fd, range, L, pc, dst, scratch);
+    if (through_buffer(L)) {
+        read_through(r->fd, range, L, pc, L->packed ? range->t->data : dst, scratch);
         return;
     }
     int64_t from = range->file_offset + pc->at, done = 0;
@@ -764,6 +832,34 @@ static int read_staged(tnn_session *sess, struct readers *r, const struct plan *
 
 /* ---- tnn_read_file_ranges ------------------------------------------------------ */
 
+/* A tensor read packed is read by that one range: no other range may write it
+ * (or a view of it) in t's own layout, or packed a second time. */
+static int check_packed_alone(tnn_session *sess, const tnn_file_range *ranges,
+                              const struct layout *layouts, int64_t n, const char *func) {
+    int64_t n_packed = 0;
+    for (int64_t i = 0; i < n; i++) n_packed += layouts[i].packed;
+    if (n_packed == 0) return TNN_OK;
+    int64_t *by_tensor = malloc(TNN_MAX_PERSISTENT_TENSORS * sizeof *by_tensor);
+    if (!by_tensor) return fail(TNN_ENOMEM, func, "no memory to check %lld ranges", (long long)n);
+    for (int64_t i = 0; i < TNN_MAX_PERSISTENT_TENSORS; i++) by_tensor[i] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t at = layouts[i].packed ? persistent_index(sess, ranges[i].t) : -1;
+        if (at >= 0 && by_tensor[at] < 0) by_tensor[at] = i; /* the first: named in the error */
+    }
+    int rc = TNN_OK;
+    for (int64_t i = 0; i < n && rc == TNN_OK; i++) {
+        int64_t at = persistent_index(sess, storage_of(ranges[i].t));
+        int64_t packed_by = at >= 0 ? by_tensor[at] : -1;
+        if (packed_by >= 0 && packed_by != i) {
+            rc = fail(TNN_EINVAL, func, "range %lld: t %s is read packed by range %lld, which "
+                      "must be the only range of it", (long long)i, SHAPE(ranges[i].t),
+                      (long long)packed_by);
+        }
+    }
+    free(by_tensor);
+    return rc;
+}
+
 int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges, int64_t n_ranges,
                          int64_t ranges_nbytes, int n_threads, int64_t staging_bytes, int n_staging,
                          int flags, int64_t *bad_range, int64_t *nonfinite_at) {
@@ -804,7 +900,7 @@ int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges
     bool any_staged = false;
     const unsigned char *lo = NULL, *hi = NULL; /* what direct reads write */
     for (int64_t i = 0; i < n_ranges && rc == TNN_OK; i++) {
-        rc = check_range(sess, &ranges[i], i, &layouts[i], func);
+        rc = check_range(sess, &ranges[i], i, flags & TNN_READ_STAGED, &layouts[i], func);
         staged[i] = (flags & TNN_READ_STAGED) || (rc == TNN_OK && !in_host_memory(ranges[i].t));
         any_staged |= staged[i] && ranges[i].nbytes > 0;
         if (rc != TNN_OK || staged[i] || ranges[i].nbytes == 0) continue;
@@ -812,6 +908,7 @@ int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges
         if (!lo || dst < lo) lo = dst;
         if (!hi || dst + ranges[i].nbytes > hi) hi = dst + ranges[i].nbytes;
     }
+    if (rc == TNN_OK) rc = check_packed_alone(sess, ranges, layouts, n_ranges, func);
     struct plan p = {0};
     if (rc == TNN_OK &&
         !make_plan(ranges, layouts, n_ranges, staged, staging_bytes, n_threads, &p)) {
@@ -839,6 +936,11 @@ int tnn_read_file_ranges(tnn_session *sess, int fd, const tnn_file_range *ranges
         }
     }
     stop_readers(&r);
+    if (rc == TNN_OK && *bad_range < 0) { /* every byte in place: the layout they are in */
+        for (int64_t i = 0; i < n_ranges; i++) {
+            if (layouts[i].packed) mark_packed(sess, ranges[i].t);
+        }
+    }
     free_staging(&s);
     free(p.pieces);
     free(layouts);

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes. */
-#define TNN_ABI_VERSION 12
+#define TNN_ABI_VERSION 13
 
 /* Status codes (negative). */
 #define TNN_OK 0
@@ -355,7 +355,13 @@ TNN_API int tnn_download_raw(tnn_session *sess, tnn_tensor *t, void *data, int64
  *   of C = (the range's values) / R, and t takes them transposed, C rows of R:
  *   the file's value (r, c) is the range's value c * R + r (HF's Conv1D
  *   weights, [in, out] in the file, into ggml's rows of `in`).
- * reserved must be 0. */
+ * layout: TNN_LAYOUT_ROW_MAJOR (t's own rows), or TNN_LAYOUT_PACKED_ROWS: the
+ * values (converted and transposed as above) are written where tnn_pack_rows
+ * would have put them, by the reading threads, and t is marked packed when the
+ * whole call succeeds, as tnn_pack_rows marks it. Such a range is the whole of
+ * t (offset 0, nbytes all of it), t a tensor tnn_pack_rows takes now (its
+ * checks, made before anything is read), in host memory, not staged, and the
+ * only range of t in the call. */
 typedef struct tnn_file_range {
     tnn_tensor *t;
     int64_t file_offset;
@@ -363,12 +369,17 @@ typedef struct tnn_file_range {
     int64_t offset;
     int64_t file_rows;
     int32_t file_type;
-    int32_t reserved;
+    int32_t layout;
 } tnn_file_range;
 
 /* tnn_file_range.file_type: the file stores t's own type. */
 #define TNN_FILE_TYPE_OF_T (-1)
 #define TNN_TYPE_BF16 30 /* a file's values only: no tensor has this type */
+
+/* tnn_file_range.layout: t's rows as every op reads them, or our CPU
+ * product's tiles (tnn_pack_rows). */
+#define TNN_LAYOUT_ROW_MAJOR 0
+#define TNN_LAYOUT_PACKED_ROWS 1
 
 /* tnn_read_file_ranges' flags: stage host memory too (the path device memory
  * takes, for tests on machines without a device). */

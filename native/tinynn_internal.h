@@ -190,6 +190,14 @@ void prefault_host_weights(tnn_session *root, const void *start, size_t n);
  * transposed: value (r, c) goes to dst + (c * pitch + r) * size. */
 void transpose_values(const void *src, int64_t h, int64_t w, void *dst, int64_t pitch,
                       size_t size);
+/* transpose_values into a packed [K, n_rows] matrix (packed_layout.h) at dst:
+ * value (r, c) of src is element (row row0 + c, k k0 + r). */
+void transpose_values_packed(const void *src, int64_t h, int64_t w, int64_t k0, int64_t row0,
+                             int64_t K, int64_t n_rows, void *dst, size_t size);
+/* Values first .. first + n of a row-major [K, n_rows] matrix (first and n
+ * multiples of 16; K too), at src, into the packed matrix at dst. */
+void pack_values(const void *src, int64_t first, int64_t n, int64_t K, int64_t n_rows, void *dst,
+                 size_t size);
 /* Whether convert_values converts from -> to: f32 -> f16, f16 -> f32, bf16 -> f32. */
 bool can_convert_values(enum ggml_type from, enum ggml_type to);
 /* n values of type from at src, as type to at dst (a pair can_convert_values takes). */
@@ -278,6 +286,14 @@ int compute_io_run(tnn_session *sess, tnn_tensor *in, const void *in_data, int64
 
 /* Whether t (or what it views) is a persistent tensor packed by tnn_pack_rows. */
 bool is_packed(const tnn_session *s, const struct ggml_tensor *t);
+/* TNN_OK when w may be packed now (tnn_pack_rows' preconditions: a live,
+ * persistent, unpacked f32 or f16 [K, n] tensor, K a multiple of 16, of a CPU
+ * session finalized and without forks or a realized graph); else the error,
+ * set with func's name. */
+int check_packable(tnn_session *sess, const struct ggml_tensor *w, const char *func);
+/* Marks w, which check_packable accepted, packed (its bytes are now in the
+ * packed layout, packed_layout.h). */
+void mark_packed(tnn_session *sess, const struct ggml_tensor *w);
 /* A download of a packed tensor (t live and packed), unpacked into data: the
  * whole tensor only, of type want (< 0: any). */
 int download_packed(const struct ggml_tensor *t, void *data, int64_t nbytes, int64_t offset,

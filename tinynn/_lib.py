@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import TinyNNError
 
-ABI_VERSION = 12
+ABI_VERSION = 13
 LIB_NAME = "libtinynn.so"
 CUDA_MODULE = "libggml-cuda.so"  # ggml's CUDA backend, beside libtinynn.so when built
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -37,11 +37,13 @@ FILE_RANGE_DTYPE = np.dtype(
         ("offset", "<i8"),
         ("file_rows", "<i8"),
         ("file_type", "<i4"),
-        ("reserved", "<i4"),
+        ("layout", "<i4"),
     ]
 )
 READ_STAGED = 1  # TNN_READ_STAGED: stage host memory too (the device's path, for tests)
 FILE_TYPE_OF_T = -1  # TNN_FILE_TYPE_OF_T
+LAYOUT_ROW_MAJOR = 0  # TNN_LAYOUT_ROW_MAJOR: t's rows
+LAYOUT_PACKED_ROWS = 1  # TNN_LAYOUT_PACKED_ROWS: our CPU product's tiles (Session.pack_rows)
 # a file's value types a range may be converted from (TNN_TYPE_*; bf16: no tensor has it)
 FILE_TYPE_IDS = {"f32": 0, "f16": 1, "bf16": 30}
 
@@ -51,7 +53,9 @@ class ReadRange(NamedTuple):
     `file_offset`. As the file stores them unless `file_type` ("f32", "f16", "bf16") is
     another type than t's (converted: f32 -> f16, f16 -> f32, bf16 -> f32; the file then
     holds nbytes / t's value size x its own) or `file_rows` R > 0 (the file holds the
-    range's values as R rows of C, t takes them as C rows of R: transposed)."""
+    range's values as R rows of C, t takes them as C rows of R: transposed). `packed`:
+    written in the layout Session.pack_rows makes, by the reading threads (the whole of a
+    tensor pack_rows takes, in host memory, not staged); t is then packed."""
 
     t: Tensor
     file_offset: int
@@ -59,6 +63,7 @@ class ReadRange(NamedTuple):
     offset: int = 0
     file_rows: int = 0
     file_type: str | None = None  # None: t's own
+    packed: bool = False
 
 
 class FileReadError(TinyNNError):
@@ -88,7 +93,7 @@ def read_file_ranges(
     the file) of the first value that is not finite (f32, f16, bf16; q8_0: a block's scale;
     a value converted to f16 that became inf; in a transposed range one of them), where
     reading stopped. FileReadError when a range cannot be read (the tensors then hold part
-    of the file)."""
+    of the file). A packed range's tensor is marked packed only when it returns None."""
     records = np.zeros(len(ranges), FILE_RANGE_DTYPE)
     for i, fields in enumerate(ranges):
         r = ReadRange(*fields)
@@ -106,7 +111,7 @@ def read_file_ranges(
             c_integer(r.offset, "offset"),
             c_integer(r.file_rows, "file_rows"),
             FILE_TYPE_OF_T if r.file_type is None else FILE_TYPE_IDS[r.file_type],
-            0,
+            LAYOUT_PACKED_ROWS if r.packed else LAYOUT_ROW_MAJOR,
         )
     bad_range, nonfinite_at = np.full(1, -1, np.int64), np.full(1, -1, np.int64)
     lib = session._lib
@@ -127,5 +132,8 @@ def read_file_ranges(
     except TinyNNError as e:
         raise FileReadError(str(e), e.code, int(bad_range[0])) from None
     if bad_range[0] < 0:
+        for fields in ranges:  # marked packed natively, as pack_rows marks them
+            if ReadRange(*fields).packed:
+                fields[0].packed = True
         return None
     return int(bad_range[0]), int(nonfinite_at[0])

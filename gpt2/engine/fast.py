@@ -119,7 +119,7 @@ class FastGPT2(Engine):
             # before the huge-page thread starts: its collapses hold the memory map
             # that the table's first writes fault in (24-94 ms after it, 4-9 before)
             upload_mask_table(self.cache)
-            if device == "cpu":  # our own product's layout (gpt2.engine.upload)
+            if device == "cpu":  # our product's layout, where the read did not make it
                 pack_for_cpu(self.root, self.weights)
                 # the weights' pages made huge in the background: decode reads them
                 # faster (native/host_weights.c)

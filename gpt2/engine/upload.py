@@ -35,10 +35,13 @@ take over the model's own is at most 2 x WORKERS slices. The file's tensors are 
 on the CPU the memory they are read into is advised to use huge pages before it is first
 touched (native/host_weights.c), and so is the rest of the weights, which lie between them.
 
-On the CPU the f32 and f16 matrices are then packed in tiles for our own product
-(`pack_for_cpu`, native/cpu_product.c: one summation order whatever the batch, and a
-tile's rows read as one stream), in place: the one departure from the file's layout,
-made on the host after the file's bytes are in (a download unpacks them again).
+On the CPU the f32 and f16 matrices are laid out in tiles for our own product
+(native/cpu_product.c: one summation order whatever the batch, and a tile's rows read as
+one stream): the one departure from the file's layout (a download unpacks them again).
+Those read from the file are written so by the reading threads as they land (a packed
+range of read_file_ranges: no pass over the model after the read); the others, streamed,
+are packed in place after the upload (`pack_for_cpu`). Staged reads (the device's path)
+are never packed.
 """
 
 from __future__ import annotations
@@ -146,16 +149,22 @@ def weight_tensors(fw: FastWeights) -> list[Tensor]:
     return out
 
 
-def pack_for_cpu(s: Session, fw: FastWeights) -> None:
-    """Packs the matrices that our CPU product takes (f32 and f16, n_in a multiple of
-    PACK_GROUP; wte too, whose embedding rows are then read by packed_get_rows) in place.
-    q8_0 stays as stored: ggml's q8_0 kernels already sum a column in one order alone and
-    among others (gpt2.engine.graph)."""
+def cpu_product_matrices(fw: FastWeights) -> list[Tensor]:
+    """The matrices that our CPU product takes, packed: f32 and f16, n_in a multiple of
+    PACK_GROUP; wte too, whose embedding rows are then read by packed_get_rows. q8_0 stays
+    as stored: ggml's q8_0 kernels already sum a column in one order alone and among others
+    (gpt2.engine.graph)."""
     matrices = [fw.wte]
     for layer in fw.layers:
         matrices += [layer.w_qkv, layer.w_o, layer.w_fc, layer.w_proj]
-    for t in matrices:
-        if t.dtype in ("f32", "f16") and t.ne[0] % PACK_GROUP == 0:
+    return [t for t in matrices if t.dtype in ("f32", "f16") and t.ne[0] % PACK_GROUP == 0]
+
+
+def pack_for_cpu(s: Session, fw: FastWeights) -> None:
+    """Packs in place, with the session's threads, the matrices of cpu_product_matrices that
+    were not packed as they were read (those streamed, or all where reads are staged)."""
+    for t in cpu_product_matrices(fw):
+        if not t.packed:
             s.pack_rows(t)
 
 
@@ -170,7 +179,9 @@ def upload_weights(fw: FastWeights, weights: GPT2Weights, n_rows: int, device: s
             from_file.append((t, rows))
         else:
             others.append((t, rows, name))
-    _read_files(from_file)
+    # on the CPU the product's matrices are read in its layout (staged reads never are)
+    cpu = device == "cpu" and not STAGE_HOST_MEMORY
+    _read_files(from_file, {id(t) for t in cpu_product_matrices(fw)} if cpu else set())
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="upload") as pool:
         try:
             steps = _steps(others, weights, device)
@@ -228,9 +239,10 @@ def _read_from_file(t: Tensor, rows: Rows | None) -> bool:
     return rows.kind == _STORED_AS[t.dtype] or t.dtype in _READ_CONVERTS.get(rows.kind, ())
 
 
-def _read_files(reads: list[tuple[Tensor, Rows]]) -> None:
+def _read_files(reads: list[tuple[Tensor, Rows]], packed: set[int]) -> None:
     """Each tensor whole from its Rows' place in the file (as many rows as t has), in one
-    read_file_ranges call per file (every range checked against the file's size first)."""
+    read_file_ranges call per file (every range checked against the file's size first);
+    those whose id is in `packed` written in our CPU product's layout as they are read."""
     by_file: dict[int, list[tuple[Tensor, Rows]]] = defaultdict(list)
     for read in reads:
         by_file[id(read[1].in_file.file)].append(read)
@@ -245,7 +257,9 @@ def _read_files(reads: list[tuple[Tensor, Rows]]) -> None:
                 file_type = _FILE_TYPES[rows.kind]
                 n_file = t.nbytes // _VALUE_BYTES[t.dtype] * _VALUE_BYTES[rows.kind]
             file.check_range(src.offset, n_file, f"tensor {src.name}")
-            ranges.append(ReadRange(t, src.offset, t.nbytes, 0, src.file_rows, file_type))
+            ranges.append(
+                ReadRange(t, src.offset, t.nbytes, 0, src.file_rows, file_type, id(t) in packed)
+            )
         try:
             bad = read_file_ranges(
                 group[0][0].session,

@@ -395,3 +395,44 @@ def test_a_transposed_file_holds_a_few_tensors_at_once(tiny_model, monkeypatch):
         fast.logits(IDS)
     n_transposed = 4 * tiny_model.config.n_layer
     assert 0 < most[0] <= 2 * upload_mod.WORKERS + 1 < n_transposed, (most[0], n_transposed)
+
+
+_READ_FILES = upload_mod._read_files
+
+
+@pytest.mark.parametrize(
+    "source, dtype", [("hf", "f32"), ("hf", "f16"), ("f32", "f32"), ("f16", "f16"), ("f16", "f32")]
+)
+def test_matrices_read_packed_give_the_logits_of_packing_after(
+    tiny_models, sources, source, dtype, monkeypatch
+):
+    """On the CPU the product's matrices are written in its tiles by the read itself (no
+    pack_rows after it); the logits are those of reading t's rows and packing after (what
+    main did), bit for bit: as stored, transposed (HF) and converted."""
+    import gpt2
+    import tinynn
+
+    packs, n_read_packed = [], 0
+    pack_rows = tinynn.Session.pack_rows
+    monkeypatch.setattr(
+        tinynn.Session, "pack_rows", lambda s, w: packs.append(w) or pack_rows(s, w)
+    )
+    for model in tiny_models:
+        path = sources[model.name][source]
+        with gpt2.load(path, device="cpu", dtype=dtype, n_threads=1) as m:
+            assert packs == [], "the read left matrices to pack_rows"
+            matrices = upload_mod.cpu_product_matrices(m.engine.weights)
+            assert all(t.packed for t in matrices)
+            n_read_packed += len(matrices)
+            ours = m.engine.logits(IDS)
+        with monkeypatch.context() as mp:  # read as t's rows; pack_for_cpu packs them after
+            mp.setattr(upload_mod, "_read_files", lambda reads, packed: _READ_FILES(reads, set()))
+            with gpt2.load(path, device="cpu", dtype=dtype, n_threads=1) as m:
+                after = m.engine.logits(IDS)
+        assert len(packs) == len(matrices), "packing after the read did not run"
+        packs.clear()
+        if not np.array_equal(ours, after):
+            d = np.abs(ours.astype(np.float64) - after)
+            at = np.unravel_index(int(d.argmax()), d.shape)
+            pytest.fail(f"{model.name} {source}: logits differ, max-abs {d.max():.3e} at {at}")
+    assert n_read_packed > 0, "no tiny model has a matrix the product takes"

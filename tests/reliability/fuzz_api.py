@@ -277,10 +277,10 @@ def call(w: World, name: str, choices: list[int]) -> None:
         # up to 2 records of tensors as w.tensor draws them (NULL, foreign, freed, another
         # session's), offsets and sizes as for uploads, the file's layout (as stored, rows
         # to transpose: a few or a drawn int; the file's type: t's, f32, f16, bf16, q8_0 or
-        # a drawn int; reserved mostly 0); the count and byte size agreeing or not; the
-        # settings from one choice's bits: the trace file's descriptor or a drawn int, 1-3
-        # threads, staging small, staged or not (on the CPU each path runs), or drawn ints,
-        # out-pointers real or NULL
+        # a drawn int; the layout mostly t's rows, at times packed rows or unknown); the
+        # count and byte size agreeing or not; the settings from one choice's bits: the
+        # trace file's descriptor or a drawn int, 1-3 threads, staging small, staged or not
+        # (on the CPU each path runs), or drawn ints, out-pointers real or NULL
         sess, c_n, c_b = w.session(next(it)), next(it), next(it)
         n = c_n % 3
         records = np.zeros(max(n, 1), FILE_RANGE_DTYPE)
@@ -292,7 +292,7 @@ def call(w: World, name: str, choices: list[int]) -> None:
             c_rows, c_type = c_off >> 4, c_fo >> 4  # 12 choices a step: their high bits
             rows = (0, 1, 2, 3, 7)[c_rows % 5] if c_rows % 7 else i64(c_rows)
             file_type = (-1, 0, 1, 30, 8)[c_type % 5] if c_type % 7 else INT32[c_type % len(INT32)]
-            reserved = 0 if c_rows % 11 else 1
+            layout = 0 if c_rows % 11 else (1, 1, 7)[c_type % 3]
             records[i] = (
                 t or 0,
                 0 if c_fo % 3 else i64(c_fo),
@@ -300,7 +300,7 @@ def call(w: World, name: str, choices: list[int]) -> None:
                 offset,
                 rows,
                 file_type,
-                reserved,
+                layout,
             )
         w.trace(f"  records {records.tolist()!r}")
         c = next(it)

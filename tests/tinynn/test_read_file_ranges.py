@@ -269,8 +269,8 @@ def test_the_records_are_checked_against_their_count(model_file):
         with pytest.raises(TinyNNError, match="bad_range or nonfinite_at is NULL"):
             read(s._ptr(), fd, records.ctypes.data, 1, 48, 1, 4096, 1, 0, None, None)
         bad = records.copy()
-        bad["reserved"] = 7
-        with pytest.raises(TinyNNError, match="range 0: reserved=7: expected 0"):
+        bad["layout"] = 7
+        with pytest.raises(TinyNNError, match=r"range 0: layout=7: expected 0 \(t's rows\) or 1"):
             read(s._ptr(), fd, bad.ctypes.data, 1, 48, 1, 4096, 1, 0, *outs)
         read(s._ptr(), fd, records.ctypes.data, 1, 48, 1, 4096, 1, 0, *outs)
         assert (out[0].value, out[1].value) == (-1, -1)
