@@ -12,6 +12,7 @@ byte is read, the process alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -192,34 +193,33 @@ def test_what_a_packed_read_refuses(tmp_path):
     _refused(tmp_path, staged, "packed rows are read straight into host memory", staged=True)
 
 
-def test_a_packed_read_after_a_fork_or_a_graph_is_refused(tmp_path):
+@contextlib.contextmanager
+def _file_and_weight(tmp_path, n_floats: int):
+    """An open file of n_floats ones and a finalized CPU session's f32 [32, 16] weight."""
     path = tmp_path / "v.bin"
-    path.write_bytes(np.ones(512, np.float32).tobytes())
+    path.write_bytes(np.ones(n_floats, np.float32).tobytes())
     fd = os.open(path, os.O_RDONLY)
     try:
         with Session("cpu") as s:
             t = s.input_typed_persistent("f32", (32, 16))
             s.finalize_weights()
-            with s.fork():
-                with pytest.raises(FileReadError, match="packed rows: the session has forks"):
-                    read_file_ranges(s, fd, [ReadRange(t, 0, t.nbytes, packed=True)])
-            assert not t.packed
+            yield fd, s, t
     finally:
         os.close(fd)
+
+
+def test_a_packed_read_after_a_fork_or_a_graph_is_refused(tmp_path):
+    with _file_and_weight(tmp_path, 512) as (fd, s, t):
+        with s.fork():
+            with pytest.raises(FileReadError, match="packed rows: the session has forks"):
+                read_file_ranges(s, fd, [ReadRange(t, 0, t.nbytes, packed=True)])
+        assert not t.packed
 
 
 def test_a_failed_packed_read_leaves_t_unpacked(tmp_path):
     """The file ends inside the range: an error, and t is not marked packed."""
-    path = tmp_path / "v.bin"
-    path.write_bytes(np.ones(100, np.float32).tobytes())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with Session("cpu") as s:
-            t = s.input_typed_persistent("f32", (32, 16))
-            s.finalize_weights()
-            with pytest.raises(FileReadError, match="the file ended"):
-                read_file_ranges(s, fd, [ReadRange(t, 0, t.nbytes, packed=True)])
-            assert not t.packed
-            s.pack_rows(t)  # still packable
-    finally:
-        os.close(fd)
+    with _file_and_weight(tmp_path, 100) as (fd, s, t):
+        with pytest.raises(FileReadError, match="the file ended"):
+            read_file_ranges(s, fd, [ReadRange(t, 0, t.nbytes, packed=True)])
+        assert not t.packed
+        s.pack_rows(t)  # still packable
